@@ -1,0 +1,72 @@
+//! Writing the reply: the reply file (atomically) or the stdout envelope,
+//! and the exit code. With the CLI renderers, the only writer of stdout.
+
+use std::io::Write;
+
+use serde_json::{json, Value};
+
+use super::{error_object, Served, Transport};
+use crate::error::ExitClass;
+use crate::sys::fsutil::write_atomic;
+
+/// Deliver the outcome; returns the exit code.
+pub fn deliver(transport: &Transport, served: Served) -> u8 {
+    match transport {
+        Transport::Stdio => {
+            let envelope = match &served {
+                Ok(data) => json!({"success": true, "data": data}),
+                Err(e) => {
+                    let mut o = error_object(e);
+                    if let Some(m) = o.as_object_mut() {
+                        m.insert("success".into(), Value::Bool(false));
+                    }
+                    o
+                }
+            };
+            if let Err(e) = &served {
+                eprintln!("geats: {} [{}]", e.message(), e.code());
+            }
+            let mut out = std::io::stdout().lock();
+            let text = envelope.to_string();
+            match out.write_all(text.as_bytes()).and_then(|_| out.write_all(b"\n")).and_then(|_| out.flush()) {
+                Ok(()) => 0,
+                Err(_) => ExitClass::Other.code(),
+            }
+        }
+        Transport::Mcollective { reply, .. } => {
+            let (body, class) = match &served {
+                Ok(data) => (data.clone(), ExitClass::Ok),
+                Err(e) => {
+                    // stderr becomes MCollective's statusmsg.
+                    eprintln!("{} [{}]", e.message(), e.code());
+                    (error_object(e), e.code().exit_class())
+                }
+            };
+            match write_atomic(reply, body.to_string().as_bytes(), 0o600) {
+                Ok(()) => class.code(),
+                Err(e) => {
+                    eprintln!("cannot write reply file {}: {e}", reply.display());
+                    ExitClass::Other.code()
+                }
+            }
+        }
+        Transport::Choria { reply, .. } => {
+            let body = match &served {
+                Ok(data) if data.get("activate").is_some() && data.as_object().is_some_and(|o| o.len() == 1) => data.clone(),
+                Ok(data) => json!({"statuscode": 0, "statusmsg": "OK", "data": data}),
+                Err(e) => {
+                    eprintln!("{} [{}]", e.message(), e.code());
+                    json!({"statuscode": e.code().exit_class().code(), "statusmsg": e.message(), "data": error_object(e)})
+                }
+            };
+            match write_atomic(reply, body.to_string().as_bytes(), 0o600) {
+                // Choria ignores the reply file on any non-zero exit.
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("cannot write reply file {}: {e}", reply.display());
+                    ExitClass::Other.code()
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The human CLI, successor of the old `vmctl`: clap structs and a short
+//! function per command. Every command that acts builds the same
+//! [`crate::request::Request`] the agent builds and goes through the same
+//! validation and [`Manager`].
+
+pub mod table;
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::error::{Error, ExitClass};
+use crate::manager::Manager;
+use crate::names::VmName;
+use crate::request::{self, RequestError};
+
+/// geats: a local resource manager for LXC containers and other VMs.
+#[derive(Debug, Parser)]
+#[command(name = "geats", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Config file (default: $GEATS_CONFIG, else ROOT/etc/geats/geats.toml, else the embedded defaults).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// More log output on stderr (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options of commands that change something.
+#[derive(Debug, clap::Args)]
+pub struct ActOpts {
+    /// Validate and show the steps without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the reply as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List VMs: name, state, lock, type, IP, memory.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one VM.
+    Info {
+        /// The VM.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Print the generated hypervisor config (e.g. the LXC config).
+        #[arg(long = "config", id = "show_config")]
+        show_config: bool,
+    },
+    /// Host figures and every VM's state.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create or update a VM from a JSON or YAML definition file ("-": stdin).
+    Define {
+        /// The VM.
+        name: String,
+        /// The definition file.
+        file: PathBuf,
+        /// Acting options.
+        #[command(flatten)]
+        opts: ActOpts,
+    },
+    /// Define, format the volumes and install the template afresh.
+    Provision {
+        /// The VM.
+        name: String,
+        /// The definition file.
+        file: PathBuf,
+        /// Acting options.
+        #[command(flatten)]
+        opts: ActOpts,
+    },
+    /// Start a VM.
+    Start(VmArgs),
+    /// Power a VM off at once.
+    Stop(VmArgs),
+    /// Ask a VM to halt cleanly.
+    Shutdown(VmArgs),
+    /// Reboot a VM.
+    Reboot(VmArgs),
+    /// Remove a VM from the hypervisor, keeping its volumes unless transient.
+    Undefine(VmArgs),
+    /// Undefine a VM and destroy its volumes.
+    Deprovision(VmArgs),
+    /// Set the admin lock (refuses undefine and deprovision).
+    Lock(VmArgs),
+    /// Clear the admin lock.
+    Unlock(VmArgs),
+    /// Move a VM to another host (not supported yet).
+    Migrate {
+        /// The VM.
+        name: String,
+        /// The destination host.
+        destination: String,
+    },
+    /// Show the operation journal.
+    History {
+        /// Only this VM.
+        name: Option<String>,
+        /// How many entries.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the OS templates.
+    Templates {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a lost database from the VM record files.
+    Recover,
+    /// Attach to a VM's console.
+    Console {
+        /// The VM.
+        name: String,
+    },
+    /// Run a command inside a VM.
+    Exec {
+        /// The VM.
+        name: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// ssh to a VM's primary IP.
+    Ssh {
+        /// [USER@]NAME
+        target: String,
+        /// Further ssh arguments.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+/// A VM name plus the acting options.
+#[derive(Debug, clap::Args)]
+pub struct VmArgs {
+    /// The VM.
+    pub name: String,
+    /// Acting options.
+    #[command(flatten)]
+    pub opts: ActOpts,
+}
+
+/// Run the CLI; returns the exit code.
+pub fn run(cli: Cli) -> u8 {
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("geats: error: {} [{}]", e.message(), e.code());
+            let c = e.code().exit_class();
+            if c == ExitClass::Ok {
+                1
+            } else {
+                c.code()
+            }
+        }
+    }
+}
+
+fn caller() -> String {
+    let user = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+fn vm_name(s: &str) -> Result<VmName, Error> {
+    VmName::new(s).map_err(|e| RequestError::Invalid(format!("/vm_name: {e}")).into())
+}
+
+fn read_definition(file: &PathBuf) -> Result<Value, Error> {
+    let mut text = String::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text).map_err(|e| RequestError::Invalid(format!("cannot read stdin: {e}")))?;
+    } else {
+        text = std::fs::read_to_string(file).map_err(|e| RequestError::Invalid(format!("cannot read {}: {e}", file.display())))?;
+    }
+    // JSON first; YAML (a superset) for the original's example files.
+    match serde_json::from_str::<Value>(&text) {
+        Ok(v) => Ok(v),
+        Err(json_err) => serde_norway::from_str::<Value>(&text).map_err(|yaml_err| {
+            RequestError::Invalid(format!("{} is neither JSON ({json_err}) nor YAML ({yaml_err})", file.display())).into()
+        }),
+    }
+}
+
+fn act(m: &Manager, action: &str, mut data: Value, opts: &ActOpts) -> Result<u8, Error> {
+    if opts.dry_run {
+        data["dry_run"] = Value::Bool(true);
+    }
+    let req = request::parse(action, data, Some(caller()), None)?;
+    let reply = m.execute(&req)?;
+    if opts.json {
+        table::print_json(&reply);
+    } else {
+        table::print_action(action, req.action.vm(), &reply);
+    }
+    Ok(0)
+}
+
+fn dispatch(cli: Cli) -> Result<u8, Error> {
+    let config = Config::load(cli.config.as_deref())?;
+    let m = Manager::new(config);
+    match cli.command {
+        Command::List { json } => {
+            let status = m.execute(&request::parse("status", json!({}), None, None)?)?;
+            let rows = table::list_rows(&m, &status);
+            if json {
+                table::print_json(&Value::Array(rows));
+            } else {
+                table::print_list(&rows);
+            }
+            Ok(0)
+        }
+        Command::Info { name, json, show_config } => {
+            let vm = vm_name(&name)?;
+            if show_config {
+                let (_rec, vmt) = m.vm_type_of(&vm)?;
+                match vmt.config_text(&vm) {
+                    Some(t) => table::print_text(&t),
+                    None => return Err(Error::NotSupported(format!("VM {vm}'s type has no config file to show"))),
+                }
+                return Ok(0);
+            }
+            let info = m.execute(&request::parse("info", json!({"vm_name": name}), None, None)?)?;
+            if json {
+                table::print_json(&info);
+            } else {
+                table::print_info(&info);
+            }
+            Ok(0)
+        }
+        Command::Status { json } => {
+            let s = m.execute(&request::parse("status", json!({}), None, None)?)?;
+            if json {
+                table::print_json(&s);
+            } else {
+                table::print_status(&s);
+            }
+            Ok(0)
+        }
+        Command::Define { name, file, opts } => {
+            let def = read_definition(&file)?;
+            act(&m, "define", json!({"vm_name": name, "definition": def}), &opts)
+        }
+        Command::Provision { name, file, opts } => {
+            let def = read_definition(&file)?;
+            act(&m, "provision", json!({"vm_name": name, "definition": def}), &opts)
+        }
+        Command::Start(a) => act(&m, "start", json!({"vm_name": a.name}), &a.opts),
+        Command::Stop(a) => act(&m, "stop", json!({"vm_name": a.name}), &a.opts),
+        Command::Shutdown(a) => act(&m, "shutdown", json!({"vm_name": a.name}), &a.opts),
+        Command::Reboot(a) => act(&m, "reboot", json!({"vm_name": a.name}), &a.opts),
+        Command::Undefine(a) => act(&m, "undefine", json!({"vm_name": a.name}), &a.opts),
+        Command::Deprovision(a) => act(&m, "deprovision", json!({"vm_name": a.name}), &a.opts),
+        Command::Lock(a) => act(&m, "lock", json!({"vm_name": a.name}), &a.opts),
+        Command::Unlock(a) => act(&m, "unlock", json!({"vm_name": a.name}), &a.opts),
+        Command::Migrate { name, destination } => {
+            let opts = ActOpts { dry_run: false, json: false };
+            act(&m, "migrate", json!({"vm_name": name, "vm_destination": destination}), &opts)
+        }
+        Command::History { name, limit, json } => {
+            let vm = name.as_deref().map(vm_name).transpose()?;
+            let entries = m.history(vm.as_ref(), limit)?;
+            if json {
+                table::print_json(&serde_json::to_value(&entries).unwrap_or_default());
+            } else {
+                table::print_history(&entries);
+            }
+            Ok(0)
+        }
+        Command::Templates { json } => {
+            let t = crate::template::available(&m.config().template_dir);
+            if json {
+                table::print_json(&json!(t));
+            } else {
+                for n in t {
+                    table::print_text(&format!("{n}\n"));
+                }
+            }
+            Ok(0)
+        }
+        Command::Recover => {
+            let names = m.recover()?;
+            table::print_text(&format!("recovered {} VM(s){}{}\n", names.len(), if names.is_empty() { "" } else { ": " }, names.join(", ")));
+            Ok(0)
+        }
+        Command::Console { name } => {
+            let vm = vm_name(&name)?;
+            let (_rec, vmt) = m.vm_type_of(&vm)?;
+            let argv = vmt.console_command(&vm).ok_or_else(|| Error::NotSupported(format!("VM {vm}'s type has no console")))?;
+            interactive(argv)
+        }
+        Command::Exec { name, command } => {
+            let vm = vm_name(&name)?;
+            let (_rec, vmt) = m.vm_type_of(&vm)?;
+            let argv = vmt.exec_command(&vm, &command).ok_or_else(|| Error::NotSupported(format!("VM {vm}'s type cannot run commands")))?;
+            interactive(argv)
+        }
+        Command::Ssh { target, args } => {
+            let (user, name) = match target.split_once('@') {
+                Some((u, n)) => (Some(u.to_string()), n.to_string()),
+                None => (None, target.clone()),
+            };
+            if let Some(u) = &user {
+                if u.is_empty() || !u.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) || u.starts_with('-') {
+                    return Err(RequestError::Invalid(format!("user {u:?} is not a valid user name")).into());
+                }
+            }
+            let vm = vm_name(&name)?;
+            let (rec, vmt) = m.vm_type_of(&vm)?;
+            let ip = vmt
+                .primary_ip(&vm, &rec.definition)
+                .ok_or_else(|| Error::InvalidState { vm: vm.clone(), action: "ssh", reason: "it has no known IP address (is it running?)".into() })?;
+            let mut argv = vec!["ssh".to_string()];
+            argv.extend(args);
+            argv.push(match user {
+                Some(u) => format!("{u}@{ip}"),
+                None => ip,
+            });
+            interactive(argv)
+        }
+    }
+}
+
+fn interactive(argv: Vec<String>) -> Result<u8, Error> {
+    let code = crate::sys::exec::Cmd::new(argv).interactive().map_err(|e| Error::NotSupported(crate::error::chain(&e)))?;
+    Ok(code.clamp(0, 255) as u8)
+}

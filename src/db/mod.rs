@@ -1,0 +1,225 @@
+//! The SQLite state: VMs, their volumes, operation locks and the journal.
+//! The only module with SQL in it.
+//!
+//! One connection per process, WAL mode, a busy timeout. Every write runs in
+//! a `BEGIN IMMEDIATE` transaction so that concurrent geats processes queue
+//! on SQLite's busy handler instead of failing with "database is locked".
+//! The schema version is `PRAGMA user_version`; [`MIGRATIONS`] brings an
+//! older file up to date.
+
+mod journal;
+mod locks;
+mod vms;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use crate::error::ErrorCode;
+
+pub use journal::{JournalEntry, JournalId};
+pub use locks::LockHolder;
+pub use vms::{VmRecord, VolumeRecord};
+
+/// Schema migrations: entry N brings version N to N+1.
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+
+/// The current schema version.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// A database failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The file could not be opened or created.
+    #[error("cannot open database {path}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// Its directory could not be created.
+    #[error("cannot create database directory {path}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A newer geats wrote this file.
+    #[error("database {path} has schema version {found}, newer than this geats knows ({known}); upgrade geats")]
+    TooNew {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// Ours.
+        known: i64,
+    },
+    /// A query failed.
+    #[error("database: cannot {what}")]
+    Query {
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// A stored value is not what geats wrote.
+    #[error("database: stored {what} is corrupt: {problem}")]
+    Corrupt {
+        /// Which value.
+        what: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl DbError {
+    /// The error code: contention is `busy`, everything else a bug or a
+    /// broken file.
+    pub fn code(&self) -> ErrorCode {
+        let busy = |e: &rusqlite::Error| {
+            matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+        };
+        match self {
+            DbError::Open { source, .. } | DbError::Query { source, .. } if busy(source) => ErrorCode::Busy,
+            DbError::Open { .. } | DbError::TooNew { .. } | DbError::Corrupt { .. } => ErrorCode::DatabaseMissing,
+            DbError::CreateDir { .. } | DbError::Query { .. } => ErrorCode::Internal,
+        }
+    }
+}
+
+pub(crate) fn q(what: &'static str) -> impl FnOnce(rusqlite::Error) -> DbError {
+    move |source| DbError::Query { what, source }
+}
+
+/// An open database.
+#[derive(Debug)]
+pub struct Db {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Db {
+    /// Open an existing database file.
+    pub fn open(path: &Path, busy: std::time::Duration) -> Result<Db, DbError> {
+        let open_err = |source| DbError::Open { path: path.to_path_buf(), source };
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(open_err)?;
+        conn.busy_timeout(busy).map_err(open_err)?;
+        let mut db = Db { conn, path: path.to_path_buf() };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    /// Create a new database file (and its directory).
+    pub fn create(path: &Path, busy: std::time::Duration) -> Result<Db, DbError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir { path: dir.to_path_buf(), source })?;
+        }
+        let open_err = |source| DbError::Open { path: path.to_path_buf(), source };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(busy).map_err(open_err)?;
+        // WAL is persistent in the file: set once at creation.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        let mut db = Db { conn, path: path.to_path_buf() };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&mut self) -> Result<(), DbError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|source| DbError::Open { path: self.path.clone(), source })?;
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        if version > SCHEMA_VERSION {
+            return Err(DbError::TooNew { path: self.path.clone(), found: version, known: SCHEMA_VERSION });
+        }
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin migration"))?;
+        // Re-read inside the write lock: another process may have migrated.
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(q("read schema version"))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            tx.execute_batch(sql).map_err(q("migrate schema"))?;
+            tx.pragma_update(None, "user_version", i as i64 + 1).map_err(q("set schema version"))?;
+        }
+        tx.commit().map_err(q("commit migration"))?;
+        Ok(())
+    }
+
+    /// Run `f` in a write transaction (`BEGIN IMMEDIATE`).
+    pub fn write<T>(&mut self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, DbError>) -> Result<T, DbError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin transaction"))?;
+        let v = f(&tx)?;
+        tx.commit().map_err(q("commit"))?;
+        Ok(v)
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+/// Now as RFC 3339 UTC with milliseconds, e.g. `2026-11-23T09:40:01.123Z`.
+pub fn now() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_then_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/geats.db");
+        Db::create(&p, std::time::Duration::from_secs(1)).unwrap();
+        let db = Db::open(&p, std::time::Duration::from_secs(1)).unwrap();
+        let mode: String = db.conn().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn newer_schema_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.db");
+        let db = Db::create(&p, std::time::Duration::from_secs(1)).unwrap();
+        db.conn().pragma_update(None, "user_version", 99).unwrap();
+        drop(db);
+        let e = Db::open(&p, std::time::Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("newer"), "{e}");
+    }
+
+    #[test]
+    fn now_is_rfc3339() {
+        let n = now();
+        assert_eq!(n.len(), 24, "{n}");
+        assert!(n.starts_with("20") && n.ends_with('Z'));
+    }
+}

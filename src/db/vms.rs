@@ -1,0 +1,145 @@
+//! VM and volume rows.
+
+use rusqlite::{params, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use super::{q, Db, DbError};
+use crate::definition::Definition;
+use crate::names::{TypeName, VmName, VolumeName};
+
+/// What geats knows about a VM (not its running state).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// Its name.
+    pub name: VmName,
+    /// Its VM type.
+    pub vm_type: TypeName,
+    /// Its definition.
+    pub definition: Definition,
+    /// The admin lock.
+    pub locked: bool,
+    /// False once undefined while its volumes are kept.
+    pub defined: bool,
+    /// When first defined.
+    pub created: String,
+    /// When last changed.
+    pub updated: String,
+}
+
+/// What a storage driver recorded about one volume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    /// The volume's name.
+    pub name: VolumeName,
+    /// Its storage type.
+    pub storage_type: TypeName,
+    /// Driver state (paths, sizes, ...).
+    pub record: serde_json::Value,
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> DbError {
+    DbError::Corrupt { what: what.to_string(), problem: e.to_string() }
+}
+
+type VmRow = (String, String, String, bool, bool, String, String);
+
+fn vm_from_row(r: VmRow) -> Result<VmRecord, DbError> {
+    let (name, vm_type, def, locked, defined, created, updated) = r;
+    Ok(VmRecord {
+        name: VmName::new(&name).map_err(|e| corrupt("VM name", e))?,
+        vm_type: TypeName::new(&vm_type).map_err(|e| corrupt(&format!("VM type of {name}"), e))?,
+        definition: serde_json::from_str(&def).map_err(|e| corrupt(&format!("definition of {name}"), e))?,
+        locked,
+        defined,
+        created,
+        updated,
+    })
+}
+
+const VM_COLS: &str = "name, vm_type, definition, locked, defined, created, updated";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+}
+
+impl Db {
+    /// One VM, defined or kept.
+    pub fn vm(&self, name: &VmName) -> Result<Option<VmRecord>, DbError> {
+        let sql = format!("SELECT {VM_COLS} FROM vms WHERE name = ?1");
+        let r = self.conn().query_row(&sql, [name.as_str()], row).optional().map_err(q("read VM"))?;
+        r.map(vm_from_row).transpose()
+    }
+
+    /// All VMs, defined ones only unless `with_kept`.
+    pub fn vms(&self, with_kept: bool) -> Result<Vec<VmRecord>, DbError> {
+        let sql = format!("SELECT {VM_COLS} FROM vms WHERE defined = 1 OR ?1 ORDER BY name");
+        let mut st = self.conn().prepare_cached(&sql).map_err(q("list VMs"))?;
+        let rows = st.query_map([with_kept], row).map_err(q("list VMs"))?;
+        rows.map(|r| r.map_err(q("list VMs")).and_then(vm_from_row)).collect()
+    }
+
+    /// The volumes of a VM, root first.
+    pub fn volumes(&self, vm: &VmName) -> Result<Vec<VolumeRecord>, DbError> {
+        let mut st = self
+            .conn()
+            .prepare_cached("SELECT name, storage_type, record FROM volumes WHERE vm = ?1 ORDER BY position")
+            .map_err(q("list volumes"))?;
+        let rows = st
+            .query_map([vm.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+            .map_err(q("list volumes"))?;
+        rows.map(|r| {
+            let (name, st, rec) = r.map_err(q("list volumes"))?;
+            Ok(VolumeRecord {
+                name: VolumeName::new(&name).map_err(|e| corrupt("volume name", e))?,
+                storage_type: TypeName::new(&st).map_err(|e| corrupt("storage type", e))?,
+                record: serde_json::from_str(&rec).map_err(|e| corrupt(&format!("record of volume {name}"), e))?,
+            })
+        })
+        .collect()
+    }
+
+    /// Insert or replace a VM and its volumes in one transaction.
+    pub fn put_vm(&mut self, vm: &VmRecord, volumes: &[VolumeRecord]) -> Result<(), DbError> {
+        let def = serde_json::to_string(&vm.definition).map_err(|e| corrupt("definition", e))?;
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO vms (name, vm_type, definition, locked, defined, created, updated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(name) DO UPDATE SET vm_type = ?2, definition = ?3, locked = ?4, defined = ?5, updated = ?7",
+                params![vm.name.as_str(), vm.vm_type.as_str(), def, vm.locked, vm.defined, vm.created, vm.updated],
+            )
+            .map_err(q("write VM"))?;
+            tx.execute("DELETE FROM volumes WHERE vm = ?1", [vm.name.as_str()]).map_err(q("write volumes"))?;
+            for (i, v) in volumes.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO volumes (vm, name, position, storage_type, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![vm.name.as_str(), v.name.as_str(), i as i64, v.storage_type.as_str(), v.record.to_string()],
+                )
+                .map_err(q("write volume"))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Forget a VM and its volumes.
+    pub fn delete_vm(&mut self, name: &VmName) -> Result<(), DbError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM volumes WHERE vm = ?1", [name.as_str()]).map_err(q("delete volumes"))?;
+            tx.execute("DELETE FROM vms WHERE name = ?1", [name.as_str()]).map_err(q("delete VM"))?;
+            Ok(())
+        })
+    }
+
+    /// Sum of `ram` (MB) over defined VMs.
+    pub fn ram_promised(&self) -> Result<u64, DbError> {
+        let v: i64 = self
+            .conn()
+            .query_row(
+                "SELECT COALESCE(SUM(json_extract(definition, '$.ram')), 0) FROM vms WHERE defined = 1",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(q("sum RAM"))?;
+        Ok(v.max(0) as u64)
+    }
+}

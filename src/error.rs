@@ -1,0 +1,299 @@
+//! The crate-level [`Error`], its stable [`ErrorCode`] strings and the
+//! MCollective [`ExitClass`].
+//!
+//! Every module has its own error type (`ConfigError`, `DbError`, `VmError`,
+//! `StorageError`, `RequestError`, `ExecError`); they fold into [`Error`]
+//! here. Exactly one exhaustive function per type decides the error code, so
+//! a new variant forces a decision (no wildcard arms).
+
+use std::fmt;
+
+use crate::config::ConfigError;
+use crate::db::DbError;
+use crate::names::VmName;
+use crate::request::RequestError;
+use crate::storage::StorageError;
+use crate::template::TemplateError;
+use crate::vm::VmError;
+
+/// The class of a failure, as MCollective's statuscodes and geats' exit
+/// codes in MCollective mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitClass {
+    /// The action succeeded.
+    Ok = 0,
+    /// The action failed (VM locked, busy, storage or LXC failure ...).
+    Aborted = 1,
+    /// The action is not one geats knows.
+    UnknownAction = 2,
+    /// A required key is absent from the request.
+    MissingData = 3,
+    /// The request is malformed or violates a schema or a naming rule.
+    InvalidData = 4,
+    /// A bug, a bad configuration, or a request file that cannot be opened.
+    Other = 5,
+}
+
+impl ExitClass {
+    /// The process exit code for this class.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// Stable machine-readable error codes (the `errorcode` of a reply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// A required key is absent.
+    MissingData,
+    /// The request or definition is invalid.
+    InvalidData,
+    /// The action is not known.
+    UnknownAction,
+    /// No such VM.
+    NotFound,
+    /// The VM carries the admin lock.
+    VmLocked,
+    /// Another action holds the VM's operation lock.
+    Busy,
+    /// The VM's state forbids the action.
+    InvalidState,
+    /// The action or feature is not supported.
+    NotSupported,
+    /// An external tool failed.
+    ToolFailed,
+    /// LXC refused or failed an operation.
+    LxcError,
+    /// A storage volume could not be set up or torn down.
+    StorageFailed,
+    /// The database is missing or unreadable while VMs exist.
+    DatabaseMissing,
+    /// The configuration file is invalid.
+    ConfigInvalid,
+    /// A bug in geats.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The stable string sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MissingData => "missing_data",
+            ErrorCode::InvalidData => "invalid_data",
+            ErrorCode::UnknownAction => "unknown_action",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::VmLocked => "vm_locked",
+            ErrorCode::Busy => "busy",
+            ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::NotSupported => "not_supported",
+            ErrorCode::ToolFailed => "tool_failed",
+            ErrorCode::LxcError => "lxc_error",
+            ErrorCode::StorageFailed => "storage_failed",
+            ErrorCode::DatabaseMissing => "database_missing",
+            ErrorCode::ConfigInvalid => "config_invalid",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The exit class this code belongs to.
+    pub fn exit_class(self) -> ExitClass {
+        match self {
+            ErrorCode::MissingData => ExitClass::MissingData,
+            ErrorCode::InvalidData => ExitClass::InvalidData,
+            ErrorCode::UnknownAction => ExitClass::UnknownAction,
+            ErrorCode::NotFound
+            | ErrorCode::VmLocked
+            | ErrorCode::Busy
+            | ErrorCode::InvalidState
+            | ErrorCode::NotSupported
+            | ErrorCode::ToolFailed
+            | ErrorCode::LxcError
+            | ErrorCode::StorageFailed
+            | ErrorCode::DatabaseMissing => ExitClass::Aborted,
+            ErrorCode::ConfigInvalid | ErrorCode::Internal => ExitClass::Other,
+        }
+    }
+
+    /// Whether the same request may succeed if simply tried again later.
+    pub fn retryable(self) -> bool {
+        match self {
+            ErrorCode::Busy | ErrorCode::ToolFailed | ErrorCode::LxcError | ErrorCode::StorageFailed => true,
+            ErrorCode::MissingData
+            | ErrorCode::InvalidData
+            | ErrorCode::UnknownAction
+            | ErrorCode::NotFound
+            | ErrorCode::VmLocked
+            | ErrorCode::InvalidState
+            | ErrorCode::NotSupported
+            | ErrorCode::DatabaseMissing
+            | ErrorCode::ConfigInvalid
+            | ErrorCode::Internal => false,
+        }
+    }
+
+    /// Every code, for documentation and tests.
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::MissingData,
+        ErrorCode::InvalidData,
+        ErrorCode::UnknownAction,
+        ErrorCode::NotFound,
+        ErrorCode::VmLocked,
+        ErrorCode::Busy,
+        ErrorCode::InvalidState,
+        ErrorCode::NotSupported,
+        ErrorCode::ToolFailed,
+        ErrorCode::LxcError,
+        ErrorCode::StorageFailed,
+        ErrorCode::DatabaseMissing,
+        ErrorCode::ConfigInvalid,
+        ErrorCode::Internal,
+    ];
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every failure geats reports.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request could not be read or is invalid.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The VM type failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// A storage volume failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// An OS template failed.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// The named VM does not exist.
+    #[error("no VM named {0} (see `geats list`)")]
+    NotFound(VmName),
+    /// The VM carries the admin lock.
+    #[error("VM {0} is locked by an administrator; run `geats unlock {0}` first")]
+    Locked(VmName),
+    /// Another process holds the VM's operation lock.
+    #[error("VM {vm} is busy: {action} by pid {pid} has held its lock for more than {waited_s} s; try again later")]
+    Busy {
+        /// The VM.
+        vm: VmName,
+        /// The action holding the lock.
+        action: String,
+        /// The lock holder's pid.
+        pid: i64,
+        /// How long this request waited.
+        waited_s: u64,
+    },
+    /// The VM's state forbids the action.
+    #[error("VM {vm} cannot {action}: {reason}")]
+    InvalidState {
+        /// The VM.
+        vm: VmName,
+        /// The refused action.
+        action: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Not supported.
+    #[error("{0}")]
+    NotSupported(String),
+    /// The database is missing while VMs exist.
+    #[error("database {path} is missing or unreadable, but {count} VM record(s) exist under {records}; run `geats recover` to rebuild it")]
+    DatabaseMissing {
+        /// The database file.
+        path: String,
+        /// The records directory.
+        records: String,
+        /// How many records were found.
+        count: usize,
+    },
+    /// A failure followed by a failed rollback.
+    #[error("{error}; rolling back also failed: {cleanup}")]
+    Rollback {
+        /// The original failure.
+        error: Box<Error>,
+        /// The cleanup failure, as text.
+        cleanup: String,
+    },
+    /// A bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The stable error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Request(e) => e.code(),
+            Error::Config(_) => ErrorCode::ConfigInvalid,
+            Error::Db(e) => e.code(),
+            Error::Vm(e) => e.code(),
+            Error::Storage(e) => e.code(),
+            Error::Template(e) => e.code(),
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::Locked(_) => ErrorCode::VmLocked,
+            Error::Busy { .. } => ErrorCode::Busy,
+            Error::InvalidState { .. } => ErrorCode::InvalidState,
+            Error::NotSupported(_) => ErrorCode::NotSupported,
+            Error::DatabaseMissing { .. } => ErrorCode::DatabaseMissing,
+            Error::Rollback { error, .. } => error.code(),
+            Error::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The message: this error and its sources joined with ": ".
+    pub fn message(&self) -> String {
+        chain(self)
+    }
+}
+
+/// Join an error and its `source()` chain with ": ", skipping a source
+/// whose text is already contained in the previous one.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// Result with the crate error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_classed() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ErrorCode::ALL {
+            assert!(seen.insert(c.as_str()), "duplicate {c}");
+            assert_ne!(c.exit_class(), ExitClass::Ok);
+        }
+        assert_eq!(ErrorCode::MissingData.exit_class().code(), 3);
+        assert_eq!(ErrorCode::InvalidData.exit_class().code(), 4);
+        assert_eq!(ErrorCode::UnknownAction.exit_class().code(), 2);
+        assert_eq!(ErrorCode::Busy.exit_class().code(), 1);
+        assert!(ErrorCode::Busy.retryable());
+        assert!(!ErrorCode::InvalidData.retryable());
+    }
+}

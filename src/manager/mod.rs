@@ -1,0 +1,245 @@
+//! The manager: every action goes through here, whatever the transport.
+//!
+//! A mutating action on a VM runs as: open the database (creating it only
+//! on a fresh host), answer from the journal if its request id already
+//! completed, take the VM's operation lock (waiting up to `lock_timeout`),
+//! open a journal entry, decide the disposition from the observed state,
+//! run the steps (each recorded in the journal with its undo), and on
+//! failure undo in reverse. A dry run goes through the very same code with
+//! an [`op::Op`] that records steps instead of running them, and touches
+//! neither the lock table nor the journal.
+
+mod actions;
+mod op;
+mod read;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::db::{Db, VmRecord, VolumeRecord};
+use crate::error::{Error, Result};
+use crate::names::VmName;
+use crate::request::{Action, Request};
+use crate::sys::fsutil::write_atomic;
+use crate::sys::proc;
+
+pub use op::Op;
+
+/// The entry point of the library: one per process.
+#[derive(Debug)]
+pub struct Manager {
+    config: Config,
+}
+
+/// What one VM's record file holds: everything only geats knows about it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct RecordFile {
+    /// The VM row.
+    pub vm: VmRecord,
+    /// Its volumes.
+    pub volumes: Vec<VolumeRecord>,
+}
+
+impl Manager {
+    /// A manager over this configuration. Does no I/O.
+    pub fn new(config: Config) -> Manager {
+        Manager { config }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Run one request and return its reply data.
+    pub fn execute(&self, req: &Request) -> Result<Value> {
+        match &req.action {
+            Action::Status => self.status(),
+            Action::Info(vm) => self.info(vm),
+            Action::Migrate(_, dest) => Err(Error::NotSupported(format!(
+                "migrate to {dest} is not supported by any configured VM type yet"
+            ))),
+            Action::Define(..)
+            | Action::Provision(..)
+            | Action::Start(_)
+            | Action::Stop(_)
+            | Action::Shutdown(_)
+            | Action::Reboot(_)
+            | Action::Undefine(_)
+            | Action::Deprovision(_)
+            | Action::Lock(_)
+            | Action::Unlock(_) => self.mutate(req),
+        }
+    }
+
+    /// How many record files exist (only called when the database is
+    /// missing, so it is off the hot path).
+    fn record_count(&self) -> usize {
+        std::fs::read_dir(&self.config.records_dir)
+            .map(|rd| rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")).count())
+            .unwrap_or(0)
+    }
+
+    fn missing(&self) -> Error {
+        Error::DatabaseMissing {
+            path: self.config.database.display().to_string(),
+            records: self.config.records_dir.display().to_string(),
+            count: self.record_count(),
+        }
+    }
+
+    /// Open the database for reading. `None` on a fresh host (no database,
+    /// no records): nothing is defined, and nothing is created.
+    pub(crate) fn db_read(&self) -> Result<Option<Db>> {
+        let path = &self.config.database;
+        if path.exists() {
+            return Db::open(path, self.config.busy_timeout).map(Some).map_err(|e| self.open_failed(e));
+        }
+        if self.record_count() > 0 {
+            return Err(self.missing());
+        }
+        Ok(None)
+    }
+
+    /// Open the database for writing, creating it on a fresh host only.
+    pub(crate) fn db_write(&self) -> Result<Db> {
+        let path = &self.config.database;
+        if path.exists() {
+            return Db::open(path, self.config.busy_timeout).map_err(|e| self.open_failed(e));
+        }
+        if self.record_count() > 0 {
+            return Err(self.missing());
+        }
+        Ok(Db::create(path, self.config.busy_timeout)?)
+    }
+
+    fn open_failed(&self, e: crate::db::DbError) -> Error {
+        if matches!(e.code(), crate::error::ErrorCode::DatabaseMissing) && self.record_count() > 0 {
+            self.missing()
+        } else {
+            e.into()
+        }
+    }
+
+    fn mutate(&self, req: &Request) -> Result<Value> {
+        let action = req.action.name();
+        let vm = req.action.vm().ok_or_else(|| Error::Internal(format!("{action} without a VM")))?.clone();
+        if req.dry_run {
+            let mut db = self.db_read()?;
+            let mut op = Op::dry(&self.config, db.as_mut());
+            let out = actions::run(&mut op, &req.action);
+            return out.map(|(changed, _reply)| json!({"dry_run": true, "changed": changed, "steps": op.steps()}));
+        }
+        let mut db = self.db_write()?;
+        if let Some(id) = &req.request_id {
+            if let Some(reply) = db.journal_replay(Some(&vm), action, id)? {
+                tracing::info!(vm = %vm, action, request_id = %id, "answered from the journal");
+                return Ok(reply);
+            }
+        }
+        let me = me();
+        self.lock(&mut db, &vm, action, me)?;
+        let result = (|| {
+            let jid = db.journal_begin(Some(&vm), action, req.caller.as_deref(), req.request_id.as_deref())?;
+            let mut op = Op::real(&self.config, &mut db, jid);
+            let out = actions::run(&mut op, &req.action);
+            let steps = op.steps().to_vec();
+            match &out {
+                Ok((changed, reply)) => db.journal_end(jid, "ok", Some(*changed), &steps, Some(reply))?,
+                Err(e) => db.journal_end(jid, e.code().as_str(), None, &steps, None)?,
+            }
+            out.map(|(_, reply)| reply)
+        })();
+        if let Err(e) = db.unlock_op(&vm, me) {
+            tracing::warn!(vm = %vm, "cannot release the operation lock: {}", crate::error::chain(&e));
+        }
+        result
+    }
+
+    fn lock(&self, db: &mut Db, vm: &VmName, action: &str, me: (i64, u64)) -> Result<()> {
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match db.try_lock(vm, action, me, proc::alive)? {
+                Ok(()) => return Ok(()),
+                Err(holder) => {
+                    if start.elapsed() >= self.config.lock_timeout {
+                        return Err(Error::Busy {
+                            vm: vm.clone(),
+                            action: holder.action,
+                            pid: holder.pid,
+                            waited_s: self.config.lock_timeout.as_secs(),
+                        });
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// The journal, for `geats history`.
+    pub fn history(&self, vm: Option<&VmName>, limit: u32) -> Result<Vec<crate::db::JournalEntry>> {
+        match self.db_read()? {
+            Some(db) => Ok(db.history(vm, limit)?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Rebuild the database from the record files (`geats recover`). A
+    /// database file that cannot be opened is moved aside first. Returns
+    /// the names of the VMs recovered.
+    pub fn recover(&self) -> Result<Vec<String>> {
+        let path = &self.config.database;
+        if path.exists() && Db::open(path, self.config.busy_timeout).is_err() {
+            let aside = path.with_extension(format!("broken-{}", crate::db::now().replace([':', '.'], "")));
+            std::fs::rename(path, &aside).map_err(|e| Error::Internal(format!("cannot move {} aside: {e}", path.display())))?;
+            tracing::warn!("moved unreadable database to {}", aside.display());
+        }
+        let mut db = if path.exists() { Db::open(path, self.config.busy_timeout)? } else { Db::create(path, self.config.busy_timeout)? };
+        let mut names = Vec::new();
+        let rd = match std::fs::read_dir(&self.config.records_dir) {
+            Ok(rd) => rd,
+            Err(_) => return Ok(names),
+        };
+        let mut files: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f).map_err(|e| Error::Internal(format!("cannot read {}: {e}", f.display())))?;
+            let rec: RecordFile = serde_json::from_str(&text).map_err(|e| Error::Internal(format!("record {} is corrupt: {e}", f.display())))?;
+            if db.vm(&rec.vm.name)?.is_none() {
+                db.put_vm(&rec.vm, &rec.volumes)?;
+                names.push(rec.vm.name.to_string());
+            }
+        }
+        Ok(names)
+    }
+
+    /// The record file of a VM.
+    pub(crate) fn record_path(config: &Config, vm: &VmName) -> std::path::PathBuf {
+        config.records_dir.join(format!("{vm}.json"))
+    }
+
+    /// Write a VM's record file.
+    pub(crate) fn write_record(config: &Config, rec: &VmRecord, volumes: &[VolumeRecord]) -> std::io::Result<()> {
+        std::fs::create_dir_all(&config.records_dir)?;
+        let text = serde_json::to_vec_pretty(&RecordFile { vm: rec.clone(), volumes: volumes.to_vec() }).unwrap_or_default();
+        write_atomic(&Self::record_path(config, &rec.name), &text, 0o600)
+    }
+
+    /// Remove a VM's record file.
+    pub(crate) fn remove_record(config: &Config, vm: &VmName) -> std::io::Result<()> {
+        match std::fs::remove_file(Self::record_path(config, vm)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// This process: (pid, start time).
+fn me() -> (i64, u64) {
+    let pid = std::process::id() as i64;
+    (pid, proc::start_time(pid).unwrap_or(0))
+}

@@ -1,0 +1,98 @@
+//! [`Op`]: runs (or, in a dry run, only records) the steps of one action,
+//! journals each completed step, and remembers how to undo it.
+
+use crate::config::Config;
+use crate::db::{Db, JournalId, VmRecord, VolumeRecord};
+use crate::error::{Error, Result};
+
+/// How to undo a completed step. Indexes refer to the action's volumes.
+#[derive(Debug)]
+pub enum Undo {
+    /// Destroy a volume this action created.
+    UndefineVolume(usize),
+    /// Deactivate a volume this action activated.
+    DeactivateVolume(usize),
+    /// Remove the VM from the hypervisor (it did not exist before).
+    UndefineVm,
+    /// Write the previous definition back into the hypervisor.
+    RedefineVm(Box<VmRecord>),
+    /// Power the VM off again.
+    StopVm,
+    /// Put back the database rows and record file as they were.
+    RestoreRecord(Option<Box<(VmRecord, Vec<VolumeRecord>)>>),
+}
+
+/// The step runner of one action.
+#[derive(Debug)]
+pub struct Op<'a> {
+    /// The configuration.
+    pub config: &'a Config,
+    db: Option<&'a mut Db>,
+    dry: bool,
+    journal: Option<JournalId>,
+    steps: Vec<String>,
+    undo: Vec<Undo>,
+}
+
+impl<'a> Op<'a> {
+    /// A runner that records steps without running them.
+    pub fn dry(config: &'a Config, db: Option<&'a mut Db>) -> Op<'a> {
+        Op { config, db, dry: true, journal: None, steps: Vec::new(), undo: Vec::new() }
+    }
+
+    /// A runner that runs steps and journals them.
+    pub fn real(config: &'a Config, db: &'a mut Db, journal: JournalId) -> Op<'a> {
+        Op { config, db: Some(db), dry: false, journal: Some(journal), steps: Vec::new(), undo: Vec::new() }
+    }
+
+    /// Is this a dry run?
+    pub fn is_dry(&self) -> bool {
+        self.dry
+    }
+
+    /// The steps run (or planned) so far.
+    pub fn steps(&self) -> &[String] {
+        &self.steps
+    }
+
+    /// The database, if there is one (a dry run on a fresh host has none).
+    pub fn db(&self) -> Option<&Db> {
+        self.db.as_deref()
+    }
+
+    /// The database for writing; only reached inside [`Op::step`] of a
+    /// real run, which always has one.
+    pub fn db_mut(&mut self) -> Result<&mut Db> {
+        self.db.as_deref_mut().ok_or_else(|| Error::Internal("write without a database".into()))
+    }
+
+    /// Run a step: in a dry run only record `desc`; otherwise run `f`,
+    /// record and journal it, and remember `undo`.
+    pub fn step(&mut self, desc: impl Into<String>, undo: Option<Undo>, f: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+        let desc = desc.into();
+        if !self.dry {
+            tracing::debug!(step = %desc, "running");
+            f(self)?;
+        }
+        self.steps.push(desc);
+        if let Some(u) = undo {
+            self.undo.push(u);
+        }
+        if let (Some(id), Some(db)) = (self.journal, self.db.as_deref_mut()) {
+            db.journal_steps(id, &self.steps)?;
+        }
+        Ok(())
+    }
+
+    /// Take the undo list, newest first.
+    pub fn take_undo(&mut self) -> Vec<Undo> {
+        let mut u = std::mem::take(&mut self.undo);
+        u.reverse();
+        u
+    }
+
+    /// Forget the undo list (the action committed).
+    pub fn commit(&mut self) {
+        self.undo.clear();
+    }
+}

@@ -1,0 +1,257 @@
+//! Requests independent of transport: the [`Action`] enum and how request
+//! data (the `data` object) becomes one, after schema validation.
+//!
+//! The agent (MCollective, Choria, stdio) and the CLI both build an
+//! [`Request`] and hand it to [`crate::manager::Manager`].
+
+use serde_json::Value;
+
+use crate::definition::Definition;
+use crate::error::ErrorCode;
+use crate::names::VmName;
+use crate::schema;
+
+/// Why a request was refused before any work.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// A required key is absent.
+    #[error("missing data: {0}")]
+    Missing(String),
+    /// The request is malformed or violates the schema.
+    #[error("invalid data: {0}")]
+    Invalid(String),
+    /// The action is not known.
+    #[error("unknown action {0:?}; known actions: {known}", known = Action::NAMES.join(", "))]
+    UnknownAction(String),
+    /// The request file could not be opened at all.
+    #[error("cannot read request file {path}: {source}")]
+    Unreadable {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The reply file could not be written.
+    #[error("cannot write reply file {path}: {source}")]
+    ReplyUnwritable {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl RequestError {
+    /// The error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RequestError::Missing(_) => ErrorCode::MissingData,
+            RequestError::Invalid(_) => ErrorCode::InvalidData,
+            RequestError::UnknownAction(_) => ErrorCode::UnknownAction,
+            RequestError::Unreadable { .. } | RequestError::ReplyUnwritable { .. } => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Every action, matched exhaustively by the manager.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// All VMs and host figures.
+    Status,
+    /// One VM.
+    Info(VmName),
+    /// Create or update.
+    Define(VmName, Box<Definition>),
+    /// Define, format, install the template.
+    Provision(VmName, Box<Definition>),
+    /// Start.
+    Start(VmName),
+    /// Power off.
+    Stop(VmName),
+    /// Clean halt.
+    Shutdown(VmName),
+    /// Restart.
+    Reboot(VmName),
+    /// Remove from the hypervisor.
+    Undefine(VmName),
+    /// Undefine and destroy the volumes.
+    Deprovision(VmName),
+    /// Set the admin lock.
+    Lock(VmName),
+    /// Clear the admin lock.
+    Unlock(VmName),
+    /// Move to another host.
+    Migrate(VmName, String),
+}
+
+impl Action {
+    /// The action names, as on the wire.
+    pub const NAMES: [&'static str; 13] = [
+        "status", "info", "define", "provision", "start", "stop", "shutdown", "reboot", "undefine", "deprovision", "lock", "unlock", "migrate",
+    ];
+
+    /// The wire name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Status => "status",
+            Action::Info(_) => "info",
+            Action::Define(..) => "define",
+            Action::Provision(..) => "provision",
+            Action::Start(_) => "start",
+            Action::Stop(_) => "stop",
+            Action::Shutdown(_) => "shutdown",
+            Action::Reboot(_) => "reboot",
+            Action::Undefine(_) => "undefine",
+            Action::Deprovision(_) => "deprovision",
+            Action::Lock(_) => "lock",
+            Action::Unlock(_) => "unlock",
+            Action::Migrate(..) => "migrate",
+        }
+    }
+
+    /// The VM it acts on.
+    pub fn vm(&self) -> Option<&VmName> {
+        match self {
+            Action::Status => None,
+            Action::Info(v)
+            | Action::Define(v, _)
+            | Action::Provision(v, _)
+            | Action::Start(v)
+            | Action::Stop(v)
+            | Action::Shutdown(v)
+            | Action::Reboot(v)
+            | Action::Undefine(v)
+            | Action::Deprovision(v)
+            | Action::Lock(v)
+            | Action::Unlock(v)
+            | Action::Migrate(v, _) => Some(v),
+        }
+    }
+
+    /// Does it change anything (and so take a lock and a journal entry)?
+    pub fn is_mutating(&self) -> bool {
+        !matches!(self, Action::Status | Action::Info(_))
+    }
+}
+
+/// A request ready for the manager.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// What to do.
+    pub action: Action,
+    /// Plan only.
+    pub dry_run: bool,
+    /// Idempotency key.
+    pub request_id: Option<String>,
+    /// Who asked (MCollective sender, Choria callerid, CLI user).
+    pub caller: Option<String>,
+}
+
+/// Validate `data` for the action `name` and build the request.
+/// `envelope_request_id` is the transport's id (MCollective `uniqid`,
+/// Choria `requestid`), used when `data` carries no `request_id`.
+pub fn parse(name: &str, mut data: Value, caller: Option<String>, envelope_request_id: Option<String>) -> Result<Request, RequestError> {
+    if !Action::NAMES.contains(&name) {
+        return Err(RequestError::UnknownAction(name.to_string()));
+    }
+    let Some(obj) = data.as_object_mut() else {
+        return Err(RequestError::Invalid(format!("/: request data must be an object, got {}", kind(&data))));
+    };
+    // MCollective 2.12 cannot validate hash inputs, so its clients may send
+    // the definition as a JSON string: parse it first.
+    if let Some(Value::String(s)) = obj.get("definition") {
+        let parsed: Value = serde_json::from_str(s)
+            .map_err(|e| RequestError::Invalid(format!("/definition: a string definition must hold a JSON object: {e}")))?;
+        obj.insert("definition".into(), parsed);
+    }
+    let schema_name = format!("request/{name}.json");
+    if let Err(violations) = schema::validate(&schema_name, &data) {
+        let missing: Vec<_> = violations.iter().filter(|v| v.missing).collect();
+        let text = |vs: &[&schema::Violation]| vs.iter().map(|v| format!("{}: {}", v.pointer, v.message)).collect::<Vec<_>>().join("; ");
+        if !missing.is_empty() {
+            return Err(RequestError::Missing(text(&missing)));
+        }
+        return Err(RequestError::Invalid(text(&violations.iter().collect::<Vec<_>>())));
+    }
+    let invalid = |p: &str, e: String| RequestError::Invalid(format!("{p}: {e}"));
+    let vm = || -> Result<VmName, RequestError> {
+        let s = data.get("vm_name").and_then(Value::as_str).unwrap_or_default();
+        VmName::new(s).map_err(|e| invalid("/vm_name", e.to_string()))
+    };
+    let definition = |vm: &VmName| -> Result<Box<Definition>, RequestError> {
+        let d = data.get("definition").cloned().unwrap_or(Value::Null);
+        let def: Definition = serde_json::from_value(d).map_err(|e| invalid("/definition", e.to_string()))?;
+        def.check(vm).map_err(|(p, e)| invalid(&format!("/definition{p}"), e))?;
+        Ok(Box::new(def))
+    };
+    let action = match name {
+        "status" => Action::Status,
+        "info" => Action::Info(vm()?),
+        "define" => {
+            let v = vm()?;
+            let d = definition(&v)?;
+            Action::Define(v, d)
+        }
+        "provision" => {
+            let v = vm()?;
+            let d = definition(&v)?;
+            Action::Provision(v, d)
+        }
+        "start" => Action::Start(vm()?),
+        "stop" => Action::Stop(vm()?),
+        "shutdown" => Action::Shutdown(vm()?),
+        "reboot" => Action::Reboot(vm()?),
+        "undefine" => Action::Undefine(vm()?),
+        "deprovision" => Action::Deprovision(vm()?),
+        "lock" => Action::Lock(vm()?),
+        "unlock" => Action::Unlock(vm()?),
+        "migrate" => Action::Migrate(vm()?, data.get("vm_destination").and_then(Value::as_str).unwrap_or_default().to_string()),
+        other => return Err(RequestError::UnknownAction(other.to_string())),
+    };
+    let dry_run = data.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
+    let request_id = data.get("request_id").and_then(Value::as_str).map(str::to_string).or(envelope_request_id);
+    Ok(Request { action, dry_run, request_id, caller })
+}
+
+/// A JSON value's kind, for messages.
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn definition_as_string_is_accepted() {
+        let d = json!({"vm_name": "a", "definition": "{\"vm_type\": \"dummy\"}"});
+        let r = parse("define", d, None, None).unwrap();
+        assert!(matches!(r.action, Action::Define(_, _)));
+    }
+
+    #[test]
+    fn classes() {
+        assert!(matches!(parse("explode", json!({}), None, None), Err(RequestError::UnknownAction(_))));
+        assert!(matches!(parse("start", json!({}), None, None), Err(RequestError::Missing(_))));
+        assert!(matches!(parse("start", json!({"vm_name": "a", "x": 1}), None, None), Err(RequestError::Invalid(_))));
+        assert!(matches!(parse("start", json!([1]), None, None), Err(RequestError::Invalid(_))));
+        let e = parse("define", json!({"vm_name": "a", "definition": {"name": "b"}}), None, None).unwrap_err();
+        assert!(e.to_string().contains("/definition/name"), "{e}");
+    }
+
+    #[test]
+    fn envelope_id_is_the_fallback() {
+        let r = parse("start", json!({"vm_name": "a", "process_results": true}), None, Some("abc".into())).unwrap();
+        assert_eq!(r.request_id.as_deref(), Some("abc"));
+        let r = parse("start", json!({"vm_name": "a", "request_id": "mine"}), None, Some("abc".into())).unwrap();
+        assert_eq!(r.request_id.as_deref(), Some("mine"));
+    }
+}

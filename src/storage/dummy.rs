@@ -1,0 +1,58 @@
+//! The `dummy` driver: a volume that only records the keys its definition
+//! gives, as the original Geats' did. It provides nothing and touches no
+//! disk.
+
+use super::{Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
+
+/// A recorded-only volume.
+#[derive(Debug)]
+pub struct DummyVolume {
+    record: serde_json::Value,
+}
+
+impl DummyVolume {
+    /// Build from the context; accepts any option.
+    pub fn new(ctx: &VolumeCtx<'_>) -> Result<DummyVolume, StorageError> {
+        let mut record = serde_json::to_value(ctx.spec).unwrap_or_default();
+        if let Some(m) = record.as_object_mut() {
+            m.insert("driver".into(), "dummy".into());
+        }
+        Ok(DummyVolume { record })
+    }
+}
+
+impl Volume for DummyVolume {
+    fn define(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn activate(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn deactivate(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn undefine(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn format(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn is_active(&self) -> bool {
+        false
+    }
+    fn provides(&self) -> Provides {
+        Provides::default()
+    }
+    fn exists(&self) -> bool {
+        true
+    }
+    fn record(&self) -> serde_json::Value {
+        self.record.clone()
+    }
+    fn usage(&self) -> VolumeUsage {
+        VolumeUsage::default()
+    }
+    fn describe(&self) -> String {
+        "dummy volume (recorded only)".into()
+    }
+}

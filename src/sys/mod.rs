@@ -1,0 +1,7 @@
+//! Everything that touches the operating system below the plugins: the one
+//! process runner ([`exec`]) and readers of `/proc` ([`proc`]). Storage
+//! helpers for mount, loop devices and mkfs live here too as they are added.
+
+pub mod exec;
+pub mod fsutil;
+pub mod proc;

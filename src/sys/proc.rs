@@ -1,0 +1,65 @@
+//! Readers of `/proc`: host memory and load, process liveness.
+
+use std::collections::BTreeMap;
+
+/// `/proc/meminfo` values in kB, by key (`MemTotal`, `MemFree`, ...).
+pub fn meminfo() -> BTreeMap<String, u64> {
+    // /proc/meminfo lines look like: "MemTotal:       24610608 kB"
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (k, rest) = l.split_once(':')?;
+            let v = rest.split_whitespace().next()?.parse().ok()?;
+            Some((k.to_string(), v))
+        })
+        .collect()
+}
+
+/// The 1, 5 and 15 minute load averages from `/proc/loadavg`
+/// ("0.52 0.58 0.59 1/389 12345").
+pub fn loadavg() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = text.split_whitespace().map(|s| s.parse().unwrap_or(0.0));
+    [it.next().unwrap_or(0.0), it.next().unwrap_or(0.0), it.next().unwrap_or(0.0)]
+}
+
+/// Online CPUs.
+pub fn cpu_count() -> u64 {
+    std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1)
+}
+
+/// The start time of a process in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`), or `None` if it does not exist.
+pub fn start_time(pid: i64) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses; fields
+    // after the last ')' are plain. starttime is field 22, i.e. the 20th
+    // after the ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Is the process `pid` with this start time still alive? A reused pid has
+/// another start time.
+pub fn alive(pid: i64, start: u64) -> bool {
+    start_time(pid) == Some(start)
+}
+
+/// The host name, from the kernel.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive() {
+        let pid = std::process::id() as i64;
+        let st = start_time(pid).unwrap();
+        assert!(alive(pid, st));
+        assert!(!alive(pid, st + 1));
+        assert!(meminfo().contains_key("MemTotal"));
+    }
+}

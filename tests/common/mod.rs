@@ -1,0 +1,190 @@
+//! The test harness: a private geats root per test under a temp dir, and
+//! helpers that run the built binary as the agent (stdio or MCollective
+//! files) or the CLI, printing argv, status, stdout and stderr on failure.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// The geats binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_geats"))
+}
+
+/// Are we root? Privileged tests print a reason and return otherwise.
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// Print why a test is skipped (visible with --nocapture and in CI logs).
+pub fn skip(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// A private geats installation: its own ROOT, config and database.
+#[derive(Debug)]
+pub struct Env {
+    /// Holds the directory until drop.
+    pub dir: tempfile::TempDir,
+    /// Extra config TOML appended to the generated config.
+    pub config: PathBuf,
+}
+
+impl Env {
+    /// A fresh root with the embedded defaults.
+    pub fn new() -> Env {
+        Env::with_config("")
+    }
+
+    /// A fresh root with extra config TOML.
+    pub fn with_config(toml: &str) -> Env {
+        let dir = tempfile::Builder::new().prefix("geats-test-").tempdir().expect("tempdir");
+        let config = dir.path().join("geats.toml");
+        std::fs::write(&config, toml).expect("write config");
+        Env { dir, config }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A command for the binary with this env's root and config.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("GEATS_ROOT", self.root())
+            .env("GEATS_CONFIG", &self.config);
+        c
+    }
+
+    /// Run `geats agent --stdio` with `input`; returns (exit code, parsed
+    /// stdout envelope, stderr).
+    pub fn stdio(&self, input: &str) -> (i32, Value, String) {
+        let mut c = self.cmd();
+        c.args(["agent", "--stdio"]);
+        let out = run_with_stdin(c, input.as_bytes());
+        let code = out.status.code().unwrap_or(-1);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!("stdout is not one JSON envelope ({e}):\nstdin: {input}\nstatus: {:?}\nstdout: {stdout}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stderr))
+        });
+        (code, v, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Run an action through stdio and expect success; returns `data`.
+    pub fn ok(&self, action: &str, data: Value) -> Value {
+        let req = serde_json::json!({"action": action, "data": data});
+        let (code, v, err) = self.stdio(&req.to_string());
+        assert_eq!(code, 0, "exit code for {req}: stderr {err}");
+        assert_eq!(v["success"], Value::Bool(true), "request {req} failed: {v}\nstderr: {err}");
+        v["data"].clone()
+    }
+
+    /// Run an action through stdio and expect failure; returns the envelope.
+    pub fn fail(&self, action: &str, data: Value) -> Value {
+        let req = serde_json::json!({"action": action, "data": data});
+        let (code, v, err) = self.stdio(&req.to_string());
+        assert_eq!(code, 0, "exit code for {req}: stderr {err}");
+        assert_eq!(v["success"], Value::Bool(false), "request {req} should fail: {v}");
+        v
+    }
+
+    /// Run `geats agent REQ REPLY` (MCollective) with the request text;
+    /// returns (exit code, reply file text, stderr).
+    pub fn mco(&self, request: &str) -> (i32, String, String) {
+        let req = self.root().join("mco-request.json");
+        let rep = self.root().join("mco-reply.json");
+        std::fs::write(&req, request).expect("write request");
+        std::fs::write(&rep, "").expect("create reply");
+        let mut c = self.cmd();
+        c.arg("agent").arg(&req).arg(&rep);
+        let out = run_with_stdin(c, b"");
+        (
+            out.status.code().unwrap_or(-1),
+            std::fs::read_to_string(&rep).unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Run the CLI with arguments; returns the output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut c = self.cmd();
+        c.args(args);
+        run_with_stdin(c, b"")
+    }
+}
+
+/// Run a command feeding `input` on stdin.
+pub fn run_with_stdin(mut c: Command, input: &[u8]) -> Output {
+    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    if let Some(mut sin) = child.stdin.take() {
+        let _ = sin.write_all(input);
+    }
+    child.wait_with_output().expect("wait")
+}
+
+/// Every file under `dir` with its content (or "<dir>"), for before/after
+/// comparisons. The SQLite database is compared by a dump, not by bytes.
+pub fn snapshot_tree(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&p) else { continue };
+        for e in rd.flatten() {
+            let path = e.path();
+            let rel = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
+            if rel.ends_with("-wal") || rel.ends_with("-shm") {
+                continue;
+            }
+            if path.is_dir() {
+                out.push((rel, "<dir>".into()));
+                stack.push(path);
+            } else if rel.ends_with(".db") {
+                out.push((rel, db_dump(&path)));
+            } else {
+                out.push((rel, std::fs::read_to_string(&path).unwrap_or_else(|_| "<binary>".into())));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A textual dump of every table of a geats database.
+pub fn db_dump(path: &Path) -> String {
+    let conn = rusqlite::Connection::open(path).expect("open db");
+    let mut s = String::new();
+    for t in ["vms", "volumes", "op_locks", "journal"] {
+        let mut st = conn.prepare(&format!("SELECT * FROM {t} ORDER BY 1")).expect("prepare");
+        let n = st.column_count();
+        let rows = st
+            .query_map([], |r| {
+                let mut cells = Vec::new();
+                for i in 0..n {
+                    let v: rusqlite::types::Value = r.get(i)?;
+                    cells.push(format!("{v:?}"));
+                }
+                Ok(cells.join("|"))
+            })
+            .expect("query");
+        for r in rows {
+            s.push_str(&format!("{t}: {}\n", r.expect("row")));
+        }
+    }
+    s
+}
+
+/// The original project's dummy definition.
+pub fn dummy_definition(name: &str) -> Value {
+    serde_json::json!({"vm_type": "dummy", "name": name, "description": "Dummy VM",
+        "network": [{"name": "eth0", "ipaddr": "192.168.1.200", "netmask": "255.255.255.0",
+                     "gateway": "192.168.1.1", "hwaddr": "02:03:04:05:06:07"}],
+        "storage": [{"name": "dummy", "type": "dummy"}]})
+}

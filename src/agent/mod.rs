@@ -145,6 +145,11 @@ pub fn run(args: &AgentArgs) -> u8 {
         Transport::Choria { .. } => env("CHORIA_EXTERNAL_CONFIG").map(PathBuf::from).filter(|p| p.is_file()),
         _ => None,
     });
+    if let Transport::Choria { protocol, reply, .. } = &transport {
+        if protocol == CHORIA_ACTIVATION {
+            return reply::activation(reply, activate(config_path.as_deref()));
+        }
+    }
     let result = std::panic::catch_unwind(|| serve(&transport, config_path.as_deref()));
     let (reply, limit_ok) = match result {
         Ok(r) => (r, true),
@@ -162,18 +167,19 @@ pub fn run(args: &AgentArgs) -> u8 {
 /// Outcome of one request: the reply data, or the error.
 pub type Served = Result<serde_json::Value, Error>;
 
-fn serve(transport: &Transport, config_path: Option<&std::path::Path>) -> Served {
-    // The activation check must answer within 2 s, so it does no more than
-    // ask each VM type whether its tools exist.
-    if let Transport::Choria { protocol, .. } = transport {
-        if protocol == CHORIA_ACTIVATION {
-            let activate = match Config::load(config_path) {
-                Ok(c) => c.vm_types.keys().any(|t| crate::vm::build(&c, t).map(|v| v.available()).unwrap_or(false)),
-                Err(_) => false,
-            };
-            return Ok(serde_json::json!({"activate": activate}));
+/// Choria's activation check: must answer within 2 s, so it only asks each
+/// configured VM type whether its tools exist. A broken config says no.
+fn activate(config_path: Option<&std::path::Path>) -> bool {
+    match Config::load(config_path) {
+        Ok(c) => c.vm_types.keys().any(|t| crate::vm::build(&c, t).map(|v| v.available()).unwrap_or(false)),
+        Err(e) => {
+            eprintln!("geats: not activating: {}", crate::error::chain(&e));
+            false
         }
     }
+}
+
+fn serve(transport: &Transport, config_path: Option<&std::path::Path>) -> Served {
     let config = Config::load(config_path)?;
     let bytes = envelope::read(transport, config.request_limit)?;
     let req = envelope::parse(&bytes, config.request_limit)?;

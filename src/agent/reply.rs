@@ -52,7 +52,6 @@ pub fn deliver(transport: &Transport, served: Served) -> u8 {
         }
         Transport::Choria { reply, .. } => {
             let body = match &served {
-                Ok(data) if data.get("activate").is_some() && data.as_object().is_some_and(|o| o.len() == 1) => data.clone(),
                 Ok(data) => json!({"statuscode": 0, "statusmsg": "OK", "data": data}),
                 Err(e) => {
                     eprintln!("{} [{}]", e.message(), e.code());
@@ -67,6 +66,18 @@ pub fn deliver(transport: &Transport, served: Served) -> u8 {
                     ExitClass::Other.code()
                 }
             }
+        }
+    }
+}
+
+/// Answer Choria's activation check; always exit 0 (a non-zero exit also
+/// means "not activated", but with a warning in Choria's log).
+pub fn activation(reply: &std::path::Path, activate: bool) -> u8 {
+    match write_atomic(reply, json!({"activate": activate}).to_string().as_bytes(), 0o600) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cannot write reply file {}: {e}", reply.display());
+            ExitClass::Other.code()
         }
     }
 }

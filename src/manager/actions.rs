@@ -258,7 +258,12 @@ fn define(op: &mut Op<'_>, vm: &VmName, def_in: &Definition, provision: bool) ->
                 let dir = root.provides().directory;
                 if let (Some(t), Some(dir)) = (&template, &dir) {
                     if provision || root_created || is_empty_dir(dir) {
-                        op.step(format!("install template {}", t.name), None, |_| Ok(template::install(t, dir)?))?;
+                        op.step(format!("install template {}", t.name), None, |_| {
+                            if !root.clone_template(t)? {
+                                template::install(t, dir)?;
+                            }
+                            Ok(())
+                        })?;
                     }
                 }
                 if let Some(dir) = &dir {

@@ -140,8 +140,15 @@ pub trait Volume: std::fmt::Debug {
     fn record(&self) -> serde_json::Value;
     /// Size and use.
     fn usage(&self) -> VolumeUsage;
-    /// The steps `define`, `activate`... would run, for dry runs.
+    /// A short description for step lists and dry runs.
     fn describe(&self) -> String;
+    /// Put `template` onto this (active, empty) volume without unpacking
+    /// it, e.g. as a btrfs snapshot or an overlay over a shared unpacked
+    /// copy. Returns `false` when the driver cannot, and the manager then
+    /// unpacks the archive into [`Provides::directory`].
+    fn clone_template(&mut self, _template: &crate::template::Template) -> Result<bool, StorageError> {
+        Ok(false)
+    }
 }
 
 /// A storage root whose free space `status` reports.

@@ -174,6 +174,21 @@ fn define(op: &mut Op<'_>, vm: &VmName, def_in: &Definition, provision: bool) ->
     // does not change what an existing VM is.
     def.name = Some(vm.clone());
     def.vm_type = Some(type_name.clone());
+    let existing = match op.db() {
+        Some(db) => match db.vm(vm)? {
+            Some(rec) => {
+                let v = db.volumes(vm)?;
+                Some((rec, v))
+            }
+            None => None,
+        },
+        None => None,
+    };
+    if let Some((ex, _)) = &existing {
+        if ex.vm_type != type_name {
+            return Err(invalid("/definition/vm_type", format!("VM {vm} is of type {}; deprovision it before changing its type", ex.vm_type)));
+        }
+    }
     let vmt = vm::build(config, &type_name)?;
     vmt.check(vm, &def)?;
     for (i, spec) in def.storage.iter().enumerate() {
@@ -203,20 +218,7 @@ fn define(op: &mut Op<'_>, vm: &VmName, def_in: &Definition, provision: bool) ->
         (Some(t), true) => Some(template::find(&config.template_dir, t).map_err(|e| invalid("/definition/template", e))?),
         _ => None,
     };
-    let existing = match op.db() {
-        Some(db) => match db.vm(vm)? {
-            Some(rec) => {
-                let v = db.volumes(vm)?;
-                Some((rec, v))
-            }
-            None => None,
-        },
-        None => None,
-    };
     if let Some((ex, _)) = &existing {
-        if ex.vm_type != type_name {
-            return Err(invalid("/definition/vm_type", format!("VM {vm} is of type {}; deprovision it before changing its type", ex.vm_type)));
-        }
         for old in &ex.definition.storage {
             if !def.storage.iter().any(|s| s.name == old.name && s.storage_type == old.storage_type) {
                 return Err(invalid(

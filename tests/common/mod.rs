@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod schema;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -83,6 +85,7 @@ impl Env {
         let (code, v, err) = self.stdio(&req.to_string());
         assert_eq!(code, 0, "exit code for {req}: stderr {err}");
         assert_eq!(v["success"], Value::Bool(true), "request {req} failed: {v}\nstderr: {err}");
+        schema::check_reply(action, &v["data"]);
         v["data"].clone()
     }
 
@@ -92,6 +95,7 @@ impl Env {
         let (code, v, err) = self.stdio(&req.to_string());
         assert_eq!(code, 0, "exit code for {req}: stderr {err}");
         assert_eq!(v["success"], Value::Bool(false), "request {req} should fail: {v}");
+        check_envelope(action, &v);
         v
     }
 
@@ -117,6 +121,27 @@ impl Env {
         let mut c = self.cmd();
         c.args(args);
         run_with_stdin(c, b"")
+    }
+}
+
+/// Validate a stdio envelope: a success's data against the action's reply
+/// schema, a failure against the error schema.
+pub fn check_envelope(action: &str, v: &Value) {
+    match v["success"].as_bool() {
+        Some(true) => {
+            assert_eq!(v.as_object().map(|o| o.len()), Some(2), "extra envelope keys: {v}");
+            if geats::schema::source(&format!("reply/{action}.json")).is_some() {
+                schema::check_reply(action, &v["data"]);
+            }
+        }
+        Some(false) => {
+            let mut o = v.clone();
+            if let Some(m) = o.as_object_mut() {
+                m.remove("success");
+            }
+            schema::check_error(&o);
+        }
+        None => panic!("envelope without success: {v}"),
     }
 }
 

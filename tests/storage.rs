@@ -1,1 +1,389 @@
-//! (being written)
+//! Storage drivers and adapter chains on real kernel objects (root only;
+//! checked at run time): each chain goes through define → activate →
+//! write → deactivate → activate (data kept) → format (data gone) →
+//! undefine, twice for each step where idempotence matters, and leaves no
+//! mount, loop device, subvolume or file behind.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use geats::config::Config;
+use geats::definition::VolumeSpec;
+use geats::names::VmName;
+use geats::storage::{self, StorageError, Volume};
+use serde_json::json;
+
+use crate::common::{self, skip};
+
+/// A private root with a config; on drop, releases any mount and loop
+/// device left under it (printing what it had to clean), then removes it.
+struct Fixture {
+    dir: tempfile::TempDir,
+    config: Config,
+}
+
+impl Fixture {
+    fn new(toml: &str) -> Fixture {
+        let dir = tempfile::Builder::new().prefix("geats-storage-").tempdir().expect("tempdir");
+        let config = Config::from_toml(toml, Some(dir.path().join("geats.toml")), Some(dir.path().to_path_buf())).expect("config");
+        Fixture { dir, config }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn open(&self, vm: &str, spec: serde_json::Value) -> Result<Box<dyn Volume>, StorageError> {
+        let spec: VolumeSpec = serde_json::from_value(spec).expect("volume spec");
+        storage::open(&self.config, &VmName::new(vm).expect("vm name"), &spec, "/definition/storage/0")
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let left = leftovers(self.root());
+        if !left.is_empty() {
+            eprintln!("fixture cleanup: releasing {left:?}");
+        }
+        release_under(self.root());
+    }
+}
+
+/// Mounts and loop devices under `dir`.
+fn leftovers(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = geats::sys::mount::mounts_under(dir).into_iter().map(|m| format!("mount {}", m.mount_point.display())).collect();
+    let losetup = Command::new("losetup").arg("-a").output().expect("losetup -a");
+    for line in String::from_utf8_lossy(&losetup.stdout).lines() {
+        if line.contains(&*dir.to_string_lossy()) {
+            out.push(format!("loop {line}"));
+        }
+    }
+    out
+}
+
+/// Unmount everything under `dir` (deepest first) and detach loop devices
+/// backed by files under it.
+fn release_under(dir: &Path) {
+    let mut mounts: Vec<PathBuf> = geats::sys::mount::mounts_under(dir).into_iter().map(|m| m.mount_point).collect();
+    mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for m in mounts {
+        let _ = Command::new("umount").arg("-l").arg(&m).status();
+    }
+    if let Ok(all) = geats::sys::loopdev::list_all() {
+        for (dev, file) in all {
+            if file.starts_with(&*dir.to_string_lossy()) {
+                let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+            }
+        }
+    }
+}
+
+fn need_root(test: &str) -> bool {
+    if !common::is_root() {
+        skip(test, "needs root for loop devices and mounts");
+        return false;
+    }
+    true
+}
+
+/// Everything under `dir` except its direct subdirectories (the storage
+/// roots, which stay).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let depth = dir.components().count() + 1;
+    all_under(dir).into_iter().filter(|p| p.components().count() > depth || !p.is_dir()).collect()
+}
+
+fn all_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() && !path.is_symlink() {
+                stack.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The full life of a volume that provides a directory.
+fn directory_lifecycle(fx: &Fixture, vol: &mut Box<dyn Volume>, watch: &Path) {
+    assert!(!vol.exists(), "{} exists before define", vol.describe());
+    vol.define().expect("define");
+    vol.define().expect("second define is a no-op");
+    assert!(vol.exists());
+    vol.activate().expect("activate");
+    vol.activate().expect("second activate is a no-op");
+    let dir = vol.provides().directory.expect("provides a directory");
+    std::fs::write(dir.join("hello.txt"), "hello").expect("write into the volume");
+    let u = vol.usage();
+    assert!(u.used_bytes.is_some(), "usage while active: {u:?}");
+    vol.deactivate().expect("deactivate");
+    vol.deactivate().expect("second deactivate is a no-op");
+    assert!(!vol.is_active());
+    assert_eq!(leftovers(fx.root()), Vec::<String>::new(), "inactive volume holds mounts or loop devices");
+    vol.activate().expect("activate again");
+    assert_eq!(std::fs::read_to_string(dir.join("hello.txt")).expect("data kept across activations"), "hello");
+    vol.format().expect("format");
+    vol.activate().expect("activate after format");
+    assert!(!dir.join("hello.txt").exists(), "format left the data");
+    std::fs::write(dir.join("again.txt"), "x").expect("write after format");
+    vol.deactivate().expect("deactivate");
+    vol.undefine().expect("undefine");
+    vol.undefine().expect("second undefine is a no-op");
+    assert!(!vol.exists());
+    assert_eq!(leftovers(fx.root()), Vec::<String>::new(), "undefine left mounts or loop devices");
+    assert_eq!(files_under(watch), Vec::<PathBuf>::new(), "undefine left files");
+}
+
+const SPARSE_FS: &str = r#"
+[storage_types.img]
+driver = "sparsefile"
+adapters = ["loop", "filesystem"]
+fstype = "ext4"
+"#;
+
+#[test]
+fn storage_sparsefile_loop_filesystem_lifecycle() {
+    if !need_root("storage_sparsefile_loop_filesystem_lifecycle") {
+        return;
+    }
+    let fx = Fixture::new(SPARSE_FS);
+    let mut vol = fx.open("vm1", json!({"name": "root", "type": "img", "size": "64M"})).expect("open");
+    directory_lifecycle(&fx, &mut vol, &fx.root().join("var/lib/geats"));
+}
+
+#[test]
+fn storage_sparsefile_loop_xfs_lifecycle() {
+    if !need_root("storage_sparsefile_loop_xfs_lifecycle") {
+        return;
+    }
+    let fx = Fixture::new(SPARSE_FS);
+    let mut vol = fx.open("vm1", json!({"name": "data", "type": "img", "size": "320M", "fstype": "xfs"})).expect("open");
+    directory_lifecycle(&fx, &mut vol, &fx.root().join("var/lib/geats"));
+}
+
+#[test]
+fn storage_dir_lifecycle() {
+    if !need_root("storage_dir_lifecycle") {
+        return;
+    }
+    let fx = Fixture::new("");
+    let mut vol = fx.open("vm1", json!({"name": "root", "type": "dir"})).expect("open");
+    directory_lifecycle(&fx, &mut vol, &fx.root().join("var/lib/geats"));
+}
+
+#[test]
+fn storage_sparsefile_and_loop_lifecycle() {
+    if !need_root("storage_sparsefile_and_loop_lifecycle") {
+        return;
+    }
+    let fx = Fixture::new(
+        "[storage_types.raw]\ndriver = \"sparsefile\"\n[storage_types.blk]\ndriver = \"sparsefile\"\nadapters = [\"loop\"]\n",
+    );
+    // A bare image file: data written into it survives, format zeroes it.
+    let mut raw = fx.open("vm1", json!({"name": "raw", "type": "raw", "size": "1M"})).expect("open");
+    raw.define().expect("define");
+    raw.define().expect("define again");
+    let file = raw.provides().file.expect("provides a file");
+    assert_eq!(std::fs::metadata(&file).expect("image").len(), 1 << 20);
+    raw.activate().expect("activate");
+    std::fs::write(&file, vec![7u8; 1 << 20]).expect("write");
+    raw.deactivate().expect("deactivate");
+    raw.activate().expect("activate");
+    assert_eq!(std::fs::read(&file).expect("read")[100], 7);
+    raw.format().expect("format");
+    let data = std::fs::read(&file).expect("read");
+    assert_eq!(data.len(), 1 << 20);
+    assert!(data.iter().all(|b| *b == 0), "format left data");
+    raw.undefine().expect("undefine");
+    raw.undefine().expect("undefine again");
+    // The loop adapter: a block device while active, released on deactivate.
+    let mut blk = fx.open("vm1", json!({"name": "blk", "type": "blk", "size": "1M"})).expect("open");
+    assert!(blk.provides().block_device.is_none());
+    blk.define().expect("define");
+    blk.activate().expect("activate");
+    blk.activate().expect("activate again");
+    let dev = blk.provides().block_device.expect("a block device while active");
+    assert!(dev.to_string_lossy().starts_with("/dev/loop"), "{dev:?}");
+    assert_eq!(geats::sys::loopdev::find(&blk.provides().file.expect("file")).expect("losetup -j").len(), 1, "attached twice");
+    std::fs::write(&dev, vec![9u8; 4096]).expect("write the device");
+    blk.deactivate().expect("deactivate");
+    blk.deactivate().expect("deactivate again");
+    assert_eq!(leftovers(fx.root()), Vec::<String>::new());
+    assert!(!blk.is_active());
+    blk.activate().expect("activate");
+    let dev = blk.provides().block_device.expect("a block device");
+    assert_eq!(std::fs::read(&dev).expect("read device")[10], 9);
+    blk.format().expect("format");
+    assert_eq!(std::fs::read(&dev).expect("read device")[10], 0, "format left data");
+    blk.undefine().expect("undefine (deactivates first)");
+    blk.undefine().expect("undefine again");
+    assert_eq!(leftovers(fx.root()), Vec::<String>::new());
+    assert_eq!(files_under(&fx.root().join("var/lib/geats")), Vec::<PathBuf>::new(), "files left");
+}
+
+/// A new process (here: a fresh `Volume` value) finds and releases what an
+/// earlier one activated: state comes from the system, not from memory.
+#[test]
+fn storage_deactivate_from_a_fresh_instance() {
+    if !need_root("storage_deactivate_from_a_fresh_instance") {
+        return;
+    }
+    let fx = Fixture::new(SPARSE_FS);
+    let spec = json!({"name": "root", "type": "img", "size": "32M"});
+    let mut a = fx.open("vm1", spec.clone()).expect("open");
+    a.define().expect("define");
+    a.activate().expect("activate");
+    drop(a);
+    let mut b = fx.open("vm1", spec).expect("open again");
+    assert!(b.is_active(), "a fresh instance sees the mount");
+    b.deactivate().expect("deactivate from a fresh instance");
+    assert_eq!(leftovers(fx.root()), Vec::<String>::new());
+    b.undefine().expect("undefine");
+}
+
+/// Issue 5, acceptance 7: mkfs fails in the middle of defining a chain;
+/// the loop device is released, the new image removed, and the error
+/// names the step and carries mkfs's stderr.
+#[test]
+fn issue_5_failed_mkfs_undoes_the_chain() {
+    if !need_root("issue_5_failed_mkfs_undoes_the_chain") {
+        return;
+    }
+    let fx = Fixture::new(SPARSE_FS);
+    // xfs refuses file systems smaller than 300 MB.
+    let mut vol = fx.open("vm1", json!({"name": "root", "type": "img", "size": "16M", "fstype": "xfs"})).expect("open");
+    let e = vol.define().expect_err("mkfs.xfs must fail on 16 MB");
+    let msg = error_chain(&e);
+    assert!(matches!(e, StorageError::Tool { step: "make file system", .. }), "{msg}");
+    assert!(msg.contains("mkfs.xfs") && msg.contains("300"), "no tool stderr in: {msg}");
+    assert_eq!(leftovers(fx.root()), Vec::<String>::new(), "the loop device was not released");
+    assert!(!vol.exists(), "the new image was not removed");
+}
+
+/// Issue 5, acceptance 7: the mount point is a file, so mount fails after
+/// the loop device was attached; activation detaches it again.
+#[test]
+fn issue_5_failed_mount_detaches_the_loop_device() {
+    if !need_root("issue_5_failed_mount_detaches_the_loop_device") {
+        return;
+    }
+    let fx = Fixture::new(SPARSE_FS);
+    let mut vol = fx.open("vm1", json!({"name": "root", "type": "img", "size": "32M"})).expect("open");
+    vol.define().expect("define");
+    let target = vol.provides().directory.expect("directory");
+    std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
+    let _ = std::fs::remove_dir(&target);
+    std::fs::write(&target, "in the way").expect("a file on the mount point");
+    let e = vol.activate().expect_err("mount on a file must fail");
+    let msg = error_chain(&e);
+    assert!(matches!(e, StorageError::Tool { step: "mount file system", .. }), "{msg}");
+    assert!(msg.contains("not a directory"), "no tool stderr in: {msg}");
+    assert!(!vol.is_active());
+    assert_eq!(leftovers(fx.root()), Vec::<String>::new(), "the loop device was not released");
+    std::fs::remove_file(&target).expect("rm");
+    vol.undefine().expect("undefine");
+}
+
+/// The error and its sources joined as the agent joins them.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+#[test]
+fn storage_config_keys_and_options_are_checked() {
+    // No system access: runs as any user.
+    let fx = Fixture::new("[storage_types.img]\ndriver = \"sparsefile\"\nadapters = [\"loop\", \"filesystem\"]\nfstyp = \"ext4\"\n");
+    let e = fx.open("vm1", json!({"name": "r", "type": "img", "size": "1G"})).expect_err("typo in a setting");
+    let msg = e.to_string();
+    assert!(msg.contains("storage_types.img.fstyp") && msg.contains("fstype"), "{msg}");
+
+    let fx = Fixture::new(SPARSE_FS);
+    let e = fx.open("vm1", json!({"name": "r", "type": "img", "size": "1G", "fs": "ext4"})).expect_err("unknown option");
+    assert!(matches!(&e, StorageError::BadOption { pointer, .. } if pointer == "/definition/storage/0/fs"), "{e}");
+    assert_eq!(e.code().as_str(), "invalid_data");
+    let e = fx.open("vm1", json!({"name": "r", "type": "img", "size": "1G", "fstype": "ntfs"})).expect_err("bad fstype");
+    assert!(matches!(&e, StorageError::BadOption { pointer, .. } if pointer == "/definition/storage/0/fstype"), "{e}");
+    let e = fx.open("vm1", json!({"name": "r", "type": "img"})).expect_err("missing size");
+    assert!(matches!(&e, StorageError::BadOption { pointer, .. } if pointer == "/definition/storage/0/size"), "{e}");
+    let e = fx.open("vm1", json!({"name": "r", "type": "img", "size": "lots"})).expect_err("bad size");
+    assert!(matches!(&e, StorageError::BadOption { .. }), "{e}");
+
+    let fx = Fixture::new("[storage_types.x]\ndriver = \"dir\"\nadapters = [\"filesystem\"]\n");
+    let e = fx.open("vm1", json!({"name": "r", "type": "x"})).expect_err("filesystem over a directory");
+    assert!(e.to_string().contains("adapters[0]") && e.to_string().contains("block device"), "{e}");
+    let fx = Fixture::new("[storage_types.x]\ndriver = \"sparsefile\"\nadapters = [\"filesystem\"]\n");
+    let e = fx.open("vm1", json!({"name": "r", "type": "x", "size": "1G"})).expect_err("filesystem over a file");
+    assert!(e.to_string().contains("loop adapter before it"), "{e}");
+    let fx = Fixture::new("[storage_types.x]\ndriver = \"sparsefile\"\nadapters = [\"zfs\"]\n");
+    let e = fx.open("vm1", json!({"name": "r", "type": "x", "size": "1G"})).expect_err("unknown adapter");
+    assert!(e.to_string().contains("unknown adapter \"zfs\""), "{e}");
+    let fx = Fixture::new("[storage_types.x]\ndriver = \"dir\"\nroot = \"/srv/v\"\nsize_limit = 3\n");
+    let e = fx.open("vm1", json!({"name": "r", "type": "x"})).expect_err("unknown dir key");
+    assert!(e.to_string().contains("storage_types.x.size_limit"), "{e}");
+}
+
+#[test]
+fn storage_roots_list_every_rooted_type() {
+    let fx = Fixture::new(SPARSE_FS);
+    let roots = storage::roots(&fx.config);
+    let names: Vec<&str> = roots.iter().map(|r| r.name.as_str()).collect();
+    assert!(names.contains(&"dir") && names.contains(&"img"), "{names:?}");
+    let img = roots.iter().find(|r| r.name.as_str() == "img").expect("img");
+    assert_eq!(img.path, fx.root().join("var/lib/geats/images"));
+}
+
+/// Through the agent binary with the dummy VM type: the volume is mounted
+/// while the VM runs, unmounted (and its loop device released) after stop,
+/// and gone after deprovision.
+#[test]
+fn storage_agent_mounts_while_running() {
+    if !need_root("storage_agent_mounts_while_running") {
+        return;
+    }
+    let env = common::Env::with_config(SPARSE_FS);
+    let root = env.root().to_path_buf();
+    let _guard = Releaser(root.clone());
+    let def = json!({"vm_type": "dummy", "name": "web1", "storage": [
+        {"name": "root", "type": "img", "size": "64M"},
+        {"name": "data", "type": "img", "size": "32M", "mountpoint": "/srv"}]});
+    env.ok("define", json!({"vm_name": "web1", "definition": def}));
+    let mnt_root = root.join("var/lib/geats/mnt/web1/root");
+    let mnt_data = root.join("var/lib/geats/mnt/web1/data");
+    let img = root.join("var/lib/geats/images/web1/root.img");
+    assert!(img.is_file());
+    assert_eq!(leftovers(&root), Vec::<String>::new(), "define left the volume active");
+    env.ok("start", json!({"vm_name": "web1"}));
+    assert!(geats::sys::mount::is_mounted(&mnt_root) && geats::sys::mount::is_mounted(&mnt_data), "{:?}", leftovers(&root));
+    let info = env.ok("info", json!({"vm_name": "web1"}));
+    assert_eq!(info["storage"][0]["active"], json!(true), "{info}");
+    assert!(info["storage"][0]["size_bytes"].as_u64().is_some_and(|s| s > 32 << 20), "{info}");
+    let status = env.ok("status", json!({}));
+    assert!(status["status"]["storage_img_free_kb"].as_u64().is_some(), "{status}");
+    env.ok("stop", json!({"vm_name": "web1"}));
+    assert_eq!(leftovers(&root), Vec::<String>::new(), "stop left mounts or loop devices");
+    env.ok("deprovision", json!({"vm_name": "web1"}));
+    assert!(!img.exists(), "deprovision left the image");
+    assert!(!mnt_root.exists(), "deprovision left the mount point");
+    assert_eq!(leftovers(&root), Vec::<String>::new());
+}
+
+/// Releases mounts and loop devices under a directory on drop.
+struct Releaser(PathBuf);
+
+impl Drop for Releaser {
+    fn drop(&mut self) {
+        release_under(&self.0);
+    }
+}

@@ -4,24 +4,7 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
-
 use super::{empty_dir, remove_tree, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
-use crate::config::Config;
-use crate::names::TypeName;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settings {
-    root: Option<PathBuf>,
-}
-
-/// The root directory of a `dir` storage type.
-pub fn root_of(config: &Config, name: &TypeName, settings: &toml::Table) -> Option<PathBuf> {
-    let prefix = format!("storage_types.{name}");
-    let s: Settings = config.settings(&prefix, settings).ok()?;
-    config.path_setting(&format!("{prefix}.root"), s.root, "var/lib/geats/volumes").ok()
-}
 
 /// A directory volume.
 #[derive(Debug)]
@@ -34,8 +17,7 @@ impl Dir {
     /// Build from the context; no disk access.
     pub fn new(ctx: &VolumeCtx<'_>) -> Result<Dir, StorageError> {
         ctx.only_options(&[])?;
-        let s: Settings = ctx.config.settings(ctx.prefix, ctx.settings)?;
-        let root = ctx.config.path_setting(&format!("{}.root", ctx.prefix), s.root, "var/lib/geats/volumes")?;
+        let root = ctx.root_setting("dir")?;
         Ok(Dir { volume: ctx.name.to_string(), path: ctx.path_under(&root) })
     }
 }

@@ -8,9 +8,19 @@
 //! adapter chain; [`open`] builds the chain for one volume of one VM. A new
 //! driver is one file plus one arm in [`open`]'s match.
 
+pub mod btrfs;
 pub mod dir;
 pub mod dummy;
+pub mod fs_adapter;
+pub mod loop_adapter;
+pub mod lvm;
+pub mod overlay;
+pub mod qcow2;
+pub mod sparsefile;
+pub mod template_cache;
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -149,6 +159,47 @@ pub trait Volume: std::fmt::Debug {
     fn clone_template(&mut self, _template: &crate::template::Template) -> Result<bool, StorageError> {
         Ok(false)
     }
+    /// What the volume provides once active, known without asking the
+    /// system (an adapter checks its inner volume with it when the chain
+    /// is built). The default derives it from [`Volume::provides`]; a
+    /// volume whose `provides` is empty while inactive must override it.
+    fn kind(&self) -> Kind {
+        let p = self.provides();
+        if p.directory.is_some() {
+            Kind::Directory
+        } else if p.block_device.is_some() {
+            Kind::BlockDevice
+        } else if p.file.is_some() {
+            Kind::File
+        } else {
+            Kind::Nothing
+        }
+    }
+}
+
+/// What a volume provides once active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A directory.
+    Directory,
+    /// A block device.
+    BlockDevice,
+    /// An image file.
+    File,
+    /// Nothing (a recorded-only volume).
+    Nothing,
+}
+
+impl Kind {
+    /// For messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Directory => "a directory",
+            Kind::BlockDevice => "a block device",
+            Kind::File => "a file",
+            Kind::Nothing => "nothing",
+        }
+    }
 }
 
 /// A storage root whose free space `status` reports.
@@ -160,8 +211,15 @@ pub struct Root {
     pub path: PathBuf,
 }
 
-/// Build the volume `spec` of `vm`. `pointer` is the volume's JSON pointer
-/// in the request, for error messages. No disk access.
+/// Build the volume `spec` of `vm`: the configured driver wrapped in the
+/// configured adapters, innermost first. `pointer` is the volume's JSON
+/// pointer in the request, for error messages. No disk access.
+///
+/// The storage type's `settings` table is shared by the driver and its
+/// adapters: each component takes the keys it knows
+/// ([`VolumeCtx::settings_for`]) and the definition options it knows
+/// ([`VolumeCtx::only_options`]); a key or option that no component of the
+/// chain claimed is refused, naming it.
 pub fn open(config: &Config, vm: &VmName, spec: &VolumeSpec, pointer: &str) -> Result<Box<dyn Volume>, StorageError> {
     let st = config.storage_types.get(&spec.storage_type).ok_or_else(|| StorageError::TypeNotAllowed {
         pointer: format!("{pointer}/type"),
@@ -169,38 +227,86 @@ pub fn open(config: &Config, vm: &VmName, spec: &VolumeSpec, pointer: &str) -> R
         allowed: config.storage_types.keys().map(|k| k.as_str()).collect::<Vec<_>>().join(", "),
     })?;
     let prefix = format!("storage_types.{}", spec.storage_type);
-    let ctx = VolumeCtx { config, vm, name: &spec.name, spec, pointer, prefix: &prefix, settings: &st.settings };
-    let volume: Box<dyn Volume> = match st.driver.as_str() {
+    let ctx = VolumeCtx {
+        config,
+        vm,
+        name: &spec.name,
+        spec,
+        pointer,
+        prefix: &prefix,
+        settings: &st.settings,
+        claimed_settings: RefCell::default(),
+        claimed_options: RefCell::default(),
+    };
+    let mut volume: Box<dyn Volume> = match st.driver.as_str() {
         "dir" => Box::new(dir::Dir::new(&ctx)?),
         "dummy" => Box::new(dummy::DummyVolume::new(&ctx)?),
+        "sparsefile" => Box::new(sparsefile::SparseFile::new(&ctx)?),
+        // TODO "qcow2" => Box::new(qcow2::Qcow2::new(&ctx)?),
+        // TODO "btrfs" => Box::new(btrfs::Btrfs::new(&ctx)?),
+        // TODO "overlay" => Box::new(overlay::Overlay::new(&ctx)?),
+        // TODO "lvm" => Box::new(lvm::Lvm::new(&ctx)?),
         other => {
-            return Err(config.invalid(format!("{prefix}.driver"), format!("unknown storage driver {other:?} (known: dir, dummy)")).into())
+            return Err(config
+                .invalid(format!("{prefix}.driver"), format!("unknown storage driver {other:?} (known: {})", DRIVERS.join(", ")))
+                .into())
         }
     };
-    let v = volume;
-    if let Some(other) = st.adapters.first() {
-        return Err(config.invalid(format!("{prefix}.adapters"), format!("unknown adapter {other:?}")).into());
+    for (i, adapter) in st.adapters.iter().enumerate() {
+        let key = format!("{prefix}.adapters[{i}]");
+        volume = match adapter.as_str() {
+            "loop" => Box::new(loop_adapter::LoopAdapter::new(&ctx, &key, volume)?),
+            "filesystem" => Box::new(fs_adapter::Filesystem::new(&ctx, &key, volume)?),
+            other => return Err(config.invalid(key, format!("unknown adapter {other:?} (known: {})", ADAPTERS.join(", "))).into()),
+        };
     }
-    Ok(v)
+    // The dummy driver records whatever it is given.
+    if st.driver != "dummy" {
+        ctx.finish(&st.driver, &st.adapters)?;
+    }
+    Ok(volume)
+}
+
+/// The storage drivers [`open`] knows.
+pub const DRIVERS: [&str; 7] = ["dir", "dummy", "sparsefile", "qcow2", "btrfs", "overlay", "lvm"];
+/// The adapters [`open`] knows.
+pub const ADAPTERS: [&str; 2] = ["loop", "filesystem"];
+
+/// The default `root` of each driver that keeps its volumes under a
+/// directory, relative to the config's root.
+pub fn default_root(driver: &str) -> Option<&'static str> {
+    match driver {
+        "dir" => Some("var/lib/geats/volumes"),
+        "sparsefile" | "qcow2" => Some("var/lib/geats/images"),
+        "btrfs" => Some("var/lib/geats/btrfs"),
+        "overlay" => Some("var/lib/geats/overlay"),
+        _ => None,
+    }
 }
 
 /// The directories whose free space `status` reports, one per storage type
-/// that has a root.
+/// whose driver keeps its volumes under a root directory. A type whose
+/// `root` setting is unusable is left out (its volumes fail with the
+/// config error).
 pub fn roots(config: &Config) -> Vec<Root> {
     config
         .storage_types
         .iter()
         .filter_map(|(name, st)| {
-            let root = match st.driver.as_str() {
-                "dir" => dir::root_of(config, name, &st.settings),
-                _ => None,
-            }?;
-            Some(Root { name: name.clone(), path: root })
+            let default = default_root(&st.driver)?;
+            let key = format!("storage_types.{name}.root");
+            let given = match st.settings.get("root") {
+                None => None,
+                Some(toml::Value::String(s)) => Some(PathBuf::from(s)),
+                Some(_) => return None,
+            };
+            let path = config.path_setting(&key, given, default).ok()?;
+            Some(Root { name: name.clone(), path })
         })
         .collect()
 }
 
-/// Everything a driver's constructor gets.
+/// Everything a driver's or adapter's constructor gets.
 #[derive(Debug)]
 pub struct VolumeCtx<'a> {
     /// The configuration.
@@ -215,17 +321,55 @@ pub struct VolumeCtx<'a> {
     pub pointer: &'a str,
     /// `storage_types.NAME`, for config errors.
     pub prefix: &'a str,
-    /// The storage type's settings.
+    /// The storage type's settings, shared by the driver and its adapters.
     pub settings: &'a toml::Table,
+    /// Setting keys claimed so far by the chain's components.
+    pub claimed_settings: RefCell<BTreeSet<String>>,
+    /// Option keys claimed so far by the chain's components.
+    pub claimed_options: RefCell<BTreeSet<String>>,
 }
 
 impl VolumeCtx<'_> {
-    /// Refuse options other than `allowed` (`size` and `mountpoint` are
-    /// always allowed).
+    /// Claim the definition options this component understands (`size`
+    /// and `mountpoint` are separate fields and always allowed). [`open`]
+    /// refuses an option that no component of the chain claimed.
     pub fn only_options(&self, allowed: &[&str]) -> Result<(), StorageError> {
+        self.claimed_options.borrow_mut().extend(allowed.iter().map(|s| s.to_string()));
+        Ok(())
+    }
+
+    /// Take the setting keys this component knows out of the shared
+    /// settings table and deserialize them into `T` (which should deny
+    /// unknown fields). Keys absent from the table are left to `T`'s
+    /// defaults; [`open`] refuses keys nobody took.
+    pub fn settings_for<T: serde::de::DeserializeOwned>(&self, keys: &[&str]) -> Result<T, StorageError> {
+        let mut sub = toml::Table::new();
+        for k in keys {
+            if let Some(v) = self.settings.get(*k) {
+                sub.insert(k.to_string(), v.clone());
+            }
+            self.claimed_settings.borrow_mut().insert(k.to_string());
+        }
+        Ok(self.config.settings(self.prefix, &sub)?)
+    }
+
+    /// Check that every setting and option was claimed by a component.
+    fn finish(&self, driver: &str, adapters: &[String]) -> Result<(), StorageError> {
+        let chain = std::iter::once(format!("driver {driver}")).chain(adapters.iter().map(|a| format!("adapter {a}"))).collect::<Vec<_>>().join(", ");
+        let claimed = self.claimed_settings.borrow();
+        for k in self.settings.keys() {
+            if !claimed.contains(k) {
+                let known = if claimed.is_empty() { "none".to_string() } else { claimed.iter().cloned().collect::<Vec<_>>().join(", ") };
+                return Err(self
+                    .config
+                    .invalid(format!("{}.{k}", self.prefix), format!("unknown key {k:?} for {chain} (known keys: driver, adapters, {known})"))
+                    .into());
+            }
+        }
+        let claimed = self.claimed_options.borrow();
         for k in self.spec.options.keys() {
-            if !allowed.contains(&k.as_str()) {
-                let known = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
+            if !claimed.contains(k) {
+                let known = if claimed.is_empty() { "none".to_string() } else { claimed.iter().cloned().collect::<Vec<_>>().join(", ") };
                 return Err(StorageError::BadOption {
                     pointer: format!("{}/{k}", self.pointer),
                     problem: format!("option {k:?} is not known to storage type {} (its options: {known})", self.spec.storage_type),
@@ -235,10 +379,62 @@ impl VolumeCtx<'_> {
         Ok(())
     }
 
+    /// A string option of the definition, or a `BadOption` naming it.
+    pub fn option_str(&self, key: &str) -> Result<Option<String>, StorageError> {
+        match self.spec.options.get(key) {
+            None => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(StorageError::BadOption { pointer: format!("{}/{key}", self.pointer), problem: format!("{key} must be a string, not {other}") }),
+        }
+    }
+
+    /// The volume's `size` in bytes, required for sized drivers.
+    pub fn required_size(&self) -> Result<u64, StorageError> {
+        let bad = |problem: String| StorageError::BadOption { pointer: format!("{}/size", self.pointer), problem };
+        match &self.spec.size {
+            None => Err(bad(format!("storage type {} needs a size, like \"size\": \"10G\"", self.spec.storage_type))),
+            Some(v) => parse_size(v).map_err(bad),
+        }
+    }
+
+    /// The `root` setting of a driver that keeps volumes under a directory
+    /// (claims the key), absolute, defaulting to [`default_root`].
+    pub fn root_setting(&self, driver: &str) -> Result<PathBuf, StorageError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct S {
+            root: Option<PathBuf>,
+        }
+        let s: S = self.settings_for(&["root"])?;
+        let default = default_root(driver).unwrap_or("var/lib/geats/volumes");
+        Ok(self.config.path_setting(&format!("{}.root", self.prefix), s.root, default)?)
+    }
+
     /// Where this volume lives under a driver root: `ROOT/VM/VOLUME`.
     pub fn path_under(&self, root: &Path) -> PathBuf {
         root.join(self.vm.as_str()).join(self.name.as_str())
     }
+
+    /// The volume's name, for errors.
+    pub fn volume_label(&self) -> String {
+        format!("{}/{}", self.vm, self.name)
+    }
+}
+
+/// A [`StorageError::Tool`] for `volume` failing at `step`.
+pub fn tool_err<'a>(volume: &'a str, step: &'static str) -> impl FnOnce(ExecError) -> StorageError + 'a {
+    move |source| StorageError::Tool { volume: volume.to_string(), step, source }
+}
+
+/// A [`StorageError::Io`] for `volume` failing at `step` on `path`.
+pub fn io_err<'a>(volume: &'a str, step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+    move |source| StorageError::Io { volume: volume.to_string(), step, path: path.to_path_buf(), source }
+}
+
+/// Remove `dir` if it is empty (e.g. a VM's directory after its last
+/// volume went); anything else is left alone.
+pub fn remove_if_empty(dir: &Path) {
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Parse a size: bytes, or a number with K, M, G or T (powers of 1024).

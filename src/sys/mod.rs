@@ -4,4 +4,7 @@
 
 pub mod exec;
 pub mod fsutil;
+pub mod loopdev;
+pub mod mkfs;
+pub mod mount;
 pub mod proc;

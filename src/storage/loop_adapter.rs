@@ -1,0 +1,143 @@
+//! The `loop` adapter: turns a volume that provides a file into a block
+//! device. `activate` attaches the file to a free loop device (`losetup
+//! --find --show`), `deactivate` detaches every device backed by the file.
+//! Which device that is, is asked of the kernel (`losetup -j FILE`) each
+//! time, so a process can release what an earlier one attached.
+//!
+//! Settings: none. Options: none.
+
+use std::path::{Path, PathBuf};
+
+use super::{tool_err, Kind, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
+use crate::sys::loopdev;
+
+/// A loop device over an image file.
+#[derive(Debug)]
+pub struct LoopAdapter {
+    inner: Box<dyn Volume>,
+    volume: String,
+    file: PathBuf,
+}
+
+impl LoopAdapter {
+    /// Wrap `inner`, which must provide a file. `key` names this adapter in
+    /// the config, for errors.
+    pub fn new(ctx: &VolumeCtx<'_>, key: &str, inner: Box<dyn Volume>) -> Result<LoopAdapter, StorageError> {
+        let file = match (inner.kind(), inner.provides().file) {
+            (Kind::File, Some(f)) => f,
+            (kind, _) => {
+                return Err(ctx.config.invalid(key, format!("the loop adapter needs a volume that provides a file; {} provides {}", inner.describe(), kind.as_str())).into())
+            }
+        };
+        Ok(LoopAdapter { inner, volume: ctx.volume_label(), file })
+    }
+
+    /// The loop devices now backed by the file.
+    fn devices(&self) -> Result<Vec<PathBuf>, StorageError> {
+        loopdev::find(&self.file).map_err(tool_err(&self.volume, "find loop device"))
+    }
+
+    fn device(&self) -> Option<PathBuf> {
+        self.devices().ok().and_then(|d| d.into_iter().next())
+    }
+
+    fn detach_all(&self) -> Result<(), StorageError> {
+        for dev in self.devices()? {
+            loopdev::detach(&dev).map_err(tool_err(&self.volume, "detach loop device"))?;
+        }
+        Ok(())
+    }
+
+    /// The backing file.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+}
+
+impl Volume for LoopAdapter {
+    fn define(&mut self) -> Result<(), StorageError> {
+        self.inner.define()
+    }
+
+    fn activate(&mut self) -> Result<(), StorageError> {
+        let inner_was_active = self.inner.is_active();
+        self.inner.activate()?;
+        if !self.devices()?.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = loopdev::attach(&self.file) {
+            if !inner_was_active {
+                if let Err(c) = self.inner.deactivate() {
+                    tracing::warn!(volume = %self.volume, error = %c, "cleanup after a failed attach failed");
+                }
+            }
+            return Err(StorageError::Tool { volume: self.volume.clone(), step: "attach loop device", source: e });
+        }
+        Ok(())
+    }
+
+    fn deactivate(&mut self) -> Result<(), StorageError> {
+        self.detach_all()?;
+        self.inner.deactivate()
+    }
+
+    fn undefine(&mut self) -> Result<(), StorageError> {
+        self.deactivate()?;
+        self.inner.undefine()
+    }
+
+    fn format(&mut self) -> Result<(), StorageError> {
+        // Erasing the file under an attached device would leave the old
+        // blocks in the device's page cache: detach first.
+        let was_active = self.is_active();
+        self.deactivate()?;
+        self.inner.format()?;
+        if was_active {
+            self.activate()?;
+        }
+        Ok(())
+    }
+
+    fn is_active(&self) -> bool {
+        self.device().is_some()
+    }
+
+    fn provides(&self) -> Provides {
+        Provides { block_device: self.device(), file: Some(self.file.clone()), directory: None }
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::BlockDevice
+    }
+
+    fn exists(&self) -> bool {
+        self.inner.exists()
+    }
+
+    fn record(&self) -> serde_json::Value {
+        with_adapter(self.inner.record(), "loop", serde_json::json!({}))
+    }
+
+    fn usage(&self) -> VolumeUsage {
+        self.inner.usage()
+    }
+
+    fn describe(&self) -> String {
+        format!("{} on a loop device", self.inner.describe())
+    }
+}
+
+/// Add an adapter to an inner volume's record: its name is appended to
+/// `adapters`, and `extra`'s keys are added under the adapter's name.
+pub fn with_adapter(mut record: serde_json::Value, name: &str, extra: serde_json::Value) -> serde_json::Value {
+    if let Some(m) = record.as_object_mut() {
+        let list = m.entry("adapters").or_insert_with(|| serde_json::json!([]));
+        if let Some(a) = list.as_array_mut() {
+            a.push(name.into());
+        }
+        if extra.as_object().is_some_and(|o| !o.is_empty()) {
+            m.insert(name.to_string(), extra);
+        }
+    }
+    record
+}

@@ -1,0 +1,84 @@
+//! Loop devices through the `losetup` tool. Which device backs which file
+//! is read back from the kernel (`losetup -j`) every time, so a process
+//! can release what an earlier process attached.
+
+use std::path::{Path, PathBuf};
+
+use crate::sys::exec::{Cmd, ExecError};
+
+fn path_arg(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+// `losetup -j /tmp/t.img` prints one line per loop device backed by the
+// file (matched by device and inode), nothing when there is none:
+//
+//   /dev/loop0: [65024]:10010793 (/tmp/t.img)
+//
+/// Parse `losetup -j` output into device paths.
+pub fn parse_associations(text: &str) -> Vec<PathBuf> {
+    text.lines().filter_map(|l| l.split_once(':').map(|(dev, _)| PathBuf::from(dev.trim()))).filter(|d| d.starts_with("/dev")).collect()
+}
+
+/// The loop devices attached to `file` (empty when none or when the file
+/// does not exist).
+pub fn find(file: &Path) -> Result<Vec<PathBuf>, ExecError> {
+    if !file.exists() {
+        return Ok(Vec::new());
+    }
+    let out = Cmd::new(["losetup".to_string(), "-j".into(), path_arg(file)]).run()?;
+    Ok(parse_associations(&out.stdout))
+}
+
+// `losetup --find --show /tmp/t.img` attaches the file to the first free
+// device and prints its name:
+//
+//   /dev/loop0
+//
+/// Attach `file` to a free loop device; returns the device.
+pub fn attach(file: &Path) -> Result<PathBuf, ExecError> {
+    let cmd = Cmd::new(["losetup".to_string(), "--find".into(), "--show".into(), path_arg(file)]);
+    let out = cmd.run()?;
+    let dev = out.stdout.trim();
+    if dev.starts_with("/dev/") {
+        Ok(PathBuf::from(dev))
+    } else {
+        Err(ExecError::Failed { argv: cmd.shown(), status: "unexpected output".into(), stdout: out.stdout.clone(), stderr: out.stderr })
+    }
+}
+
+/// Detach a loop device (`losetup -d DEV`).
+pub fn detach(dev: &Path) -> Result<(), ExecError> {
+    Cmd::new(["losetup".to_string(), "-d".into(), path_arg(dev)]).run().map(|_| ())
+}
+
+// `losetup -a` lists every attached device:
+//
+//   /dev/loop0: [65024]:10010793 (/tmp/t.img)
+//   /dev/loop1: [65024]:10010795 (/tmp/geats-test-x/images/vm/v.img (deleted))
+//
+/// Every attached loop device and its backing file as `losetup -a` shows it.
+pub fn list_all() -> Result<Vec<(PathBuf, String)>, ExecError> {
+    let out = Cmd::new(["losetup", "-a"]).run()?;
+    Ok(out
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let (dev, rest) = l.split_once(':')?;
+            let file = rest.find('(').map(|i| rest[i + 1..].trim_end().trim_end_matches(')').to_string()).unwrap_or_default();
+            Some((PathBuf::from(dev.trim()), file))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_associations() {
+        let t = "/dev/loop0: [65024]:10010793 (/tmp/t.img)\n/dev/loop7: [65024]:10010793 (/tmp/t.img)\n";
+        assert_eq!(parse_associations(t), vec![PathBuf::from("/dev/loop0"), PathBuf::from("/dev/loop7")]);
+        assert!(parse_associations("").is_empty());
+    }
+}

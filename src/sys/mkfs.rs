@@ -1,0 +1,41 @@
+//! Making and probing file systems: `mkfs.TYPE` and `blkid`.
+
+use std::path::Path;
+
+use crate::sys::exec::{Cmd, ExecError};
+
+/// The file systems geats can make.
+pub const FSTYPES: [&str; 4] = ["ext4", "ext3", "xfs", "btrfs"];
+
+/// Make a file system of `fstype` (one of [`FSTYPES`]) on `dev`, replacing
+/// whatever was there.
+pub fn mkfs(fstype: &str, dev: &Path) -> Result<(), ExecError> {
+    let dev = dev.to_string_lossy().into_owned();
+    let argv: Vec<String> = match fstype {
+        "ext4" | "ext3" => vec![format!("mkfs.{fstype}"), "-F".into(), "-q".into(), dev],
+        "xfs" | "btrfs" => vec![format!("mkfs.{fstype}"), "-f".into(), "-q".into(), dev],
+        other => vec![format!("mkfs.{other}"), dev],
+    };
+    Cmd::new(argv).timeout(std::time::Duration::from_secs(600)).run().map(|_| ())
+}
+
+// `blkid -p -o value -s TYPE /dev/loop0` prints the type of the file
+// system found by a low-level probe and exits 0:
+//
+//   ext4
+//
+// and exits 2 with no output when the device holds no known signature.
+/// The file-system type on `dev`, or `None` when it holds none.
+pub fn probe(dev: &Path) -> Result<Option<String>, ExecError> {
+    let out = Cmd::new(["blkid".to_string(), "-p".into(), "-o".into(), "value".into(), "-s".into(), "TYPE".into(), dev.to_string_lossy().into_owned()]).output()?;
+    match out.code {
+        Some(0) => Ok(Some(out.stdout.trim().to_string()).filter(|s| !s.is_empty())),
+        Some(2) => Ok(None),
+        _ => Err(ExecError::Failed {
+            argv: format!("blkid -p -o value -s TYPE {}", dev.display()),
+            status: format!("exit status {:?}", out.code),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        }),
+    }
+}

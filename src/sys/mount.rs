@@ -1,0 +1,108 @@
+//! Mounts: reading `/proc/self/mountinfo`, and `mount`/`umount` through the
+//! tools so that a failure carries their stderr ("mount point is not a
+//! directory", "target is busy").
+
+use std::path::{Path, PathBuf};
+
+use crate::sys::exec::{Cmd, ExecError};
+
+/// One line of `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Where it is mounted.
+    pub mount_point: PathBuf,
+    /// The file-system type (`ext4`, `overlay`, ...).
+    pub fstype: String,
+    /// The mount source (`/dev/loop0`, `overlay`, ...).
+    pub source: String,
+}
+
+/// Undo the kernel's octal escapes (`\040` for a space) in a mountinfo field.
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// `cat /proc/self/mountinfo` prints one mount per line:
+//
+//   42 27 7:0 / /tmp/tm rw,relatime - ext4 /dev/loop0 rw
+//   ^id ^parent ^dev ^root ^mount point ^options [optional fields...] - ^fstype ^source ^super options
+//
+// Fields are separated by single spaces; spaces, tabs, newlines and
+// backslashes inside a field are escaped as `\040`, `\011`, `\012`, `\134`.
+/// Parse mountinfo text.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            let mut r = right.split(' ');
+            let fstype = r.next()?;
+            let source = r.next().unwrap_or("");
+            Some(MountEntry { mount_point: PathBuf::from(unescape(mount_point)), fstype: unescape(fstype), source: unescape(source) })
+        })
+        .collect()
+}
+
+/// The mounts of this process's mount namespace (empty if unreadable).
+pub fn mounts() -> Vec<MountEntry> {
+    std::fs::read_to_string("/proc/self/mountinfo").map(|t| parse_mountinfo(&t)).unwrap_or_default()
+}
+
+/// Is something mounted exactly on `path`?
+pub fn is_mounted(path: &Path) -> bool {
+    mounts().iter().any(|m| m.mount_point == path)
+}
+
+/// The mounts at or below `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<MountEntry> {
+    mounts().into_iter().filter(|m| m.mount_point.starts_with(dir)).collect()
+}
+
+/// `mount -t FSTYPE [-o OPTIONS] SOURCE TARGET`.
+pub fn mount(source: &str, target: &Path, fstype: &str, options: Option<&str>) -> Result<(), ExecError> {
+    let mut argv = vec!["mount".to_string(), "-t".into(), fstype.into()];
+    if let Some(o) = options.filter(|o| !o.is_empty()) {
+        argv.push("-o".into());
+        argv.push(o.into());
+    }
+    argv.push(source.into());
+    argv.push(target.to_string_lossy().into_owned());
+    Cmd::new(argv).run().map(|_| ())
+}
+
+/// `umount TARGET`, only if something is mounted there (idempotent).
+pub fn umount(target: &Path) -> Result<(), ExecError> {
+    if !is_mounted(target) {
+        return Ok(());
+    }
+    Cmd::new(["umount".to_string(), target.to_string_lossy().into_owned()]).run().map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo_with_optional_fields_and_escapes() {
+        let t = "42 27 7:0 / /tmp/tm rw,relatime - ext4 /dev/loop0 rw\n\
+                 43 27 0:50 / /tmp/a\\040b rw shared:1 master:2 - overlay overlay rw,lowerdir=/x\n";
+        let m = parse_mountinfo(t);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0], MountEntry { mount_point: "/tmp/tm".into(), fstype: "ext4".into(), source: "/dev/loop0".into() });
+        assert_eq!(m[1].mount_point, PathBuf::from("/tmp/a b"));
+        assert_eq!(m[1].fstype, "overlay");
+    }
+}

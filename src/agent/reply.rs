@@ -7,7 +7,13 @@ use serde_json::{json, Value};
 
 use super::{error_object, Served, Transport};
 use crate::error::ExitClass;
-use crate::sys::fsutil::write_atomic;
+use crate::sys::fsutil::write_replace;
+
+/// The reply file is read as soon as geats exits and is worthless after a
+/// crash: atomic (rename), not durable (no fsync).
+fn write_reply(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    write_replace(path, data, 0o600, false)
+}
 
 /// Deliver the outcome; returns the exit code.
 pub fn deliver(transport: &Transport, served: Served) -> u8 {
@@ -42,7 +48,7 @@ pub fn deliver(transport: &Transport, served: Served) -> u8 {
                     (error_object(e), e.code().exit_class())
                 }
             };
-            match write_atomic(reply, body.to_string().as_bytes(), 0o600) {
+            match write_reply(reply, body.to_string().as_bytes()) {
                 Ok(()) => class.code(),
                 Err(e) => {
                     eprintln!("cannot write reply file {}: {e}", reply.display());
@@ -58,7 +64,7 @@ pub fn deliver(transport: &Transport, served: Served) -> u8 {
                     json!({"statuscode": e.code().exit_class().code(), "statusmsg": e.message(), "data": error_object(e)})
                 }
             };
-            match write_atomic(reply, body.to_string().as_bytes(), 0o600) {
+            match write_reply(reply, body.to_string().as_bytes()) {
                 // Choria ignores the reply file on any non-zero exit.
                 Ok(()) => 0,
                 Err(e) => {
@@ -73,7 +79,7 @@ pub fn deliver(transport: &Transport, served: Served) -> u8 {
 /// Answer Choria's activation check; always exit 0 (a non-zero exit also
 /// means "not activated", but with a warning in Choria's log).
 pub fn activation(reply: &std::path::Path, activate: bool) -> u8 {
-    match write_atomic(reply, json!({"activate": activate}).to_string().as_bytes(), 0o600) {
+    match write_reply(reply, json!({"activate": activate}).to_string().as_bytes()) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("cannot write reply file {}: {e}", reply.display());

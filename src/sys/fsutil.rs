@@ -3,15 +3,25 @@
 use std::io::Write;
 use std::path::Path;
 
-/// Write `data` to `path` atomically: a temp file in the same directory,
-/// fsync, then rename over the target. `mode` applies to the new file.
+/// Write `data` to `path` atomically and durably: a temp file in the same
+/// directory, fsync, then rename over the target. `mode` applies to the new
+/// file.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    write_replace(path, data, mode, true)
+}
+
+/// As [`write_atomic`], without the fsync: for files read right away and
+/// worthless after a crash (the agent's reply file).
+pub fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-    let res = f.write_all(data).and_then(|_| f.sync_all()).and_then(|_| std::fs::rename(&tmp, path));
+    let res = f
+        .write_all(data)
+        .and_then(|_| if durable { f.sync_all() } else { Ok(()) })
+        .and_then(|_| std::fs::rename(&tmp, path));
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Per-request cost of geats, measured against /bin/true in the same run.
+#
+#   bash bench/run.sh            # builds the release binary first
+#   GEATS_BIN=/path/geats bash bench/run.sh
+#
+# Prints the mean wall time of each command (hyperfine, no shell) and the
+# ratio to /bin/true, plus peak memory. The target for `info` on a dummy VM
+# is about 2x (/bin/true + one SQLite read); see docs/architecture.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v hyperfine >/dev/null || { echo "bench: installing hyperfine" >&2; apt-get install -y -qq hyperfine >/dev/null; }
+if [ -z "${GEATS_BIN:-}" ]; then
+  cargo build --release --quiet
+  GEATS_BIN=$PWD/target/release/geats
+fi
+work=$(mktemp -d /tmp/geats-bench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+export GEATS_ROOT=$work GEATS_CONFIG=$work/geats.toml
+: > "$GEATS_CONFIG"
+def='{"vm_type":"dummy","ram":256,"storage":[{"name":"root","type":"dir"}]}'
+for i in $(seq 1 100); do
+  printf '{"action":"define","data":{"vm_name":"vm%d","definition":%s}}' "$i" "$def" | "$GEATS_BIN" agent --stdio >/dev/null
+done
+printf '{"action":"info","data":{"vm_name":"vm1"}}' > "$work/info.json"
+printf '{"action":"status","data":{}}' > "$work/status.json"
+printf '{"action":"start","data":{"vm_name":"vm1"}}' > "$work/start.json"
+printf '{"action":"define","data":{"vm_name":"vm1","definition":%s}}' "$def" > "$work/define.json"
+# Sanity: the requests really succeed.
+"$GEATS_BIN" agent "$work/info.json" "$work/reply.json"
+grep -q '"vm_type":"dummy"' "$work/reply.json"
+
+hyperfine -N --warmup 100 --runs "${RUNS:-1000}" --export-json "$work/h.json" --style basic \
+  -n true /bin/true \
+  -n info "$GEATS_BIN agent $work/info.json $work/r1.json" \
+  -n 'status (100 VMs)' "$GEATS_BIN agent $work/status.json $work/r2.json" \
+  -n 'start (already running)' "$GEATS_BIN agent $work/start.json $work/r3.json" \
+  -n 'define (identical)' "$GEATS_BIN agent $work/define.json $work/r4.json" \
+  >/dev/null
+
+python3 - "$work/h.json" "$GEATS_BIN" "$work" <<'PY'
+import json, resource, subprocess, sys
+res = json.load(open(sys.argv[1]))["results"]
+base = next(r for r in res if r["command"] == "true")["mean"]
+print(f"{'command':<26}{'mean ms':>9}{'stddev':>9}{'x /bin/true':>13}")
+for r in res:
+    print(f"{r['command']:<26}{r['mean']*1e3:>9.3f}{r['stddev']*1e3:>9.3f}{r['mean']/base:>13.2f}")
+info = next(r for r in res if r["command"] == "info")["mean"]
+print(f"\ninfo costs {info/base:.2f}x /bin/true; target: about 2x (/bin/true + one SQLite read)")
+before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+subprocess.run([sys.argv[2], "agent", f"{sys.argv[3]}/status.json", f"{sys.argv[3]}/r5.json"], check=True)
+print(f"peak RSS of status (100 VMs): {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss} kB")
+PY

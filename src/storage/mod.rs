@@ -242,10 +242,10 @@ pub fn open(config: &Config, vm: &VmName, spec: &VolumeSpec, pointer: &str) -> R
         "dir" => Box::new(dir::Dir::new(&ctx)?),
         "dummy" => Box::new(dummy::DummyVolume::new(&ctx)?),
         "sparsefile" => Box::new(sparsefile::SparseFile::new(&ctx)?),
-        // TODO "qcow2" => Box::new(qcow2::Qcow2::new(&ctx)?),
-        // TODO "btrfs" => Box::new(btrfs::Btrfs::new(&ctx)?),
-        // TODO "overlay" => Box::new(overlay::Overlay::new(&ctx)?),
-        // TODO "lvm" => Box::new(lvm::Lvm::new(&ctx)?),
+        "qcow2" => Box::new(qcow2::Qcow2::new(&ctx)?),
+        "btrfs" => Box::new(btrfs::Btrfs::new(&ctx)?),
+        "overlay" => Box::new(overlay::Overlay::new(&ctx)?),
+        "lvm" => Box::new(lvm::Lvm::new(&ctx)?),
         other => {
             return Err(config
                 .invalid(format!("{prefix}.driver"), format!("unknown storage driver {other:?} (known: {})", DRIVERS.join(", ")))

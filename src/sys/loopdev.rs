@@ -47,9 +47,34 @@ pub fn attach(file: &Path) -> Result<PathBuf, ExecError> {
     }
 }
 
-/// Detach a loop device (`losetup -d DEV`).
+/// Is `dev` (`/dev/loopN`) attached to a file? Read from sysfs.
+pub fn is_attached(dev: &Path) -> bool {
+    dev.file_name().is_some_and(|n| Path::new("/sys/block").join(n).join("loop/backing_file").exists())
+}
+
+/// Detach a loop device (`losetup -d DEV`) and wait until the kernel has
+/// released it: while another process has the device open (even briefly,
+/// like a concurrent `losetup -a`), the kernel only marks it for release
+/// on last close. Fails if it is still attached after 10 s.
 pub fn detach(dev: &Path) -> Result<(), ExecError> {
-    Cmd::new(["losetup".to_string(), "-d".into(), path_arg(dev)]).run().map(|_| ())
+    let cmd = Cmd::new(["losetup".to_string(), "-d".into(), path_arg(dev)]);
+    let r = cmd.run();
+    let limit = std::time::Duration::from_secs(10);
+    let start = std::time::Instant::now();
+    while is_attached(dev) && start.elapsed() < limit {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    match r {
+        // A concurrent detach won the race: it is gone either way.
+        Err(_) if !is_attached(dev) => Ok(()),
+        Err(e) => Err(e),
+        Ok(_) if is_attached(dev) => Err(ExecError::Timeout {
+            argv: cmd.shown(),
+            secs: limit.as_secs(),
+            stderr: format!("{} is still in use and is released when its last user closes it", dev.display()),
+        }),
+        Ok(_) => Ok(()),
+    }
 }
 
 // `losetup -a` lists every attached device:

@@ -248,7 +248,16 @@ fn storage_deactivate_from_a_fresh_instance() {
     assert!(b.is_active(), "a fresh instance sees the mount");
     b.deactivate().expect("deactivate from a fresh instance");
     assert_eq!(leftovers(fx.root()), Vec::<String>::new());
-    b.undefine().expect("undefine");
+    // A process that died between unmount and detach left a loop device:
+    // the chain still counts as active, and deactivate releases it.
+    b.activate().expect("activate");
+    let target = b.provides().directory.expect("dir");
+    run(Command::new("umount").arg(&target));
+    let mut c = fx.open("vm1", json!({"name": "root", "type": "img", "size": "32M"})).expect("open");
+    assert!(c.is_active(), "a leftover loop device counts as active");
+    c.deactivate().expect("deactivate");
+    assert_eq!(leftovers(fx.root()), Vec::<String>::new());
+    c.undefine().expect("undefine");
 }
 
 /// Issue 5, acceptance 7: mkfs fails in the middle of defining a chain;

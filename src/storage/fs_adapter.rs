@@ -87,6 +87,11 @@ impl Filesystem {
         }
     }
 
+    /// Is the file system mounted on its mount point?
+    fn mounted(&self) -> bool {
+        mount::is_mounted(&self.target)
+    }
+
     /// Make the file system on the (active) inner device.
     fn make(&self) -> Result<(), StorageError> {
         let dev = self.device()?;
@@ -98,7 +103,7 @@ impl Volume for Filesystem {
     fn define(&mut self) -> Result<(), StorageError> {
         let existed = self.inner.exists();
         self.inner.define()?;
-        if self.is_active() {
+        if self.mounted() {
             return Ok(());
         }
         let was_active = self.inner.is_active();
@@ -122,7 +127,7 @@ impl Volume for Filesystem {
     }
 
     fn activate(&mut self) -> Result<(), StorageError> {
-        if self.is_active() {
+        if self.mounted() {
             return Ok(());
         }
         let was_active = self.inner.is_active();
@@ -162,7 +167,7 @@ impl Volume for Filesystem {
     }
 
     fn format(&mut self) -> Result<(), StorageError> {
-        let was_mounted = self.is_active();
+        let was_mounted = self.mounted();
         self.deactivate()?;
         self.inner.format()?;
         self.inner.activate()?;
@@ -177,8 +182,10 @@ impl Volume for Filesystem {
         }
     }
 
+    /// Mounted, or anything below still active (a crash between unmount
+    /// and detach leaves a loop device that `deactivate` then releases).
     fn is_active(&self) -> bool {
-        mount::is_mounted(&self.target)
+        self.mounted() || self.inner.is_active()
     }
 
     fn provides(&self) -> Provides {
@@ -198,7 +205,7 @@ impl Volume for Filesystem {
     }
 
     fn usage(&self) -> VolumeUsage {
-        if !self.is_active() {
+        if !self.mounted() {
             return self.inner.usage();
         }
         match nix::sys::statvfs::statvfs(&self.target) {

@@ -89,7 +89,7 @@ impl Volume for LoopAdapter {
     fn format(&mut self) -> Result<(), StorageError> {
         // Erasing the file under an attached device would leave the old
         // blocks in the device's page cache: detach first.
-        let was_active = self.is_active();
+        let was_active = self.device().is_some();
         self.deactivate()?;
         self.inner.format()?;
         if was_active {
@@ -99,7 +99,7 @@ impl Volume for LoopAdapter {
     }
 
     fn is_active(&self) -> bool {
-        self.device().is_some()
+        self.device().is_some() || self.inner.is_active()
     }
 
     fn provides(&self) -> Provides {

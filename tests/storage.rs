@@ -393,6 +393,23 @@ fn storage_agent_mounts_while_running() {
     assert_eq!(leftovers(&root), Vec::<String>::new());
 }
 
+/// Through the agent: a misspelt setting is a config error naming the key,
+/// an unknown option is invalid_data at its pointer; nothing is created.
+#[test]
+fn storage_agent_refuses_bad_settings_and_options() {
+    let env = common::Env::with_config("[storage_types.img]\ndriver = \"sparsefile\"\nadapters = [\"loop\", \"filesystem\"]\nfstyp = \"xfs\"\n");
+    let def = json!({"vm_type": "dummy", "storage": [{"name": "root", "type": "img", "size": "64M"}]});
+    let v = env.fail("define", json!({"vm_name": "web1", "definition": def}));
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("storage_types.img.fstyp"), "{v}");
+    let env = common::Env::with_config(SPARSE_FS);
+    let def = json!({"vm_type": "dummy", "storage": [{"name": "root", "type": "img", "size": "64M", "fs_type": "xfs"}]});
+    let v = env.fail("define", json!({"vm_name": "web1", "definition": def}));
+    assert_eq!(v["errorcode"], json!("invalid_data"), "{v}");
+    assert!(v["message"].as_str().unwrap_or_default().contains("/definition/storage/0/fs_type"), "{v}");
+    assert!(!env.root().join("var/lib/geats/images").exists(), "a refused definition touched the disk");
+}
+
 /// Releases mounts and loop devices under a directory on drop.
 struct Releaser(PathBuf);
 

@@ -34,14 +34,13 @@ fn lvm_name_ok(s: &str) -> bool {
     !s.is_empty() && s.len() <= 127 && !s.starts_with('-') && s.chars().all(|c| c.is_ascii_alphanumeric() || "+_.-".contains(c)) && s != "." && s != ".."
 }
 
-// `lvs --noheadings --nosuffix --units b -o lv_size,lv_active VG/LV`
-// prints one line per LV, e.g.
+// `lvs --noheadings --nosuffix --units b -o lv_size,lv_active vg0/web1+root`
+// prints one line per LV, the second field empty when it is inactive:
 //
-//     67108864B active
-//   or, with --nosuffix:
 //     67108864 active
 //
-// and fails with "Failed to find logical volume "VG/LV"" when absent.
+// and exits 5 with `Failed to find logical volume "vg0/web1+root"` (or
+// `Volume group "vg0" not found`) on stderr when there is none.
 /// Parse `lvs -o lv_size,lv_active` output: (size bytes, active).
 pub fn parse_lvs(text: &str) -> Option<(u64, bool)> {
     let line = text.lines().find(|l| !l.trim().is_empty())?;

@@ -73,6 +73,10 @@ pub enum VmError {
     /// The operation is not available for this VM type.
     #[error("{0}")]
     NotSupported(String),
+    /// Installing the OS template (by a VM type that keeps its own root
+    /// directory) failed.
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
 }
 
 impl VmError {
@@ -84,6 +88,7 @@ impl VmError {
             VmError::Lxc { .. } => ErrorCode::LxcError,
             VmError::Tool { .. } | VmError::Injected { .. } => ErrorCode::ToolFailed,
             VmError::NotSupported(_) => ErrorCode::NotSupported,
+            VmError::Template(e) => e.code(),
         }
     }
 }

@@ -1,0 +1,227 @@
+//! The guest's own configuration files, written into its root directory
+//! without ever following a symlink the template may have planted: every
+//! directory is opened with `O_NOFOLLOW` relative to its parent's file
+//! descriptor, and every file is written to a fresh temporary name and
+//! renamed over the old one (which replaces a symlink instead of writing
+//! through it).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, renameat, OFlag};
+use nix::sys::stat::{mkdirat, Mode};
+
+use crate::definition::Definition;
+use crate::names::VmName;
+use crate::vm::VmError;
+
+/// Shell variables geats sets in `/etc/firstboot.config` itself, or that
+/// would change how a shell sourcing the file behaves; metadata may not use
+/// them.
+pub fn reserved_metadata_key(k: &str) -> bool {
+    const FIXED: [&str; 17] = [
+        "NAME", "HOSTNAME", "IFACE", "IPV4", "GATEWAY", "HWADDR", "DNS", "NIC_COUNT", "PATH", "IFS", "ENV", "BASH_ENV", "CDPATH", "HOME", "SHELL",
+        "PS1", "PS4",
+    ];
+    FIXED.contains(&k) || k.starts_with("LD_") || (k.starts_with("NIC") && k[3..].starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// Single-quote `s` for a POSIX shell: `'` becomes `'\''`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The text of `/etc/firstboot.config`: shell `KEY='value'` lines with the
+/// VM's name, its network settings and its metadata.
+pub fn firstboot(vm: &VmName, def: &Definition) -> String {
+    let mut s = String::from("# Written by geats at define time; sourced by the guest's boot script.\n");
+    let mut kv = |k: &str, v: &str| {
+        let _ = writeln!(s, "{k}={}", shell_quote(v));
+    };
+    kv("NAME", vm.as_str());
+    kv("HOSTNAME", vm.as_str());
+    if let Some(n) = def.network.first() {
+        kv("IFACE", n.name.as_str());
+        if let Ok(Some(c)) = n.cidr() {
+            kv("IPV4", &c.to_string());
+        }
+        if let Some(g) = n.gateway {
+            kv("GATEWAY", &g.to_string());
+        }
+        if let Some(m) = &n.hwaddr {
+            kv("HWADDR", &m.to_string());
+        }
+    }
+    kv("NIC_COUNT", &def.network.len().to_string());
+    for (i, n) in def.network.iter().enumerate() {
+        kv(&format!("NIC{i}_NAME"), n.name.as_str());
+        kv(&format!("NIC{i}_TYPE"), match n.kind() {
+            crate::definition::NicType::Veth => "veth",
+            crate::definition::NicType::Macvlan => "macvlan",
+            crate::definition::NicType::None => "none",
+        });
+        if let Some(b) = &n.bridge {
+            kv(&format!("NIC{i}_BRIDGE"), b.as_str());
+        }
+        if let Some(m) = &n.hwaddr {
+            kv(&format!("NIC{i}_HWADDR"), &m.to_string());
+        }
+        if let Ok(Some(c)) = n.cidr() {
+            kv(&format!("NIC{i}_IPV4"), &c.to_string());
+        }
+        if let Some(g) = n.gateway {
+            kv(&format!("NIC{i}_GATEWAY"), &g.to_string());
+        }
+    }
+    for (k, v) in &def.metadata {
+        kv(k, v);
+    }
+    s
+}
+
+fn io_err(step: &'static str, path: &Path, e: impl Into<std::io::Error>) -> VmError {
+    VmError::Io { step, path: path.to_path_buf(), source: e.into() }
+}
+
+/// Open (creating if missing) the directory `name` under `parent`,
+/// refusing a symlink or a non-directory.
+fn open_subdir(parent: &OwnedFd, name: &str, shown: &Path) -> Result<OwnedFd, VmError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let open = || openat(Some(parent.as_raw_fd()), name, flags, Mode::empty());
+    let fd = match open() {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => {
+            mkdirat(Some(parent.as_raw_fd()), name, Mode::from_bits_truncate(0o755)).map_err(|e| io_err("create", shown, e))?;
+            open().map_err(|e| io_err("open", shown, e))?
+        }
+        Err(Errno::ELOOP | Errno::ENOTDIR) => {
+            return Err(VmError::Invalid {
+                pointer: "/definition/template".into(),
+                problem: format!("the template's {} is a symlink or not a directory; geats does not write through it", shown.display()),
+            })
+        }
+        Err(e) => return Err(io_err("open", shown, e)),
+    };
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Write `data` as `name` in the directory `dir` atomically, replacing
+/// whatever was there (a symlink is replaced, not followed).
+fn write_in(dir: &OwnedFd, name: &str, data: &[u8], mode: u32, shown: &Path) -> Result<(), VmError> {
+    let tmp = format!(".{name}.geats-{}.tmp", std::process::id());
+    let _ = nix::unistd::unlinkat(Some(dir.as_raw_fd()), tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = openat(Some(dir.as_raw_fd()), tmp.as_str(), flags, Mode::from_bits_truncate(mode)).map_err(|e| io_err("create", shown, e))?;
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let res = f
+        .write_all(data)
+        .and_then(|_| {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
+        })
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io_err("write", shown, e))
+        .and_then(|_| renameat(Some(dir.as_raw_fd()), tmp.as_str(), Some(dir.as_raw_fd()), name).map_err(|e| io_err("rename into place", shown, e)));
+    if res.is_err() {
+        let _ = nix::unistd::unlinkat(Some(dir.as_raw_fd()), tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+    }
+    res
+}
+
+/// Write `/etc/hostname` and `/etc/firstboot.config` under `root`.
+pub fn write(vm: &VmName, def: &Definition, root: &Path) -> Result<(), VmError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::open(root, flags, Mode::empty()).map_err(|e| io_err("open", root, e))?;
+    // SAFETY: open returned a new descriptor that nothing else owns.
+    let root_fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let etc = open_subdir(&root_fd, "etc", Path::new("/etc"))?;
+    write_in(&etc, "hostname", format!("{vm}\n").as_bytes(), 0o644, Path::new("/etc/hostname"))?;
+    // 0600: metadata may carry secrets.
+    write_in(&etc, "firstboot.config", firstboot(vm, def).as_bytes(), 0o600, Path::new("/etc/firstboot.config"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(v: serde_json::Value) -> Definition {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn quoting_survives_a_shell() {
+        let d = def(serde_json::json!({
+            "network": [{"name": "eth0", "ipaddr": "10.0.0.5/24", "gateway": "10.0.0.1"}],
+            "metadata": {"ROLE": "it's $(touch /tmp/pwned) `x`\nrm -rf /;", "EMPTY": ""}
+        }));
+        let text = firstboot(&VmName::new("web1").unwrap(), &d);
+        insta::assert_snapshot!(text);
+        // A real shell reads the values back verbatim.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("fb");
+        std::fs::write(&f, &text).unwrap();
+        let script = format!(". {}; printf '%s|%s|%s' \"$ROLE\" \"$IPV4\" \"$NAME\"", f.display());
+        let out = crate::sys::exec::Cmd::new(["sh", "-c", script.as_str()]).run().unwrap();
+        assert_eq!(out.stdout, format!("{}|10.0.0.5/24|web1", d.metadata["ROLE"]));
+    }
+
+    #[test]
+    fn reserved_keys() {
+        for k in ["PATH", "IFS", "NAME", "NIC0_IPV4", "LD_PRELOAD"] {
+            assert!(reserved_metadata_key(k), "{k}");
+        }
+        for k in ["ROLE", "NICE", "owner"] {
+            assert!(!reserved_metadata_key(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn symlinked_files_are_replaced_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("host");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("file"), "host").unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink(outside.join("file"), root.join("etc/hostname")).unwrap();
+        std::os::unix::fs::symlink(outside.join("fb"), root.join("etc/firstboot.config")).unwrap();
+        let vm = VmName::new("web1").unwrap();
+        write(&vm, &def(serde_json::json!({})), &root).unwrap();
+        assert_eq!(std::fs::read_to_string(outside.join("file")).unwrap(), "host");
+        assert!(!outside.join("fb").exists());
+        assert_eq!(std::fs::read_to_string(root.join("etc/hostname")).unwrap(), "web1\n");
+        assert!(!std::fs::symlink_metadata(root.join("etc/hostname")).unwrap().file_type().is_symlink());
+    }
+
+    #[test]
+    fn symlinked_etc_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("host");
+        std::fs::create_dir(&outside).unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
+        let vm = VmName::new("web1").unwrap();
+        let e = write(&vm, &def(serde_json::json!({})), &root).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        // An /etc -> / style link made relative is refused too.
+        std::fs::remove_file(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink("..", root.join("etc")).unwrap();
+        assert!(write(&vm, &def(serde_json::json!({})), &root).is_err());
+        assert!(!d.path().join("hostname").exists());
+    }
+
+    #[test]
+    fn missing_etc_is_created() {
+        let d = tempfile::tempdir().unwrap();
+        write(&VmName::new("web1").unwrap(), &def(serde_json::json!({})), d.path()).unwrap();
+        assert!(d.path().join("etc/firstboot.config").is_file());
+    }
+}

@@ -1,0 +1,298 @@
+//! Reading a container's runtime state from the kernel and LXC's runtime
+//! traces, without spawning a process per container.
+//!
+//! - Running: LXC's monitor listens on the abstract unix socket
+//!   `@LXCPATH/NAME/command` for exactly as long as the container runs
+//!   (when `LXCPATH/NAME/command` is too long for a socket address, LXC
+//!   names it `@lxc/<fnv64a of "LXCPATH/NAME">/command`). One read of
+//!   `/proc/net/unix` answers for every container.
+//! - The monitor pid: the pid file `lxc-start -p` writes (deleted at stop),
+//!   checked against `/proc/PID/cmdline` = `[lxc monitor] LXCPATH NAME`.
+//! - The init pid: the monitor's only child
+//!   (`/proc/M/task/M/children`).
+//! - Its cgroups: `/proc/INIT/cgroup`; usage and the freezer state come
+//!   from the cgroup files (v1 hierarchies under `/sys/fs/cgroup/<ctrl>`,
+//!   v2 under `/sys/fs/cgroup` or, on a hybrid host, `/sys/fs/cgroup/unified`).
+//! - IPv4 addresses: the `/32 host LOCAL` entries of `/proc/INIT/net/fib_trie`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// The cgroup file system root.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// FNV-1a, 64 bit, as LXC hashes long socket names.
+fn fnv_64a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The name (after the leading `@`) of the monitor's command socket.
+pub fn command_socket(lxcpath: &Path, name: &str) -> String {
+    let lp = lxcpath.to_string_lossy();
+    let plain = format!("{lp}/{name}/command");
+    // sun_path is 108 bytes: a leading NUL, the name and a trailing NUL.
+    if plain.len() < 106 {
+        plain
+    } else {
+        format!("lxc/{:016x}/command", fnv_64a(format!("{lp}/{name}").as_bytes()))
+    }
+}
+
+/// The abstract unix socket names listening now (without the `@`).
+///
+/// `/proc/net/unix`:
+/// ```text
+/// Num       RefCount Protocol Flags    Type St Inode Path
+/// 0000000000000000: 00000002 00000000 00010000 0001 01 27871 @/var/lib/lxc/c1/command
+/// ```
+pub fn abstract_sockets() -> HashSet<String> {
+    let text = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let rest: Vec<&str> = l.split_whitespace().skip(7).collect();
+            let p = rest.join(" ");
+            p.strip_prefix('@').map(|s| s.trim_end_matches('@').to_string())
+        })
+        .collect()
+}
+
+/// The monitor pid from LXC's pid file, if that process is still the
+/// monitor of this container.
+pub fn monitor_pid(pidfile: &Path, lxcpath: &Path, name: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    is_monitor(pid, lxcpath, name).then_some(pid)
+}
+
+fn is_monitor(pid: i32, lxcpath: &Path, name: &str) -> bool {
+    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let cmd = String::from_utf8_lossy(&cmd);
+    let cmd = cmd.trim_end_matches('\0');
+    cmd == format!("[lxc monitor] {} {name}", lxcpath.to_string_lossy())
+}
+
+/// Find the monitors of containers under `lxcpath` by scanning `/proc`
+/// once (for containers started without geats' pid file).
+pub fn scan_monitors(lxcpath: &Path) -> BTreeMap<String, i32> {
+    let prefix = format!("[lxc monitor] {} ", lxcpath.to_string_lossy());
+    let mut out = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if let Some(name) = cmd.trim_end_matches('\0').strip_prefix(&prefix) {
+            out.insert(name.to_string(), pid);
+        }
+    }
+    out
+}
+
+/// The container's init: the monitor's child.
+pub fn init_pid(monitor: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{monitor}/task/{monitor}/children")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// Where a process's cgroups are.
+#[derive(Debug, Default, Clone)]
+pub struct Cgroups {
+    /// v1 controller → directory.
+    pub v1: BTreeMap<String, PathBuf>,
+    /// The v2 directory (unified hierarchy).
+    pub v2: Option<PathBuf>,
+}
+
+/// Is the host pure cgroup v2?
+pub fn pure_v2() -> bool {
+    Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
+}
+
+/// The cgroup directories of `pid`.
+///
+/// `/proc/PID/cgroup` on a hybrid host:
+/// ```text
+/// 4:memory:/lxc.payload.c1
+/// 1:cpu,cpuacct:/lxc.payload.c1
+/// 0::/lxc.payload.c1
+/// ```
+pub fn cgroups(pid: i32) -> Cgroups {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    parse_cgroups(&text, pure_v2())
+}
+
+fn parse_cgroups(text: &str, pure_v2: bool) -> Cgroups {
+    let root = Path::new(CGROUP_ROOT);
+    let mut c = Cgroups::default();
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_id), Some(ctrls), Some(path)) = (f.next(), f.next(), f.next()) else { continue };
+        let rel = path.trim_start_matches('/');
+        if ctrls.is_empty() {
+            let base = if pure_v2 { root.to_path_buf() } else { root.join("unified") };
+            c.v2 = Some(base.join(rel));
+        } else {
+            for ctrl in ctrls.split(',') {
+                let ctrl = ctrl.trim_start_matches("name=");
+                c.v1.insert(ctrl.to_string(), root.join(ctrls).join(rel));
+            }
+        }
+    }
+    c
+}
+
+fn read_u64(p: &Path) -> Option<u64> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+impl Cgroups {
+    fn v2_file(&self, f: &str) -> Option<PathBuf> {
+        self.v2.as_ref().map(|d| d.join(f)).filter(|p| p.exists())
+    }
+
+    /// Memory in use, bytes.
+    pub fn memory(&self) -> Option<u64> {
+        if let Some(v) = self.v2_file("memory.current").and_then(|p| read_u64(&p)) {
+            return Some(v);
+        }
+        read_u64(&self.v1.get("memory")?.join("memory.usage_in_bytes"))
+    }
+
+    /// The memory limit, bytes (`None` when unlimited).
+    pub fn memory_limit(&self) -> Option<u64> {
+        if let Some(p) = self.v2_file("memory.max") {
+            return read_u64(&p);
+        }
+        read_u64(&self.v1.get("memory")?.join("memory.limit_in_bytes")).filter(|v| *v < (1 << 62))
+    }
+
+    /// CPU time used, seconds.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        if let Some(p) = self.v2_file("cpu.stat") {
+            let text = std::fs::read_to_string(p).ok()?;
+            let usec: u64 = text.lines().find_map(|l| l.strip_prefix("usage_usec "))?.trim().parse().ok()?;
+            return Some(usec as f64 / 1e6);
+        }
+        read_u64(&self.v1.get("cpuacct")?.join("cpuacct.usage")).map(|ns| ns as f64 / 1e9)
+    }
+
+    /// Is it frozen (or freezing)?
+    pub fn frozen(&self) -> bool {
+        if let Some(p) = self.v2_file("cgroup.freeze") {
+            if std::fs::read_to_string(p).map(|s| s.trim() == "1").unwrap_or(false) {
+                return true;
+            }
+        }
+        self.v1
+            .get("freezer")
+            .and_then(|d| std::fs::read_to_string(d.join("freezer.state")).ok())
+            .is_some_and(|s| matches!(s.trim(), "FROZEN" | "FREEZING"))
+    }
+}
+
+/// The IPv4 addresses of `pid`'s network namespace, loopback excluded.
+pub fn ipv4s(pid: i32) -> Vec<Ipv4Addr> {
+    parse_fib_trie(&std::fs::read_to_string(format!("/proc/{pid}/net/fib_trie")).unwrap_or_default())
+}
+
+/// `/proc/PID/net/fib_trie`:
+/// ```text
+///      |-- 10.99.0.2
+///         /32 host LOCAL
+/// ```
+fn parse_fib_trie(text: &str) -> Vec<Ipv4Addr> {
+    let mut last: Option<Ipv4Addr> = None;
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let t = l.trim_start();
+        if let Some(a) = t.strip_prefix("|-- ") {
+            last = a.trim().parse().ok();
+        } else if t.starts_with("/32 host LOCAL") {
+            if let Some(a) = last {
+                if !a.is_loopback() && !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Remove empty cgroups left by an earlier run of container `name`
+/// (`lxc.payload.NAME[-N]`, `lxc.monitor.NAME[-N]`, depth first), so the
+/// next start gets the plain name. `rmdir` refuses a cgroup with processes,
+/// so a live one is never touched.
+pub fn remove_stale_cgroups(name: &str) {
+    let root = Path::new(CGROUP_ROOT);
+    let mut bases = vec![root.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(root) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                bases.push(e.path());
+            }
+        }
+    }
+    for base in bases {
+        let Ok(rd) = std::fs::read_dir(&base) else { continue };
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let ours = ["lxc.payload.", "lxc.monitor."].iter().any(|p| {
+                n.strip_prefix(p).is_some_and(|rest| {
+                    rest == name || rest.strip_prefix(name).and_then(|s| s.strip_prefix('-')).is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()))
+                })
+            });
+            if ours {
+                rmdir_tree(&e.path());
+            }
+        }
+    }
+}
+
+fn rmdir_tree(p: &Path) {
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                rmdir_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(p);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_names() {
+        assert_eq!(command_socket(Path::new("/var/lib/lxc"), "c1"), "/var/lib/lxc/c1/command");
+        let long = Path::new("/tmp").join("x".repeat(100));
+        let s = command_socket(&long, "c1");
+        assert!(s.starts_with("lxc/") && s.ends_with("/command") && s.len() == 4 + 16 + 8, "{s}");
+        // Known FNV-1a 64 test vectors.
+        assert_eq!(fnv_64a(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv_64a(b"a"), 0xaf63dc4c8601ec8c);
+    }
+
+    #[test]
+    fn cgroup_lines() {
+        let c = parse_cgroups("4:memory:/lxc.payload.c1\n1:cpu,cpuacct:/lxc.payload.c1\n0::/lxc.payload.c1\n", false);
+        assert_eq!(c.v1["memory"], Path::new("/sys/fs/cgroup/memory/lxc.payload.c1"));
+        assert_eq!(c.v1["cpuacct"], Path::new("/sys/fs/cgroup/cpu,cpuacct/lxc.payload.c1"));
+        assert_eq!(c.v2.as_deref(), Some(Path::new("/sys/fs/cgroup/unified/lxc.payload.c1")));
+        let c = parse_cgroups("0::/lxc.payload.c1\n", true);
+        assert_eq!(c.v2.as_deref(), Some(Path::new("/sys/fs/cgroup/lxc.payload.c1")));
+    }
+
+    #[test]
+    fn fib_trie() {
+        let t = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.99.0.2\n        /32 host LOCAL\n     |-- 10.99.0.255\n        /32 link BROADCAST\n  |-- 127.0.0.1\n     /32 host LOCAL\nLocal:\n     |-- 10.99.0.2\n        /32 host LOCAL\n";
+        assert_eq!(parse_fib_trie(t), vec!["10.99.0.2".parse::<Ipv4Addr>().unwrap()]);
+    }
+}

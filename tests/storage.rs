@@ -500,7 +500,7 @@ fn storage_btrfs_lifecycle_and_template_snapshot() {
     }
     let dir = a.provides().directory.expect("dir");
     assert_eq!(std::fs::read_to_string(dir.join("etc/hostname")).expect("template content"), "tiny\n");
-    let cache = root.join(".templates/tiny");
+    let cache = cache_entry(&root.join(".templates"), "tiny");
     assert!(geats::storage::btrfs::is_subvolume(&cache), "template kept as a subvolume");
     let ro = Command::new("btrfs").args(["property", "get", "-ts"]).arg(&cache).arg("ro").output().expect("btrfs property");
     assert_eq!(String::from_utf8_lossy(&ro.stdout).trim(), "ro=true");
@@ -522,11 +522,28 @@ fn storage_btrfs_lifecycle_and_template_snapshot() {
     assert_eq!(fs.subvolumes(), Vec::<String>::new(), "undefine left subvolumes");
 }
 
+/// The one cache entry of template `name` in `dir` (`NAME@STAMP`).
+fn cache_entry(dir: &Path, name: &str) -> PathBuf {
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("template cache")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}@"))))
+        .collect();
+    assert_eq!(found.len(), 1, "one cache entry for {name}: {found:?}");
+    found[0].clone()
+}
+
 /// A template archive `NAME.tar.gz` with `etc/hostname` in `dir/templates`.
 fn make_template(dir: &Path, name: &str) -> Option<geats::template::Template> {
+    make_template_with(dir, name, &format!("{name}\n"))
+}
+
+/// A template archive whose `etc/hostname` holds `hostname`.
+fn make_template_with(dir: &Path, name: &str, hostname: &str) -> Option<geats::template::Template> {
     let src = dir.join("template-src");
     std::fs::create_dir_all(src.join("etc")).expect("mkdir");
-    std::fs::write(src.join("etc/hostname"), format!("{name}\n")).expect("write");
+    std::fs::write(src.join("etc/hostname"), hostname).expect("write");
     let tdir = dir.join("templates");
     std::fs::create_dir_all(&tdir).expect("mkdir");
     run(Command::new("tar").arg("-czf").arg(tdir.join(format!("{name}.tar.gz"))).arg("-C").arg(&src).arg("."));
@@ -559,16 +576,31 @@ fn storage_overlay_lifecycle_and_shared_template() {
     let dir = a.provides().directory.expect("dir");
     assert_eq!(std::fs::read_to_string(dir.join("etc/hostname")).expect("template content"), "tiny\n");
     std::fs::write(dir.join("etc/hostname"), "changed\n").expect("write");
-    let lower = fx.root().join("var/lib/geats/overlay/.templates/tiny");
+    let lower = cache_entry(&fx.root().join("var/lib/geats/overlay/.templates"), "tiny");
     assert_eq!(std::fs::read_to_string(lower.join("etc/hostname")).expect("shared copy"), "tiny\n", "a write reached the shared template");
     // A fresh instance (a new process) mounts the same layers again.
     a.deactivate().expect("deactivate");
     let mut a2 = fx.open("vm1", json!({"name": "root", "type": "ov"})).expect("open");
     a2.activate().expect("activate");
     assert_eq!(std::fs::read_to_string(dir.join("etc/hostname")).expect("upper layer kept"), "changed\n");
+    // A replaced archive gives new volumes the new content; the old volume
+    // keeps the lower layer it was made from.
+    a2.deactivate().expect("deactivate");
+    let t2 = make_template_with(fx.root(), "tiny", "tiny v2 with more bytes\n").expect("template");
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options().write(true).open(&t2.archive).and_then(|f| f.set_modified(later)).expect("touch");
+    let mut c = fx.open("vm2", json!({"name": "root", "type": "ov"})).expect("open");
+    c.define().expect("define");
+    c.activate().expect("activate");
+    assert!(c.clone_template(&t2).expect("clone the new archive"));
+    let cdir = c.provides().directory.expect("dir");
+    assert_eq!(std::fs::read_to_string(cdir.join("etc/hostname")).expect("new content"), "tiny v2 with more bytes\n");
+    a2.activate().expect("the old volume still mounts");
+    assert_eq!(std::fs::read_to_string(dir.join("etc/hostname")).expect("old volume"), "changed\n");
     a2.format().expect("format");
     assert!(!dir.join("etc").exists(), "format left the template's files");
     a2.undefine().expect("undefine");
+    c.undefine().expect("undefine");
     assert_eq!(leftovers(fx.root()), Vec::<String>::new());
 }
 

@@ -5,7 +5,8 @@
 //!
 //! Templates are cloned, not copied: the first volume made from a
 //! template unpacks it once into the read-only subvolume
-//! `ROOT/.templates/NAME`; every volume made from it is a writable
+//! `ROOT/.templates/NAME@STAMP` (see [`super::template_cache`]); every
+//! volume made from it is a writable
 //! snapshot of that subvolume, which costs no copy and no space until the
 //! guest writes.
 //!

@@ -2,10 +2,11 @@
 //! template. Each volume is `ROOT/VM/VOLUME/` (under the storage type's
 //! `root`, default `ROOT/var/lib/geats/overlay`) holding `upper/` (the
 //! volume's own changes), `work/` (overlayfs' scratch space), `merged/`
-//! (the mount point the VM sees) and `lower` (the name of the template it
-//! was made from). The lower layer is `ROOT/.templates/NAME`, unpacked once
-//! and shared by every volume made from that template, or the empty
-//! `ROOT/.templates/.empty` for a volume made from none.
+//! (the mount point the VM sees) and `lower` (the template cache entry it
+//! was made from). The lower layer is `ROOT/.templates/NAME@STAMP`, unpacked
+//! once and shared by every volume made from that template (see
+//! [`super::template_cache`]), or the empty `ROOT/.templates/.empty` for a
+//! volume made from none.
 //!
 //! `activate` mounts the overlay on `merged/`, `deactivate` unmounts it
 //! (whether it is mounted is read from `/proc/self/mountinfo`).
@@ -16,7 +17,6 @@ use std::path::{Path, PathBuf};
 
 use super::template_cache::{self, CacheOps};
 use super::{empty_dir, io_err, remove_if_empty, remove_tree, tool_err, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
-use crate::names::TemplateName;
 use crate::sys::mount;
 use crate::template::Template;
 
@@ -61,12 +61,15 @@ impl Overlay {
     fn lower(&self) -> Result<PathBuf, StorageError> {
         match std::fs::read_to_string(self.lower_file()) {
             Ok(text) => {
-                let name = TemplateName::new(text.trim()).map_err(|e| StorageError::State {
-                    volume: self.volume.clone(),
-                    step: "read lower layer",
-                    problem: format!("{}: {e}", self.lower_file().display()),
-                })?;
-                let p = self.templates().join(name.as_str());
+                let name = text.trim();
+                if !template_cache::valid_key(name) {
+                    return Err(StorageError::State {
+                        volume: self.volume.clone(),
+                        step: "read lower layer",
+                        problem: format!("{} does not name a template cache entry", self.lower_file().display()),
+                    });
+                }
+                let p = self.templates().join(name);
                 if !p.is_dir() {
                     return Err(StorageError::State {
                         volume: self.volume.clone(),
@@ -181,14 +184,15 @@ impl Volume for Overlay {
     }
 
     fn clone_template(&mut self, template: &Template) -> Result<bool, StorageError> {
-        template_cache::ensure(&self.volume, &self.templates(), template, &DirCache(&self.volume))?;
+        let lower = template_cache::ensure(&self.volume, &self.templates(), template, &DirCache(&self.volume))?;
+        let entry = lower.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let was_active = self.is_active();
         self.deactivate()?;
         // The volume is empty; start its upper layer afresh over the template.
         empty_dir(&self.volume, &self.upper())?;
         empty_dir(&self.volume, &self.work())?;
         let lf = self.lower_file();
-        crate::sys::fsutil::write_atomic(&lf, template.name.as_str().as_bytes(), 0o644).map_err(io_err(&self.volume, "write", &lf))?;
+        crate::sys::fsutil::write_atomic(&lf, entry.as_bytes(), 0o644).map_err(io_err(&self.volume, "write", &lf))?;
         if was_active {
             self.activate()?;
         }

@@ -8,10 +8,12 @@
 //! a half-unpacked template where a volume would use it, and two VMs
 //! provisioned at once from the same template both end up using one copy.
 //!
-//! The cache is keyed by the template's name: after replacing an archive,
-//! remove `DIR/NAME` (for btrfs with `btrfs subvolume delete`) so that the
-//! next volume made from it gets the new content; existing volumes keep
-//! what they were made from.
+//! An entry is keyed by the template's name and its archives' modification
+//! time and size (`DIR/NAME@MTIME-SIZE`), so replacing an archive makes
+//! the next volume use a fresh copy while existing volumes keep the one
+//! they were made from. Entries no volume uses any more can be removed by
+//! hand (for btrfs with `btrfs subvolume delete`; btrfs snapshots do not
+//! depend on their source, overlay volumes do).
 
 use std::path::{Path, PathBuf};
 
@@ -28,9 +30,31 @@ pub trait CacheOps {
     fn discard(&self, path: &Path) -> Result<(), StorageError>;
 }
 
+/// The cache entry name of `t`: `NAME@MTIME-SIZE` of its archive, plus
+/// `-MTIME-SIZE` of its overlay archive if it has one.
+pub fn key(volume: &str, t: &Template) -> Result<String, StorageError> {
+    let stamp = |p: &Path| -> Result<String, StorageError> {
+        let m = std::fs::metadata(p).map_err(io_err(volume, "read template", p))?;
+        let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+        Ok(format!("{mtime}-{}", m.len()))
+    };
+    let mut k = format!("{}@{}", t.name, stamp(&t.archive)?);
+    if let Some(o) = &t.overlay {
+        k.push('-');
+        k.push_str(&stamp(o)?);
+    }
+    Ok(k)
+}
+
+/// Is `s` a cache entry name [`key`] could have made (read back from disk)?
+pub fn valid_key(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 200 && !s.starts_with('.') && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-@".contains(c))
+}
+
 /// The unpacked copy of `t` under `dir`, unpacking it first if needed.
+/// Returns the entry's path; its file name is [`key`].
 pub fn ensure(volume: &str, dir: &Path, t: &Template, ops: &dyn CacheOps) -> Result<PathBuf, StorageError> {
-    let target = dir.join(t.name.as_str());
+    let target = dir.join(key(volume, t)?);
     if target.is_dir() {
         return Ok(target);
     }

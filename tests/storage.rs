@@ -231,6 +231,32 @@ fn storage_sparsefile_and_loop_lifecycle() {
     assert_eq!(files_under(&fx.root().join("var/lib/geats")), Vec::<PathBuf>::new(), "files left");
 }
 
+/// A storage root reached through a symlink: mountinfo shows resolved
+/// paths, and the volume must still see its own mount.
+#[test]
+fn storage_root_behind_a_symlink() {
+    if !need_root("storage_root_behind_a_symlink") {
+        return;
+    }
+    let fx = Fixture::new("");
+    let real = fx.root().join("real");
+    std::fs::create_dir_all(&real).expect("mkdir");
+    std::os::unix::fs::symlink(&real, fx.root().join("link")).expect("symlink");
+    let toml = format!(
+        "[storage_types.img]\ndriver = \"sparsefile\"\nadapters = [\"loop\", \"filesystem\"]\nroot = \"{0}/link/images\"\nmount_dir = \"{0}/link/mnt\"\n",
+        fx.root().display()
+    );
+    let fx2 = Fixture::new(&toml);
+    let mut vol = fx2.open("vm1", json!({"name": "root", "type": "img", "size": "32M"})).expect("open");
+    vol.define().expect("define");
+    vol.activate().expect("activate");
+    assert!(vol.is_active(), "the mount is not seen through the symlink");
+    vol.activate().expect("second activate is a no-op");
+    assert_eq!(geats::sys::mount::mounts_under(&real).len(), 1, "mounted twice");
+    vol.undefine().expect("undefine");
+    assert_eq!(leftovers(&real), Vec::<String>::new());
+}
+
 /// A new process (here: a fresh `Volume` value) finds and releases what an
 /// earlier one activated: state comes from the system, not from memory.
 #[test]

@@ -61,14 +61,22 @@ pub fn mounts() -> Vec<MountEntry> {
     std::fs::read_to_string("/proc/self/mountinfo").map(|t| parse_mountinfo(&t)).unwrap_or_default()
 }
 
+/// `path` with symlinks resolved, as the kernel shows it in mountinfo
+/// (unchanged if it cannot be resolved, e.g. because it does not exist).
+fn resolved(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// Is something mounted exactly on `path`?
 pub fn is_mounted(path: &Path) -> bool {
-    mounts().iter().any(|m| m.mount_point == path)
+    let p = resolved(path);
+    mounts().iter().any(|m| m.mount_point == p)
 }
 
 /// The mounts at or below `dir`.
 pub fn mounts_under(dir: &Path) -> Vec<MountEntry> {
-    mounts().into_iter().filter(|m| m.mount_point.starts_with(dir)).collect()
+    let d = resolved(dir);
+    mounts().into_iter().filter(|m| m.mount_point.starts_with(&d)).collect()
 }
 
 /// `mount -t FSTYPE [-o OPTIONS] SOURCE TARGET`.

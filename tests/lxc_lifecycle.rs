@@ -1,1 +1,221 @@
-//! (being written)
+//! The `lxc` VM type on real LXC (issue 4): a busybox container through
+//! define → start → info → shutdown → start → stop → undefine → define
+//! (data kept) → deprovision via the agent binary, a veth NIC on a bridge
+//! the test creates, a failed start, and the config geats writes.
+//!
+//! Privileged tests check for root and the LXC tools at run time and print
+//! `SKIPPED ... reason` otherwise. Container names carry the test's pid:
+//! LXC's cgroups (`lxc.payload.NAME`) are global, not per lxcpath.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::lxc::{busybox_template, missing, Bridge, Containers};
+use crate::common::{skip, Env};
+
+fn unique(tag: &str) -> String {
+    format!("gt{}{tag}", std::process::id())
+}
+
+/// An env with a busybox template and a guard for `names`.
+fn lxc_env(names: &[&str]) -> (Env, Containers) {
+    let env = Env::new();
+    busybox_template(&env.root().join("var/lib/geats/templates"), "busybox");
+    let guard = Containers::new(&env.root().join("var/lib/lxc"), names);
+    (env, guard)
+}
+
+fn definition(extra: Value) -> Value {
+    let mut d = json!({"template": "busybox", "ram": 64, "cpus": 1, "storage": [{"name": "root", "type": "dir"}], "metadata": {"ROLE": "test"}});
+    if let (Some(o), Some(e)) = (d.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    d
+}
+
+/// Wait until `f` holds (containers boot asynchronously).
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn issue_4_lifecycle_through_the_agent() {
+    if let Some(why) = missing() {
+        return skip("issue_4_lifecycle_through_the_agent", &why);
+    }
+    let name = unique("l");
+    let (env, lxc) = lxc_env(&[&name]);
+    let vm = json!({"vm_name": name});
+    let dir = env.root().join("var/lib/lxc").join(&name);
+    let rootfs = env.root().join("var/lib/geats/volumes").join(&name).join("root");
+
+    // define: config and guest files written, stopped.
+    let d = env.ok("define", json!({"vm_name": name, "definition": definition(json!({}))}));
+    assert_eq!(d["state"], json!(["stopped", "stopped"]));
+    let config = std::fs::read_to_string(dir.join("config")).expect("config written");
+    assert!(config.contains(&format!("lxc.rootfs.path = dir:{}\n", rootfs.display())), "{config}");
+    assert!(config.contains("lxc.cgroup.memory.limit_in_bytes = 64M\n"), "{config}");
+    assert!(config.contains("lxc.net.0.type = empty\n"), "{config}");
+    assert_eq!(std::fs::read_to_string(rootfs.join("etc/hostname")).unwrap(), format!("{name}\n"));
+    let fb = std::fs::read_to_string(rootfs.join("etc/firstboot.config")).unwrap();
+    assert!(fb.contains(&format!("NAME='{name}'")) && fb.contains("ROLE='test'"), "{fb}");
+    assert!(rootfs.join("bin/busybox").is_file() && rootfs.join("sbin/init").is_symlink());
+    assert_eq!(lxc.lxc_state(&name), "STOPPED");
+
+    // start
+    let d = env.ok("start", vm.clone());
+    assert_eq!(d["state"], json!(["running", "running"]));
+    assert_eq!(lxc.lxc_state(&name), "RUNNING");
+    assert_eq!(env.ok("start", vm.clone())["changed"], json!(false), "start of a running VM is a no-op");
+
+    // info: usage from the cgroup, the init pid, the console command.
+    let info = env.ok("info", vm.clone());
+    assert_eq!(info["state"], json!(["running", "running"]));
+    assert_eq!(info["usage"]["pid"].as_i64(), lxc.lxc_pid(&name), "{info}");
+    assert!(info["usage"]["memory_bytes"].as_u64().unwrap_or(0) > 0, "{info}");
+    assert_eq!(info["usage"]["memory_limit_bytes"], json!(64 << 20), "{info}");
+    assert!(info["usage"]["cpu_seconds"].as_f64().is_some(), "{info}");
+    assert_eq!(info["console"][0], "lxc-console", "{info}");
+    // status reads the same state in one pass.
+    let status = env.ok("status", json!({}));
+    assert_eq!(status["vms"][&name]["state"], json!(["running", "running"]));
+
+    // The guest applied its firstboot config (exec through the CLI).
+    wait_for("rcS", 20, || {
+        let out = env.cli(&["exec", &name, "--", "cat", "/run/rcS.done"]);
+        String::from_utf8_lossy(&out.stdout).contains(&format!("rcS done: {name}"))
+    });
+
+    // shutdown: init halts cleanly.
+    let d = env.ok("shutdown", vm.clone());
+    assert_eq!(d["state"], json!(["stopped", "stopped"]));
+    assert_eq!(lxc.lxc_state(&name), "STOPPED");
+
+    // start again, then stop (power off).
+    env.ok("start", vm.clone());
+    assert_eq!(lxc.lxc_state(&name), "RUNNING");
+    let d = env.ok("stop", vm.clone());
+    assert_eq!(d["state"], json!(["stopped", "stopped"]));
+    assert_eq!(lxc.lxc_state(&name), "STOPPED");
+
+    // Data written into the rootfs survives undefine + define.
+    std::fs::write(rootfs.join("root/keep.txt"), "precious").unwrap();
+    let d = env.ok("undefine", vm.clone());
+    assert_eq!(d["changed"], json!(true));
+    assert!(!dir.exists(), "LXCPATH/NAME must be gone");
+    assert!(lxc.lxc_state(&name).starts_with("error"), "LXC still knows {name}");
+    assert_eq!(env.fail("info", vm.clone())["errorcode"], "not_found");
+    assert_eq!(std::fs::read_to_string(rootfs.join("root/keep.txt")).unwrap(), "precious");
+
+    env.ok("define", json!({"vm_name": name, "definition": definition(json!({}))}));
+    assert!(dir.join("config").is_file());
+    assert_eq!(lxc.lxc_state(&name), "STOPPED");
+    assert_eq!(std::fs::read_to_string(rootfs.join("root/keep.txt")).unwrap(), "precious", "define must not reinstall over data");
+
+    // deprovision destroys everything.
+    let d = env.ok("deprovision", vm.clone());
+    assert_eq!(d["changed"], json!(true));
+    assert!(!dir.exists());
+    assert!(!rootfs.exists(), "the root volume must be destroyed");
+    assert!(lxc.lxc_state(&name).starts_with("error"));
+}
+
+#[test]
+fn issue_4_veth_on_a_bridge_shows_the_address_inside() {
+    if let Some(why) = missing() {
+        return skip("issue_4_veth_on_a_bridge_shows_the_address_inside", &why);
+    }
+    let pid = std::process::id();
+    let net = format!("10.213.{}", pid % 250 + 1);
+    let bridge = Bridge::new(&format!("gtbr{}", pid % 100_000), &format!("{net}.1/24"));
+    let name = unique("n");
+    let (env, lxc) = lxc_env(&[&name]);
+    let ip = format!("{net}.2");
+    let nic = json!([{"name": "eth0", "type": "veth", "bridge": bridge.name, "hwaddr": "02:00:0a:d5:00:02", "ipaddr": format!("{ip}/24"), "gateway": format!("{net}.1")}]);
+    env.ok("define", json!({"vm_name": name, "definition": definition(json!({"network": nic}))}));
+    env.ok("start", json!({"vm_name": name}));
+    assert_eq!(lxc.lxc_state(&name), "RUNNING");
+    let out = env.cli(&["exec", &name, "--", "ip", "addr"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "geats exec failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("inet {ip}/24 brd {net}.255")), "{text}");
+    assert!(text.contains("link/ether 02:00:0a:d5:00:02"), "{text}");
+    let info = env.ok("info", json!({"vm_name": name}));
+    assert_eq!(info["ip"], json!(ip), "{info}");
+    // The host end is on the bridge.
+    let (_, links, _) = crate::common::lxc::run(&["ip", "-o", "link", "show", "master", &bridge.name]);
+    assert!(!links.trim().is_empty(), "no veth on {}", bridge.name);
+    env.ok("deprovision", json!({"vm_name": name}));
+    assert!(lxc.lxc_state(&name).starts_with("error"));
+}
+
+#[test]
+fn issue_4_failed_start_reports_lxcs_own_error() {
+    if let Some(why) = missing() {
+        return skip("issue_4_failed_start_reports_lxcs_own_error", &why);
+    }
+    let name = unique("f");
+    let (env, lxc) = lxc_env(&[&name]);
+    let missing_bridge = format!("gtnb{}", std::process::id() % 100_000);
+    let nic = json!([{"name": "eth0", "type": "veth", "bridge": missing_bridge, "ipaddr": "10.214.0.2/24"}]);
+    env.ok("define", json!({"vm_name": name, "definition": definition(json!({"network": nic}))}));
+    let e = env.fail("start", json!({"vm_name": name}));
+    assert_eq!(e["errorcode"], "lxc_error", "{e}");
+    let msg = e["message"].as_str().unwrap_or_default();
+    assert!(msg.contains(&format!("to bridge \"{missing_bridge}\", bridge interface doesn't exist")), "LXC's own line is missing: {msg}");
+    // Still defined, and stopped.
+    assert_eq!(lxc.lxc_state(&name), "STOPPED");
+    let info = env.ok("info", json!({"vm_name": name}));
+    assert_eq!(info["state"], json!(["stopped", "stopped"]));
+    env.ok("deprovision", json!({"vm_name": name}));
+}
+
+#[test]
+fn issue_4_request_cannot_add_config_lines() {
+    // No LXC needed: define only writes files (no template: the rootfs is
+    // created empty under default_rootfs_prefix).
+    let env = Env::with_config("[vm_types.lxc]\ndriver = \"lxc\"\nconfig = { \"lxc.apparmor.profile\" = \"unconfined\" }\n");
+    let lxcpath = env.root().join("var/lib/lxc");
+    let def = json!({"description": "line one\nlxc.cgroup.devices.allow = a", "ram": 128,
+        "network": [{"name": "eth0", "bridge": "br0", "hwaddr": "02:00:00:00:00:01", "ipaddr": "10.0.0.5", "netmask": "255.255.255.0", "gateway": "10.0.0.1"}]});
+    env.ok("define", json!({"vm_name": "safe1", "definition": def}));
+    let out = env.cli(&["info", "--config", "safe1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(text, std::fs::read_to_string(lxcpath.join("safe1/config")).unwrap());
+    assert!(!text.contains("devices.allow") && !text.contains("line one"), "{text}");
+    let root = env.root().display().to_string();
+    insta::with_settings!({filters => vec![(root.as_str(), "[ROOT]")]}, {
+        insta::assert_snapshot!(text);
+    });
+
+    // Invalid values are refused before anything is written.
+    let cases = [
+        (json!({"metadata": {"PATH": "/tmp"}}), "/definition/metadata/PATH"),
+        (json!({"network": [{"name": "eth0", "type": "macvlan"}]}), "/definition/network/0/bridge"),
+        (json!({"network": [{"name": "eth0", "ipaddr": "10.0.0.5\nlxc.x = 1"}]}), "/definition/network/0/ipaddr"),
+        (json!({"ram": 1}), "/definition/ram"),
+        (json!({"storage": [{"name": "root", "type": "dir"}, {"name": "data", "type": "dir", "mountpoint": "/srv/../etc"}]}), "/definition/storage/1/mountpoint"),
+    ];
+    for (def, pointer) in cases {
+        let e = env.fail("define", json!({"vm_name": "bad1", "definition": def}));
+        assert_eq!(e["errorcode"], "invalid_data", "{e}");
+        assert!(e["message"].as_str().unwrap_or_default().contains(pointer), "{pointer}: {e}");
+        assert!(!lxcpath.join("bad1").exists(), "{pointer}: files written for a refused define");
+    }
+
+    // A bad extra key in the VM type's settings is a config error.
+    let bad = Env::with_config("[vm_types.lxc]\ndriver = \"lxc\"\nconfig = { \"lxc.x\\nlxc.y\" = \"1\" }\n");
+    let e = bad.fail("define", json!({"vm_name": "x1", "definition": {}}));
+    assert!(e["message"].as_str().unwrap_or_default().contains("does not match"), "{e}");
+    let bad = Env::with_config("[vm_types.lxc]\ndriver = \"lxc\"\nconfig = { \"lxc.apparmor.profile\" = \"a\\nlxc.y = 1\" }\n");
+    let e = bad.fail("define", json!({"vm_name": "x1", "definition": {}}));
+    assert!(e["message"].as_str().unwrap_or_default().contains("control character"), "{e}");
+}

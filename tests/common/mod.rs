@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod lxc;
 pub mod schema;
 
 use std::io::Write;

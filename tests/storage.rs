@@ -436,6 +436,29 @@ fn storage_agent_refuses_bad_settings_and_options() {
     assert!(!env.root().join("var/lib/geats/images").exists(), "a refused definition touched the disk");
 }
 
+/// Issue 5, acceptance 7, through the agent: the second volume's mkfs
+/// fails during define; the reply names the step and carries mkfs's
+/// stderr, and the first volume (already made) is rolled back too.
+#[test]
+fn issue_5_agent_define_rolls_back_a_failed_chain() {
+    if !need_root("issue_5_agent_define_rolls_back_a_failed_chain") {
+        return;
+    }
+    let env = common::Env::with_config(SPARSE_FS);
+    let root = env.root().to_path_buf();
+    let _guard = Releaser(root.clone());
+    let def = json!({"vm_type": "dummy", "storage": [
+        {"name": "root", "type": "img", "size": "64M"},
+        {"name": "data", "type": "img", "size": "16M", "fstype": "xfs", "mountpoint": "/srv"}]});
+    let v = env.fail("define", json!({"vm_name": "web1", "definition": def}));
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert_eq!(v["errorcode"], json!("storage_failed"), "{v}");
+    assert!(msg.contains("web1/data") && msg.contains("make file system") && msg.contains("300MB"), "{v}");
+    assert_eq!(leftovers(&root), Vec::<String>::new(), "a failed define left mounts or loop devices");
+    assert_eq!(files_under(&root.join("var/lib/geats/images")), Vec::<PathBuf>::new(), "a failed define left images");
+    assert_eq!(env.fail("info", json!({"vm_name": "web1"}))["errorcode"], json!("not_found"));
+}
+
 /// Releases mounts and loop devices under a directory on drop.
 struct Releaser(PathBuf);
 
@@ -709,4 +732,101 @@ impl Drop for VolumeGroup {
         let _ = Command::new("pvremove").args(["-q", "-y", &self.dev]).status();
         release_under(self.dir.path());
     }
+}
+
+/// Issue 5, acceptance 6: an LXC container boots from each of a `dir`, a
+/// `sparsefile`+`loop`+`filesystem` (with a second volume mounted at
+/// `/srv/data`), a `btrfs` (a snapshot of the template) and an `overlay`
+/// root volume; stop leaves no mount or loop device, deprovision leaves
+/// no volume.
+#[test]
+fn issue_5_lxc_boots_from_each_root_volume() {
+    const TEST: &str = "issue_5_lxc_boots_from_each_root_volume";
+    if let Some(why) = common::lxc::missing() {
+        return skip(TEST, &why);
+    }
+    if !have("mkfs.btrfs") {
+        return skip(TEST, "btrfs-progs is not installed");
+    }
+    let fs = BtrfsMount::new();
+    let btrfs_root = fs.mnt.join("vols");
+    let toml = format!(
+        "[storage_types.image]\ndriver = \"sparsefile\"\nadapters = [\"loop\", \"filesystem\"]\n\
+         [storage_types.bt]\ndriver = \"btrfs\"\nroot = \"{}\"\n\
+         [storage_types.ov]\ndriver = \"overlay\"\n",
+        btrfs_root.display()
+    );
+    let env = common::Env::with_config(&toml);
+    let root = env.root().to_path_buf();
+    common::lxc::busybox_template(&root.join("var/lib/geats/templates"), "busybox");
+    let pid = std::process::id();
+    let cases: Vec<(String, serde_json::Value)> = vec![
+        (format!("gt{pid}sdir"), json!([{"name": "root", "type": "dir"}])),
+        (
+            format!("gt{pid}simg"),
+            json!([{"name": "root", "type": "image", "size": "128M"},
+                   {"name": "data", "type": "image", "size": "320M", "fstype": "xfs", "mountpoint": "/srv/data"}]),
+        ),
+        (format!("gt{pid}sbt"), json!([{"name": "root", "type": "bt"}])),
+        (format!("gt{pid}sov"), json!([{"name": "root", "type": "ov"}])),
+    ];
+    // Dropped in reverse: containers stopped, then mounts released, then
+    // the env's directory and the btrfs file system removed.
+    let _release = Releaser(root.clone());
+    let names: Vec<&str> = cases.iter().map(|(n, _)| n.as_str()).collect();
+    let lxc = common::lxc::Containers::new(&root.join("var/lib/lxc"), &names);
+    for (name, storage) in &cases {
+        let vm = json!({"vm_name": name});
+        let def = json!({"template": "busybox", "ram": 64, "storage": storage});
+        env.ok("define", json!({"vm_name": name, "definition": def}));
+        assert_eq!(leftovers(&root), Vec::<String>::new(), "{name}: define left volumes active");
+        env.ok("start", vm.clone());
+        assert_eq!(lxc.lxc_state(name), "RUNNING", "{name}");
+        let t = std::time::Instant::now();
+        loop {
+            let out = env.cli(&["exec", name, "--", "cat", "/run/rcS.done"]);
+            if String::from_utf8_lossy(&out.stdout).contains(&format!("rcS done: {name}")) {
+                break;
+            }
+            assert!(t.elapsed() < std::time::Duration::from_secs(30), "{name} did not boot: {}", String::from_utf8_lossy(&out.stderr));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let info = env.ok("info", vm.clone());
+        match name.strip_prefix(&format!("gt{pid}s")) {
+            Some("img") => {
+                // The second volume is mounted inside the container, and
+                // what the guest writes there lands on that volume.
+                let out = env.cli(&["exec", name, "--", "touch", "/srv/data/from-guest"]);
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                let host = root.join("var/lib/geats/mnt").join(name).join("data/from-guest");
+                assert!(host.is_file(), "the guest's write is not on the data volume");
+                assert!(geats::sys::mount::is_mounted(&root.join("var/lib/geats/mnt").join(name).join("root")));
+                assert_eq!(info["storage"][0]["active"], json!(true), "{name}: {info}");
+                assert_eq!(info["storage"][1]["active"], json!(true), "{name}: {info}");
+            }
+            Some("bt") => {
+                let vol = btrfs_root.join(name).join("root");
+                let show = Command::new("btrfs").args(["subvolume", "show"]).arg(&vol).output().expect("btrfs");
+                let show = String::from_utf8_lossy(&show.stdout).to_string();
+                let parent = show.lines().find(|l| l.trim_start().starts_with("Parent UUID:")).unwrap_or_default().to_string();
+                assert!(!parent.trim().ends_with('-'), "{name}: the root volume is not a snapshot: {show}");
+            }
+            Some("ov") => {
+                let merged = root.join("var/lib/geats/overlay").join(name).join("root/merged");
+                assert!(geats::sys::mount::mounts_under(&merged).iter().any(|m| m.fstype == "overlay"), "{name}: no overlay mount");
+                assert_eq!(info["storage"][0]["active"], json!(true), "{name}: {info}");
+            }
+            _ => {}
+        }
+        env.ok("stop", vm.clone());
+        assert_eq!(lxc.lxc_state(name), "STOPPED", "{name}");
+        assert_eq!(leftovers(&root), Vec::<String>::new(), "{name}: stop left mounts or loop devices");
+        env.ok("deprovision", vm.clone());
+        assert_eq!(leftovers(&root), Vec::<String>::new(), "{name}: deprovision left mounts or loop devices");
+        for dir in ["var/lib/geats/volumes", "var/lib/geats/images", "var/lib/geats/overlay", "var/lib/geats/mnt"] {
+            assert!(!root.join(dir).join(name).exists(), "{name}: deprovision left {dir}/{name}");
+        }
+        assert!(!btrfs_root.join(name).exists(), "{name}: deprovision left its subvolume");
+    }
+    assert_eq!(fs.subvolumes(), Vec::<String>::new(), "subvolumes left");
 }

@@ -3,6 +3,7 @@
 #
 #   bash bench/run.sh            # builds the release binary first
 #   GEATS_BIN=/path/geats bash bench/run.sh
+#   STATIC=1 bash bench/run.sh   # also build and measure a static-pie binary
 #
 # Prints the mean wall time of each command (hyperfine, no shell) and the
 # ratio to /bin/true, plus peak memory. The target for `info` on a dummy VM
@@ -13,6 +14,16 @@ command -v hyperfine >/dev/null || { echo "bench: installing hyperfine" >&2; apt
 if [ -z "${GEATS_BIN:-}" ]; then
   cargo build --release --quiet
   GEATS_BIN=$PWD/target/release/geats
+fi
+# A static-pie binary skips the dynamic loader's relocations and symbol
+# lookups, about a third of a request's CPU time. It cannot be the default
+# build: crt-static in .cargo/config.toml breaks proc-macro crates unless
+# the target is named, which would pin the architecture.
+STATIC_BIN=
+if [ "${STATIC:-0}" = 1 ]; then
+  triple=$(rustc -vV | sed -n 's/^host: //p')
+  RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet --target "$triple"
+  STATIC_BIN=$PWD/target/$triple/release/geats
 fi
 work=$(mktemp -d /tmp/geats-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -30,13 +41,15 @@ printf '{"action":"define","data":{"vm_name":"vm1","definition":%s}}' "$def" > "
 "$GEATS_BIN" agent "$work/info.json" "$work/reply.json"
 grep -q '"vm_type":"dummy"' "$work/reply.json"
 
+extra=()
+[ -n "$STATIC_BIN" ] && extra=(-n 'info (static-pie)' "$STATIC_BIN agent $work/info.json $work/r6.json")
 hyperfine -N --warmup 100 --runs "${RUNS:-1000}" --export-json "$work/h.json" --style basic \
   -n true /bin/true \
   -n info "$GEATS_BIN agent $work/info.json $work/r1.json" \
   -n 'status (100 VMs)' "$GEATS_BIN agent $work/status.json $work/r2.json" \
   -n 'start (already running)' "$GEATS_BIN agent $work/start.json $work/r3.json" \
   -n 'define (identical)' "$GEATS_BIN agent $work/define.json $work/r4.json" \
-  >/dev/null
+  "${extra[@]}" >/dev/null
 
 python3 - "$work/h.json" "$GEATS_BIN" "$work" <<'PY'
 import json, resource, subprocess, sys

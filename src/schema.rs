@@ -249,6 +249,12 @@ impl Validator {
             }
         }
         if let Some(p) = s.get("pattern").and_then(Value::as_str) {
+            if let Some(m) = simple_match(p, text) {
+                if !m {
+                    self.fail(ptr, format!("{} does not match {p}", shown(&Value::String(text.to_string()))));
+                }
+                return;
+            }
             match regex_lite::Regex::new(p) {
                 Ok(re) if re.is_match(text) => {}
                 Ok(_) => self.fail(ptr, format!("{} does not match {p}", shown(&Value::String(text.to_string())))),
@@ -314,6 +320,69 @@ impl Validator {
     }
 }
 
+/// Match the common pattern shape `^[CLASS][CLASS]{m,n}$` (or
+/// `^[CLASS]{m,n}$`) without compiling a regex; `None` for any other
+/// pattern. Classes hold literal characters and `a-z` ranges.
+pub fn simple_match(pattern: &str, text: &str) -> Option<bool> {
+    fn class(p: &str) -> Option<(Vec<(char, char)>, &str)> {
+        let rest = p.strip_prefix('[')?;
+        let end = rest.find(']')?;
+        let body: Vec<char> = rest[..end].chars().collect();
+        if body.is_empty() || body[0] == '^' || body.contains(&'\\') || body.contains(&'[') {
+            return None;
+        }
+        let mut ranges = Vec::new();
+        let mut i = 0;
+        while i < body.len() {
+            if i + 2 < body.len() && body[i + 1] == '-' {
+                ranges.push((body[i], body[i + 2]));
+                i += 3;
+            } else {
+                ranges.push((body[i], body[i]));
+                i += 1;
+            }
+        }
+        Some((ranges, &rest[end + 1..]))
+    }
+    fn quant(p: &str) -> Option<((usize, usize), &str)> {
+        let Some(rest) = p.strip_prefix('{') else { return Some(((1, 1), p)) };
+        let end = rest.find('}')?;
+        let (a, b) = rest[..end].split_once(',')?;
+        Some(((a.parse().ok()?, b.parse().ok()?), &rest[end + 1..]))
+    }
+    let inner = pattern.strip_prefix('^')?.strip_suffix('$')?;
+    let mut parts = Vec::new();
+    let mut p = inner;
+    while !p.is_empty() {
+        let (ranges, rest) = class(p)?;
+        let (q, rest) = quant(rest)?;
+        parts.push((ranges, q));
+        p = rest;
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    // Greedy matching is exact when every part but the last matches
+    // exactly one character, as in the name patterns.
+    if parts[..parts.len().saturating_sub(1)].iter().any(|(_, q)| *q != (1, 1)) {
+        return None;
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let mut pos = 0;
+    for (ranges, (min, max)) in &parts {
+        let inside = |c: &char| ranges.iter().any(|(a, b)| a <= c && c <= b);
+        let mut n = 0;
+        while pos < chars.len() && n < *max && inside(&chars[pos]) {
+            pos += 1;
+            n += 1;
+        }
+        if n < *min {
+            return Some(false);
+        }
+    }
+    Some(pos == chars.len())
+}
+
 /// Every keyword used anywhere in `schema` that [`KEYWORDS`] lacks
 /// (property names under `properties`/`patternProperties`/`definitions`
 /// are names, not keywords).
@@ -357,6 +426,19 @@ mod tests {
                 assert!(bad.is_empty(), "{name} uses {bad:?}");
             }
         }
+    }
+
+    #[test]
+    fn simple_patterns_agree_with_regex() {
+        let patterns = [crate::names::NAME_PATTERN, crate::names::IFNAME_PATTERN, "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"];
+        let texts = ["", "a", "web1", "-a", ".a", "a/b", "a b", "a\nb", "é", "a:b", &"a".repeat(15), &"a".repeat(16), &"a".repeat(63), &"a".repeat(64), &"a".repeat(200)];
+        for p in patterns {
+            let re = regex_lite::Regex::new(p).unwrap();
+            for t in texts {
+                assert_eq!(simple_match(p, t), Some(re.is_match(t)), "{p} on {t:?}");
+            }
+        }
+        assert_eq!(simple_match("^[0-9]{1,3}(\\.[0-9]{1,3}){3}$", "1.2.3.4"), None);
     }
 
     #[test]

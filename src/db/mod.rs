@@ -169,16 +169,13 @@ impl Db {
     }
 }
 
-/// Per-connection settings. Every request is a new process, so what the
-/// last connection does on close is paid per request: by default SQLite
-/// checkpoints the WAL, fsyncs and deletes it when the last connection
-/// closes, and re-creates it on the next open. Keeping it (no checkpoint on
-/// close; writers still checkpoint automatically every 1000 pages) makes a
-/// read cost no write. `synchronous = NORMAL` is WAL's recommended setting:
-/// the database stays consistent after a crash, and a commit costs no fsync
-/// (the last commits before a power loss may be lost, never half-applied).
+/// Per-connection settings. `synchronous = NORMAL` is WAL's recommended
+/// setting: the database stays consistent after a crash and a commit costs
+/// no fsync (the last commits before a power loss may be lost, never
+/// half-applied). The WAL is checkpointed and removed when the last
+/// connection closes, as by default: keeping it would make the first
+/// connection of every process rebuild the WAL index from it.
 fn tune(conn: &Connection) -> rusqlite::Result<()> {
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     conn.pragma_update(None, "synchronous", "NORMAL")
 }
 

@@ -93,6 +93,22 @@ fn issue_4_lifecycle_through_the_agent() {
         String::from_utf8_lossy(&out.stdout).contains(&format!("rcS done: {name}"))
     });
 
+    // reboot: still running, with a new init.
+    let before = lxc.lxc_pid(&name);
+    let d = env.ok("reboot", vm.clone());
+    assert_eq!(d["state"], json!(["running", "running"]));
+    wait_for("a new init", 20, || lxc.lxc_pid(&name).is_some() && lxc.lxc_pid(&name) != before);
+    assert_eq!(lxc.lxc_state(&name), "RUNNING");
+
+    // A frozen container is paused.
+    let lp = lxc.lxcpath.to_string_lossy().into_owned();
+    let (c, _, e) = crate::common::lxc::run(&["lxc-freeze", "-P", &lp, "-n", &name]);
+    assert_eq!(c, 0, "lxc-freeze: {e}");
+    assert_eq!(env.ok("info", vm.clone())["state"], json!(["paused", "frozen"]));
+    let (c, _, e) = crate::common::lxc::run(&["lxc-unfreeze", "-P", &lp, "-n", &name]);
+    assert_eq!(c, 0, "lxc-unfreeze: {e}");
+    assert_eq!(env.ok("info", vm.clone())["state"], json!(["running", "running"]));
+
     // shutdown: init halts cleanly.
     let d = env.ok("shutdown", vm.clone());
     assert_eq!(d["state"], json!(["stopped", "stopped"]));
@@ -218,4 +234,53 @@ fn issue_4_request_cannot_add_config_lines() {
     let bad = Env::with_config("[vm_types.lxc]\ndriver = \"lxc\"\nconfig = { \"lxc.apparmor.profile\" = \"a\\nlxc.y = 1\" }\n");
     let e = bad.fail("define", json!({"vm_name": "x1", "definition": {}}));
     assert!(e["message"].as_str().unwrap_or_default().contains("control character"), "{e}");
+}
+
+#[test]
+fn issue_4_shutdown_that_times_out_is_reported_not_forced() {
+    if let Some(why) = missing() {
+        return skip("issue_4_shutdown_that_times_out_is_reported_not_forced", &why);
+    }
+    let name = unique("s");
+    // busybox init ignores SIGHUP as a halt request (it rereads inittab).
+    let env = Env::with_config("[vm_types.lxc]\ndriver = \"lxc\"\nshutdown_timeout = 1\nconfig = { \"lxc.signal.halt\" = \"SIGHUP\" }\n");
+    busybox_template(&env.root().join("var/lib/geats/templates"), "busybox");
+    let lxc = Containers::new(&env.root().join("var/lib/lxc"), &[&name]);
+    let vm = json!({"vm_name": name});
+    env.ok("define", json!({"vm_name": name, "definition": definition(json!({}))}));
+    env.ok("start", vm.clone());
+    let e = env.fail("shutdown", vm.clone());
+    assert_eq!(e["errorcode"], "lxc_error", "{e}");
+    assert!(e["message"].as_str().unwrap_or_default().contains("did not halt within 1 s"), "{e}");
+    assert_eq!(lxc.lxc_state(&name), "RUNNING", "shutdown must not kill");
+    assert_eq!(env.ok("stop", vm.clone())["state"], json!(["stopped", "stopped"]));
+    assert_eq!(lxc.lxc_state(&name), "STOPPED");
+    env.ok("deprovision", vm);
+}
+
+#[test]
+fn issue_4_rootfs_without_a_volume() {
+    if let Some(why) = missing() {
+        return skip("issue_4_rootfs_without_a_volume", &why);
+    }
+    let name = unique("t");
+    let (env, lxc) = lxc_env(&[&name]);
+    let rootfs = env.root().join("var/lib/geats/rootfs").join(&name);
+    let vm = json!({"vm_name": name});
+    // Kept across undefine when not transient...
+    env.ok("define", json!({"vm_name": name, "definition": {"template": "busybox"}}));
+    assert!(rootfs.join("bin/busybox").is_file(), "template installed into the default rootfs");
+    assert!(rootfs.join("etc/firstboot.config").is_file());
+    env.ok("start", vm.clone());
+    assert_eq!(lxc.lxc_state(&name), "RUNNING");
+    env.ok("undefine", vm.clone());
+    assert!(rootfs.join("bin/busybox").is_file(), "a non-transient rootfs is kept");
+    env.ok("deprovision", vm.clone());
+    // ...removed with a transient VM.
+    let other = unique("u");
+    let rootfs2 = env.root().join("var/lib/geats/rootfs").join(&other);
+    env.ok("define", json!({"vm_name": other, "definition": {"template": "busybox", "transient": true}}));
+    assert!(rootfs2.join("bin/busybox").is_file());
+    env.ok("undefine", json!({"vm_name": other}));
+    assert!(!rootfs2.exists(), "a transient VM's rootfs is removed");
 }

@@ -209,6 +209,8 @@ impl Volume for Filesystem {
             return self.inner.usage();
         }
         match nix::sys::statvfs::statvfs(&self.target) {
+            // The statvfs field types differ between platforms.
+            #[allow(clippy::unnecessary_cast)]
             Ok(st) => {
                 let frag = st.fragment_size() as u64;
                 let total = st.blocks() as u64 * frag;

@@ -16,7 +16,29 @@ pub fn mkfs(fstype: &str, dev: &Path) -> Result<(), ExecError> {
         "xfs" | "btrfs" => vec![format!("mkfs.{fstype}"), "-f".into(), "-q".into(), dev],
         other => vec![format!("mkfs.{other}"), dev],
     };
-    Cmd::new(argv).timeout(std::time::Duration::from_secs(600)).run().map(|_| ())
+    Cmd::new(argv).timeout(std::time::Duration::from_secs(600)).run().map(|_| ()).map_err(trim_usage)
+}
+
+// `mkfs.xfs -f -q /dev/loop1` on a 16 MB device exits 1 and prints the
+// reason followed by its whole usage text:
+//
+//   Filesystem must be larger than 300MB.
+//   Usage: mkfs.xfs
+//   /* blocksize */		[-b size=num]
+//   ...
+//
+/// Drop a usage text that follows the reason in a failed mkfs's stderr.
+fn trim_usage(e: ExecError) -> ExecError {
+    match e {
+        ExecError::Failed { argv, status, stdout, stderr } => {
+            let stderr = match stderr.find("Usage:") {
+                Some(i) if i > 0 => stderr[..i].trim_end().to_string(),
+                _ => stderr,
+            };
+            ExecError::Failed { argv, status, stdout, stderr }
+        }
+        other => other,
+    }
 }
 
 // `blkid -p -o value -s TYPE /dev/loop0` prints the type of the file
@@ -37,5 +59,21 @@ pub fn probe(dev: &Path) -> Result<Option<String>, ExecError> {
             stdout: out.stdout,
             stderr: out.stderr,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_text_is_dropped() {
+        let e = ExecError::Failed {
+            argv: "mkfs.xfs -f -q /dev/loop1".into(),
+            status: "exit status 1".into(),
+            stdout: String::new(),
+            stderr: "Filesystem must be larger than 300MB.\nUsage: mkfs.xfs\n/* blocksize */ [-b size=num]\n".into(),
+        };
+        assert_eq!(trim_usage(e).stderr(), "Filesystem must be larger than 300MB.");
     }
 }

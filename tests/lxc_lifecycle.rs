@@ -155,9 +155,14 @@ fn issue_4_veth_on_a_bridge_shows_the_address_inside() {
     let (env, lxc) = lxc_env(&[&name]);
     let ip = format!("{net}.2");
     let nic = json!([{"name": "eth0", "type": "veth", "bridge": bridge.name, "hwaddr": "02:00:0a:d5:00:02", "ipaddr": format!("{ip}/24"), "gateway": format!("{net}.1")}]);
-    env.ok("define", json!({"vm_name": name, "definition": definition(json!({"network": nic}))}));
+    // A second volume is bind-mounted at its mountpoint.
+    let storage = json!([{"name": "root", "type": "dir"}, {"name": "data", "type": "dir", "mountpoint": "/srv/data"}]);
+    env.ok("define", json!({"vm_name": name, "definition": definition(json!({"network": nic, "storage": storage}))}));
+    std::fs::write(env.root().join("var/lib/geats/volumes").join(&name).join("data/hello"), "from the host").unwrap();
     env.ok("start", json!({"vm_name": name}));
     assert_eq!(lxc.lxc_state(&name), "RUNNING");
+    let out = env.cli(&["exec", &name, "--", "cat", "/srv/data/hello"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from the host", "{}", String::from_utf8_lossy(&out.stderr));
     let out = env.cli(&["exec", &name, "--", "ip", "addr"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "geats exec failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -264,7 +269,8 @@ fn issue_4_rootfs_without_a_volume() {
         return skip("issue_4_rootfs_without_a_volume", &why);
     }
     let name = unique("t");
-    let (env, lxc) = lxc_env(&[&name]);
+    let other = unique("u");
+    let (env, lxc) = lxc_env(&[&name, &other]);
     let rootfs = env.root().join("var/lib/geats/rootfs").join(&name);
     let vm = json!({"vm_name": name});
     // Kept across undefine when not transient...
@@ -277,7 +283,6 @@ fn issue_4_rootfs_without_a_volume() {
     assert!(rootfs.join("bin/busybox").is_file(), "a non-transient rootfs is kept");
     env.ok("deprovision", vm.clone());
     // ...removed with a transient VM.
-    let other = unique("u");
     let rootfs2 = env.root().join("var/lib/geats/rootfs").join(&other);
     env.ok("define", json!({"vm_name": other, "definition": {"template": "busybox", "transient": true}}));
     assert!(rootfs2.join("bin/busybox").is_file());

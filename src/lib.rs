@@ -18,6 +18,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod ddl;
 pub mod definition;
 pub mod error;
 pub mod manager;

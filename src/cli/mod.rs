@@ -17,9 +17,11 @@ use crate::manager::Manager;
 use crate::names::VmName;
 use crate::request::{self, RequestError};
 
+const AFTER_HELP: &str = "Exit codes: 0 ok, 1 action failed, 2 unknown action, 3 missing data, 4 invalid data, 5 other error.\nOutput has no colour. `geats man` prints the manual.";
+
 /// geats: a local resource manager for LXC containers and other VMs.
 #[derive(Debug, Parser)]
-#[command(name = "geats", version, about, long_about = None, propagate_version = true)]
+#[command(name = "geats", version, about, long_about = None, propagate_version = true, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Config file (default: $GEATS_CONFIG, else ROOT/etc/geats/geats.toml, else the embedded defaults).
     #[arg(long, value_name = "PATH")]
@@ -147,6 +149,20 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Write the MCollective DDL, the Choria JSON DDL and the Ruby agent
+    /// stub, generated from the request schemas (to DIR, or print them).
+    Ddl {
+        /// Directory to write geats.ddl, geats.json, geats.rb and geats/systemu_fix.rb into.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) generated from this command line.
+    Man,
     /// ssh to a VM's primary IP.
     Ssh {
         /// [USER@]NAME
@@ -223,6 +239,24 @@ fn act(m: &Manager, action: &str, mut data: Value, opts: &ActOpts) -> Result<u8,
 }
 
 fn dispatch(cli: Cli) -> Result<u8, Error> {
+    // Commands that need no config or database.
+    match &cli.command {
+        Command::Ddl { out } => return ddl(out.as_deref()),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "geats", &mut buf);
+            table::print_bytes(&buf);
+            return Ok(0);
+        }
+        Command::Man => {
+            let mut buf = Vec::new();
+            man_page(&mut buf).map_err(|e| Error::Internal(format!("cannot render the man page: {e}")))?;
+            table::print_bytes(&buf);
+            return Ok(0);
+        }
+        _ => {}
+    }
     let config = Config::load(cli.config.as_deref())?;
     let m = Manager::new(config);
     match cli.command {
@@ -321,6 +355,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             let argv = vmt.exec_command(&vm, &command).ok_or_else(|| Error::NotSupported(format!("VM {vm}'s type cannot run commands")))?;
             interactive(argv)
         }
+        Command::Ddl { .. } | Command::Completions { .. } | Command::Man => Ok(0),
         Command::Ssh { target, args } => {
             let (user, name) = match target.split_once('@') {
                 Some((u, n)) => (Some(u.to_string()), n.to_string()),
@@ -350,4 +385,73 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
 fn interactive(argv: Vec<String>) -> Result<u8, Error> {
     let code = crate::sys::exec::Cmd::new(argv).interactive().map_err(|e| Error::NotSupported(crate::error::chain(&e)))?;
     Ok(code.clamp(0, 255) as u8)
+}
+
+/// `geats ddl`: write the generated files under `out`, or print them.
+fn ddl(out: Option<&std::path::Path>) -> Result<u8, Error> {
+    let files = crate::ddl::generate().map_err(|e| Error::Internal(e.to_string()))?;
+    match out {
+        Some(dir) => {
+            for f in &files {
+                let path = dir.join(f.path);
+                let write = || -> std::io::Result<()> {
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::fs::write(&path, &f.text)
+                };
+                write().map_err(|e| RequestError::Invalid(format!("cannot write {}: {e}", path.display())))?;
+                tracing::info!(path = %path.display(), "written");
+            }
+        }
+        None => {
+            for f in &files {
+                table::print_text(&format!("==> {} <==\n{}", f.path, f.text));
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// The exit codes, for the man page and `--help`.
+pub const EXIT_CODES: &str = "\
+0  success (also: the stdio agent wrote an envelope, whatever its outcome)
+1  the action failed (VM locked, busy, not found, tool or storage failure)
+2  unknown action
+3  missing data: a required key or argument is absent
+4  invalid data: bad name, schema violation, bad definition
+5  other error: a bug, or a request file that cannot be opened";
+
+/// Render the man page of the whole command line, with the exit codes.
+pub fn man_page(w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(w)?;
+    man.render_name_section(w)?;
+    man.render_synopsis_section(w)?;
+    man.render_description_section(w)?;
+    man.render_options_section(w)?;
+    man.render_subcommands_section(w)?;
+    let mut roff = clap_mangen::roff::Roff::new();
+    roff.control("SH", ["EXIT STATUS"]);
+    for line in EXIT_CODES.lines() {
+        let (code, text) = line.split_once("  ").unwrap_or((line, ""));
+        roff.control("TP", []);
+        roff.text([clap_mangen::roff::bold(code)]);
+        roff.text([clap_mangen::roff::roman(text)]);
+    }
+    roff.control("SH", ["ENVIRONMENT"]);
+    for (var, text) in [
+        ("GEATS_CONFIG", "config file, when --config is not given"),
+        ("GEATS_ROOT", "prefix of every default path (default /)"),
+        ("GEATS_LOG", "log level on stderr: error, warn, info, debug, trace"),
+        ("NO_COLOR", "geats prints no colour (it never does when stdout is not a terminal)"),
+    ] {
+        roff.control("TP", []);
+        roff.text([clap_mangen::roff::bold(var)]);
+        roff.text([clap_mangen::roff::roman(text)]);
+    }
+    roff.to_writer(w)?;
+    man.render_version_section(w)?;
+    man.render_authors_section(w)
 }

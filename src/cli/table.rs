@@ -13,6 +13,14 @@ pub fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// Write bytes to stdout as they are.
+pub fn print_bytes(b: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(b);
+    let _ = out.flush();
+}
+
 /// Print text as is.
 pub fn print_text(t: &str) {
     print!("{t}");

@@ -136,8 +136,9 @@ pub trait Volume: std::fmt::Debug {
     fn deactivate(&mut self) -> Result<(), StorageError>;
     /// Destroy the backing storage and its data (deactivates first).
     fn undefine(&mut self) -> Result<(), StorageError>;
-    /// Erase the contents, leaving an empty volume (it is defined; the
-    /// caller activates it afterwards if it needs the contents).
+    /// Erase the contents, leaving an empty volume (defining it if it
+    /// does not exist). A volume that was active is active again
+    /// afterwards; an inactive one stays inactive.
     fn format(&mut self) -> Result<(), StorageError>;
     /// Is it active now?
     fn is_active(&self) -> bool;

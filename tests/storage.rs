@@ -283,7 +283,15 @@ fn storage_deactivate_from_a_fresh_instance() {
     assert!(c.is_active(), "a leftover loop device counts as active");
     c.deactivate().expect("deactivate");
     assert_eq!(leftovers(fx.root()), Vec::<String>::new());
+    // Someone deleted the image under an attached loop device: undefine
+    // still finds the device (by its deleted backing file) and releases it.
+    c.activate().expect("activate");
+    let file = fx.root().join("var/lib/geats/images/vm1/root.img");
+    run(Command::new("umount").arg(&target));
+    std::fs::remove_file(&file).expect("rm image");
+    assert!(c.is_active(), "the deleted image's loop device counts as active");
     c.undefine().expect("undefine");
+    assert_eq!(leftovers(fx.root()), Vec::<String>::new(), "the deleted image's loop device was left");
 }
 
 /// Issue 5, acceptance 7: mkfs fails in the middle of defining a chain;
@@ -413,6 +421,11 @@ fn storage_agent_mounts_while_running() {
     assert!(status["status"]["storage_img_free_kb"].as_u64().is_some(), "{status}");
     env.ok("stop", json!({"vm_name": "web1"}));
     assert_eq!(leftovers(&root), Vec::<String>::new(), "stop left mounts or loop devices");
+    // Inactive: the image's size and what it really occupies (sparse).
+    let info = env.ok("info", json!({"vm_name": "web1"}));
+    assert_eq!(info["storage"][0]["active"], json!(false), "{info}");
+    assert_eq!(info["storage"][0]["size_bytes"], json!(64 << 20), "{info}");
+    assert!(info["storage"][0]["used_bytes"].as_u64().is_some_and(|u| u > 0 && u < 64 << 20), "{info}");
     env.ok("deprovision", json!({"vm_name": "web1"}));
     assert!(!img.exists(), "deprovision left the image");
     assert!(!mnt_root.exists(), "deprovision left the mount point");

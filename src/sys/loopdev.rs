@@ -20,14 +20,30 @@ pub fn parse_associations(text: &str) -> Vec<PathBuf> {
     text.lines().filter_map(|l| l.split_once(':').map(|(dev, _)| PathBuf::from(dev.trim()))).filter(|d| d.starts_with("/dev")).collect()
 }
 
-/// The loop devices attached to `file` (empty when none or when the file
-/// does not exist).
+/// The loop devices attached to `file`. When the file no longer exists,
+/// the devices still holding its deleted inode are found through sysfs
+/// (`/sys/block/loopN/loop/backing_file` reads `PATH (deleted)`), so they
+/// can still be released.
 pub fn find(file: &Path) -> Result<Vec<PathBuf>, ExecError> {
     if !file.exists() {
-        return Ok(Vec::new());
+        return Ok(deleted_backing(file));
     }
     let out = Cmd::new(["losetup".to_string(), "-j".into(), path_arg(file)]).run()?;
     Ok(parse_associations(&out.stdout))
+}
+
+/// Loop devices whose backing file was `file` and has been deleted.
+fn deleted_backing(file: &Path) -> Vec<PathBuf> {
+    let want = format!("{} (deleted)", file.display());
+    let Ok(rd) = std::fs::read_dir("/sys/block") else { return Vec::new() };
+    let mut out: Vec<PathBuf> = rd
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("loop"))
+        .filter(|e| std::fs::read_to_string(e.path().join("loop/backing_file")).is_ok_and(|b| b.trim_end_matches('\n') == want))
+        .map(|e| Path::new("/dev").join(e.file_name()))
+        .collect();
+    out.sort();
+    out
 }
 
 // `losetup --find --show /tmp/t.img` attaches the file to the first free

@@ -161,6 +161,14 @@ pub trait VmType: std::fmt::Debug {
     /// the storage layer's business.
     fn undefine(&self, vm: &VmName) -> Result<(), VmError>;
 
+    /// Destroy data the VM type keeps itself, outside any storage volume
+    /// (LXC's rootfs under `default_rootfs_prefix` for a VM without a
+    /// volume). For deprovision, after undefine, also of a VM an earlier
+    /// undefine kept; idempotent.
+    fn destroy_data(&self, _vm: &VmName) -> Result<(), VmError> {
+        Ok(())
+    }
+
     /// Does the hypervisor know this VM?
     fn exists(&self, vm: &VmName) -> bool;
 

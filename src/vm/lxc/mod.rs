@@ -286,6 +286,15 @@ impl VmType for Lxc {
         Ok(())
     }
 
+    fn destroy_data(&self, vm: &VmName) -> Result<(), VmError> {
+        let rootfs = self.rootfs_prefix.join(vm.as_str());
+        match std::fs::remove_dir_all(&rootfs) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(VmError::Io { step: "remove", path: rootfs, source: e }),
+        }
+    }
+
     fn exists(&self, vm: &VmName) -> bool {
         self.file(vm, "config").is_file()
     }
@@ -446,5 +455,77 @@ impl Lxc {
             // RUNNING (and THAWED, which is running again).
             Some(_) => VmState::plain(Power::Running),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lxc(root: &Path, extra: &str) -> Lxc {
+        let cfg = Config::from_toml(&format!("[vm_types.lxc]\ndriver = \"lxc\"\n{extra}"), None, Some(root.to_path_buf())).unwrap();
+        let t = &cfg.vm_types[&crate::names::TypeName::new("lxc").unwrap()];
+        Lxc::new(&cfg, "vm_types.lxc", &t.settings).unwrap()
+    }
+
+    fn def(v: serde_json::Value) -> Definition {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = Config::from_toml("", None, Some(d.path().into())).unwrap();
+        let bad = |toml: &str| {
+            let t: toml::Table = toml::from_str(toml).unwrap();
+            Lxc::new(&cfg, "vm_types.lxc", &t).unwrap_err().to_string()
+        };
+        assert!(bad("nope = 1").contains("nope"));
+        assert!(bad("config = { \"lxc.a\\nb\" = \"1\" }").contains("does not match"));
+        assert!(bad("config = { \"lxc.a\" = \"1\\nlxc.b = 2\" }").contains("control character"));
+        assert!(bad("shutdown_timeout = 0").contains("shutdown_timeout"));
+        assert!(bad("log_level = \"LOUD\"").contains("log_level"));
+        let l = lxc(d.path(), "");
+        assert_eq!(l.lxcpath, d.path().join("var/lib/lxc"));
+        assert_eq!(l.shutdown_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn check_names_the_pointer_and_writes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let l = lxc(d.path(), "");
+        let vm = VmName::new("c1").unwrap();
+        let cases = [
+            (serde_json::json!({"cpus": 0}), "/definition/cpus"),
+            (serde_json::json!({"metadata": {"IFS": "x"}}), "/definition/metadata/IFS"),
+            (serde_json::json!({"metadata": {"OK": "a\u{0}b"}}), "/definition/metadata/OK"),
+            (serde_json::json!({"storage": [{"name": "r", "type": "dir"}, {"name": "d", "type": "dir"}]}), "/definition/storage/1/mountpoint"),
+        ];
+        for (v, ptr) in cases {
+            match l.check(&vm, &def(v)) {
+                Err(VmError::Invalid { pointer, .. }) => assert_eq!(pointer, ptr),
+                other => panic!("{ptr}: {other:?}"),
+            }
+        }
+        assert!(!d.path().join("var").exists());
+    }
+
+    #[test]
+    fn own_rootfs_lives_and_dies_with_the_vm() {
+        let d = tempfile::tempdir().unwrap();
+        let l = lxc(d.path(), "");
+        let vm = VmName::new("c1").unwrap();
+        l.define(&vm, &def(serde_json::json!({})), &[]).unwrap();
+        let rootfs = d.path().join("var/lib/geats/rootfs/c1");
+        assert!(rootfs.join("etc/hostname").is_file());
+        assert!(l.exists(&vm));
+        assert_eq!(l.state(&vm), VmState::plain(Power::Stopped));
+        l.undefine(&vm).unwrap();
+        assert!(!l.exists(&vm) && !d.path().join("var/lib/lxc/c1").exists());
+        assert_eq!(l.state(&vm), VmState::with(Power::Unknown, "undefined"));
+        assert!(rootfs.is_dir(), "kept for a later define");
+        l.destroy_data(&vm).unwrap();
+        assert!(!rootfs.exists());
+        l.destroy_data(&vm).unwrap();
     }
 }

@@ -374,3 +374,38 @@ fn cli_reads_yaml_and_reports_errors_in_one_line() {
         assert!(out.status.success() && !out.stdout.is_empty(), "{sub} --help");
     }
 }
+
+#[test]
+fn bad_input_changes_nothing_on_disk() {
+    // On a fresh host: no database, no journal, no directory.
+    let env = Env::new();
+    let before = snapshot_tree(env.root());
+    let bad = [
+        ("define", json!({"vm_name": "web1", "definition": {"vm_type": "dummy", "storage": [{"name": "root", "type": "nfs"}]}})),
+        ("define", json!({"vm_name": "web1", "definition": {"vm_type": "xen"}})),
+        ("define", json!({"vm_name": "web1", "definition": {"vm_type": "dummy", "storage": [{"name": "root", "type": "dir", "colour": "red"}]}})),
+        ("start", json!({"vm_name": "nosuch"})),
+        ("lock", json!({"vm_name": "nosuch"})),
+    ];
+    for (a, d) in &bad {
+        env.fail(a, d.clone());
+    }
+    assert_eq!(env.ok("deprovision", json!({"vm_name": "nosuch"}))["changed"], json!(false));
+    assert_eq!(snapshot_tree(env.root()), before, "bad input or a no-op created something");
+
+    // On a host with VMs: no journal row for bad input, but refusals of
+    // valid requests are journaled.
+    env.ok("define", json!({"vm_name": "web1", "definition": web1()}));
+    let journal_rows = |env: &Env| {
+        let conn = rusqlite::Connection::open(env.root().join("var/lib/geats/geats.db")).unwrap();
+        conn.query_row("SELECT count(*) FROM journal", [], |r| r.get::<_, i64>(0)).unwrap()
+    };
+    let n = journal_rows(&env);
+    for (a, d) in &bad[..3] {
+        env.fail(a, d.clone());
+    }
+    assert_eq!(journal_rows(&env), n, "bad input was journaled");
+    env.ok("lock", json!({"vm_name": "web1"}));
+    env.fail("undefine", json!({"vm_name": "web1"}));
+    assert_eq!(journal_rows(&env), n + 2, "the lock and the refused undefine are journaled");
+}

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::db::{Db, VmRecord, VolumeRecord};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::names::VmName;
 use crate::request::{Action, Request};
 use crate::sys::fsutil::write_atomic;
@@ -132,7 +132,27 @@ impl Manager {
             let out = actions::run(&mut op, &req.action);
             return out.map(|(changed, _reply)| json!({"dry_run": true, "changed": changed, "steps": op.steps()}));
         }
-        let mut db = self.db_write()?;
+        // Only define and provision can create a VM, so only they may
+        // create the database; on a fresh host every other action is a
+        // no-op or `not_found`, decided without touching the disk.
+        let creates = matches!(req.action, Action::Define(..) | Action::Provision(..));
+        let fresh = !self.config.database.exists();
+        let mut db = if creates {
+            if fresh {
+                // Validate completely before creating anything: on a fresh
+                // host a dry run sees exactly what the real run will.
+                actions::run(&mut Op::dry(&self.config, None), &req.action)?;
+            }
+            self.db_write()?
+        } else {
+            match self.db_read()? {
+                Some(db) => db,
+                None => {
+                    let mut op = Op::dry(&self.config, None);
+                    return actions::run(&mut op, &req.action).map(|(_, reply)| reply);
+                }
+            }
+        };
         if let Some(id) = &req.request_id {
             if let Some(reply) = db.journal_replay(Some(&vm), action, id)? {
                 tracing::info!(vm = %vm, action, request_id = %id, "answered from the journal");
@@ -141,14 +161,23 @@ impl Manager {
         }
         let me = me();
         self.lock(&mut db, &vm, action, me)?;
+        let meta = op::Meta { vm: vm.clone(), action, caller: req.caller.clone(), request_id: req.request_id.clone() };
         let result = (|| {
-            let jid = db.journal_begin(Some(&vm), action, req.caller.as_deref(), req.request_id.as_deref())?;
-            let mut op = Op::real(&self.config, &mut db, jid);
+            let mut op = Op::real(&self.config, &mut db, meta);
             let out = actions::run(&mut op, &req.action);
+            // Bad input refused before any step leaves no trace; refusals
+            // and no-ops of valid requests are journaled too.
+            let bad_input = matches!(&out, Err(e) if matches!(e.code(), ErrorCode::InvalidData | ErrorCode::MissingData));
+            if op.journaled().is_none() && bad_input {
+                return out.map(|(_, reply)| reply);
+            }
+            let jid = op.journal()?;
             let steps = op.steps().to_vec();
-            match &out {
-                Ok((changed, reply)) => db.journal_end(jid, "ok", Some(*changed), &steps, Some(reply))?,
-                Err(e) => db.journal_end(jid, e.code().as_str(), None, &steps, None)?,
+            if let Some(jid) = jid {
+                match &out {
+                    Ok((changed, reply)) => db.journal_end(jid, "ok", Some(*changed), &steps, Some(reply))?,
+                    Err(e) => db.journal_end(jid, e.code().as_str(), None, &steps, None)?,
+                }
             }
             out.map(|(_, reply)| reply)
         })();

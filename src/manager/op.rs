@@ -22,6 +22,19 @@ pub enum Undo {
     RestoreRecord(Option<Box<(VmRecord, Vec<VolumeRecord>)>>),
 }
 
+/// Who asked for an action, for its journal entry.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    /// The VM.
+    pub vm: crate::names::VmName,
+    /// The action.
+    pub action: &'static str,
+    /// The caller.
+    pub caller: Option<String>,
+    /// The request id.
+    pub request_id: Option<String>,
+}
+
 /// The step runner of one action.
 #[derive(Debug)]
 pub struct Op<'a> {
@@ -29,7 +42,10 @@ pub struct Op<'a> {
     pub config: &'a Config,
     db: Option<&'a mut Db>,
     dry: bool,
+    /// Opened at the first step, so a request refused before any step
+    /// (bad input) leaves no journal row.
     journal: Option<JournalId>,
+    meta: Option<Meta>,
     steps: Vec<String>,
     undo: Vec<Undo>,
 }
@@ -37,12 +53,27 @@ pub struct Op<'a> {
 impl<'a> Op<'a> {
     /// A runner that records steps without running them.
     pub fn dry(config: &'a Config, db: Option<&'a mut Db>) -> Op<'a> {
-        Op { config, db, dry: true, journal: None, steps: Vec::new(), undo: Vec::new() }
+        Op { config, db, dry: true, journal: None, meta: None, steps: Vec::new(), undo: Vec::new() }
     }
 
     /// A runner that runs steps and journals them.
-    pub fn real(config: &'a Config, db: &'a mut Db, journal: JournalId) -> Op<'a> {
-        Op { config, db: Some(db), dry: false, journal: Some(journal), steps: Vec::new(), undo: Vec::new() }
+    pub fn real(config: &'a Config, db: &'a mut Db, meta: Meta) -> Op<'a> {
+        Op { config, db: Some(db), dry: false, journal: None, meta: Some(meta), steps: Vec::new(), undo: Vec::new() }
+    }
+
+    /// The journal entry, opening it if it is not open yet.
+    pub fn journal(&mut self) -> Result<Option<JournalId>> {
+        if self.journal.is_none() {
+            if let (Some(m), Some(db)) = (&self.meta, self.db.as_deref_mut()) {
+                self.journal = Some(db.journal_begin(Some(&m.vm), m.action, m.caller.as_deref(), m.request_id.as_deref())?);
+            }
+        }
+        Ok(self.journal)
+    }
+
+    /// Whether a journal entry was opened.
+    pub fn journaled(&self) -> Option<JournalId> {
+        self.journal
     }
 
     /// Is this a dry run?
@@ -72,6 +103,7 @@ impl<'a> Op<'a> {
         let desc = desc.into();
         if !self.dry {
             tracing::debug!(step = %desc, "running");
+            self.journal()?;
             f(self)?;
         }
         self.steps.push(desc);

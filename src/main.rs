@@ -54,9 +54,12 @@ fn main() -> ExitCode {
         }
         i += 1;
     }
-    // MCollective's implemented_by runs `COMMAND REQUEST_FILE REPLY_FILE`
-    // (one path, no room for the `agent` word): same as `geats agent REQ REPLY`.
-    let mco_direct = args.get(i).is_some_and(|a| std::env::var("MCOLLECTIVE_REQUEST_FILE").is_ok_and(|r| &r == a));
+    // MCollective's implemented_by runs `COMMAND REQUEST_FILE REPLY_FILE` and
+    // Choria `COMMAND REQUEST_FILE REPLY_FILE PROTOCOL` (one path, no room for
+    // the `agent` word), naming the request file in the environment too.
+    let mco_direct = args.get(i).is_some_and(|a| {
+        ["MCOLLECTIVE_REQUEST_FILE", "CHORIA_EXTERNAL_REQUEST"].iter().any(|k| std::env::var(k).is_ok_and(|r| &r == a))
+    });
     if mco_direct || args.get(i).map(String::as_str) == Some("agent") {
         init_logging(tracing::Level::WARN, verbose, quiet);
         let mut a = match geats::agent::AgentArgs::parse(&args[i + usize::from(!mco_direct)..]) {

@@ -155,8 +155,8 @@ impl Config {
             FileConfig::default()
         } else {
             toml::from_str(text).map_err(|e| {
-                let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1)).unwrap_or(1);
-                ConfigError::Parse { path: shown.clone(), line, problem: e.message().trim().to_string() }
+                let problem = e.message().trim().to_string();
+                ConfigError::Parse { path: shown.clone(), line: error_line(text, e.span(), &problem), problem }
             })?
         };
         let invalid = |key: &str, problem: String| ConfigError::Invalid { path: shown.clone(), key: key.to_string(), problem };
@@ -252,6 +252,26 @@ impl Config {
             None => Ok(self.under_root(default)),
         }
     }
+}
+
+/// The 1-based line of a TOML error. For an unknown key the span covers
+/// the whole table, so the key's own line is looked up within it.
+fn error_line(text: &str, span: Option<std::ops::Range<usize>>, problem: &str) -> usize {
+    let span = span.unwrap_or(0..0);
+    let start = span.start.min(text.len());
+    let line_of = |offset: usize| text[..offset].matches('\n').count() + 1;
+    if let Some(key) = problem.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+        let end = span.end.clamp(start, text.len());
+        let mut offset = start;
+        for l in text[start..end].split_inclusive('\n') {
+            let t = l.trim_start();
+            if t.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')) {
+                return line_of(offset);
+            }
+            offset += l.len();
+        }
+    }
+    line_of(start)
 }
 
 fn table(pairs: &[(&str, toml::Value)]) -> toml::Table {

@@ -409,3 +409,22 @@ fn bad_input_changes_nothing_on_disk() {
     env.fail("undefine", json!({"vm_name": "web1"}));
     assert_eq!(journal_rows(&env), n + 2, "the lock and the refused undefine are journaled");
 }
+
+#[test]
+fn oversized_and_overflowing_requests_are_invalid() {
+    let env = Env::with_config("request_limit = 4096\n");
+    let big = json!({"action": "define", "data": {"vm_name": "web1", "definition": {"vm_type": "dummy", "description": "x".repeat(5000)}}});
+    let (code, v, _) = env.stdio(&big.to_string());
+    assert_eq!((code, v["errorcode"].clone()), (0, json!("invalid_data")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("request_limit"), "{v}");
+    let (code, reply, _) = env.mco(&big.to_string());
+    assert_eq!(code, 4, "{reply}");
+    for raw in [
+        r#"{"action":"define","data":{"vm_name":"web1","definition":{"vm_type":"dummy","ram":1e400}}}"#,
+        r#"{"action":"define","data":{"vm_name":"web1","definition":{"vm_type":"dummy","ram":18446744073709551616}}}"#,
+        r#"{"action":"start","data":{"vm_name":"web\u0000"}}"#,
+    ] {
+        let (code, v, _) = env.stdio(raw);
+        assert_eq!((code, v["errorcode"].clone()), (0, json!("invalid_data")), "{raw}: {v}");
+    }
+}

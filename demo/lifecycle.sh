@@ -48,7 +48,9 @@ cleanup() {
         lxc-stop -P "$LXCPATH" -n "$VM" -k
     fi
     printf '%s' "{\"action\": \"deprovision\", \"data\": {\"vm_name\": \"$VM\"}}" | "$GEATS" agent --stdio >/dev/null 2>&1
-    rm -rf "$ROOT"
+    rm -rf "$ROOT" "/run/lxc/lock$ROOT"
+    rmdir -p "/run/lxc/lock$(dirname "$ROOT")" 2>/dev/null
+    return 0
 }
 trap cleanup EXIT
 

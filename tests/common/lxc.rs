@@ -190,6 +190,19 @@ impl Containers {
 
 impl Drop for Containers {
     fn drop(&mut self) {
+        self.cleanup();
+        // Empty lock directories up to /run/lxc/lock.
+        let mut p = Path::new("/run/lxc/lock").join(self.lxcpath.strip_prefix("/").unwrap_or(&self.lxcpath));
+        while p != Path::new("/run/lxc/lock") && std::fs::remove_dir(&p).is_ok() {
+            if !p.pop() {
+                break;
+            }
+        }
+    }
+}
+
+impl Containers {
+    fn cleanup(&mut self) {
         let lp = self.lxcpath.to_string_lossy().into_owned();
         for n in &self.names {
             if self.lxc_state(n) != "STOPPED" && !self.lxc_state(n).starts_with("error") {
@@ -198,6 +211,9 @@ impl Drop for Containers {
                     eprintln!("cleanup: could not stop container {n}: {e}");
                 }
             }
+            // LXC's lock directory for this lxcpath (a private temp path).
+            let lock = Path::new("/run/lxc/lock").join(self.lxcpath.strip_prefix("/").unwrap_or(&self.lxcpath));
+            let _ = std::fs::remove_file(lock.join(format!(".{n}")));
             // Failed starts can leave empty cgroups named after the container.
             if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
                 let mut bases: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();

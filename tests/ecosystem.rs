@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -472,10 +473,10 @@ fn choria_protocol_fixtures() {
         assert_eq!(passes(n), !refused_by_choria, "{n}: does Choria's validator let it through under agent-ddl/geats.json?");
     }
     // `geats agent REQ REPLY PROTO` is the same agent.
-    let req = fixture_json("requests/07_info.json");
+    let req = fixture_json("requests/06_status.json");
     let (code, text, _, _) = node.run_as(&req, geats::agent::CHORIA_RPC, true);
     let reply: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!((code, reply["statuscode"].clone(), reply["data"]["name"].clone()), (0, json!(0), json!("web1")));
+    assert_eq!((code, reply["statuscode"].clone(), reply["data"]["vms"]["web2"]["definition"]["name"].clone()), (0, json!(0), json!("web2")));
     // The caller (AAA-verified in Choria) and request id reach the journal.
     let h = node.env.cli(&["history", "--json"]);
     let text = String::from_utf8_lossy(&h.stdout);
@@ -504,4 +505,281 @@ fn choria_activation_check() {
     let (code, text, _, _) = node.run(&req, geats::agent::CHORIA_ACTIVATION);
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!({"activate": false}));
+}
+
+// ---------------------------------------------------------------- processes
+
+/// A process the test started; killed by its pid and reaped on drop, so
+/// nothing is left running when the test fails.
+struct Guard {
+    name: &'static str,
+    child: Option<Child>,
+}
+
+impl Guard {
+    fn new(name: &'static str, child: Child) -> Guard {
+        Guard { name, child: Some(child) }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else { return };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let end = Instant::now() + grace;
+        while Instant::now() < end {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} (pid {}) ignored SIGTERM; killing it", self.name, child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; good enough for a test).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Wait until something accepts on 127.0.0.1:port.
+fn wait_port(port: u16, timeout: Duration, guard: &mut Guard) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        if let Some(c) = guard.child.as_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                eprintln!("{} exited early: {st}", guard.name);
+                return false;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Paths that go into a remote shell command line must need no quoting.
+fn shell_safe(p: &Path) -> String {
+    let s = p.display().to_string();
+    assert!(s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c)), "unsafe path for a remote command: {s:?}");
+    s
+}
+
+// ---------------------------------------------------------------- Vagoth
+
+/// An sshd on 127.0.0.1 with its own host key, config and authorized key,
+/// all under `dir`.
+struct Sshd {
+    guard: Guard,
+    port: u16,
+    key: PathBuf,
+    known_hosts: PathBuf,
+}
+
+fn sshd_missing() -> Option<String> {
+    if !crate::common::is_root() {
+        return Some("needs root (sshd logs in as root)".into());
+    }
+    for tool in ["/usr/sbin/sshd", "/usr/bin/ssh", "/usr/bin/ssh-keygen"] {
+        if !Path::new(tool).is_file() {
+            return Some(format!("{tool} is missing (apt-get install openssh-server openssh-client)"));
+        }
+    }
+    None
+}
+
+fn keygen(path: &Path) {
+    let o = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "geats-test", "-f"]).arg(path).output().unwrap();
+    assert!(o.status.success(), "ssh-keygen: {}", out_text(&o));
+}
+
+impl Sshd {
+    fn start(dir: &Path) -> Sshd {
+        let d = dir.join("sshd");
+        std::fs::create_dir_all(&d).unwrap();
+        keygen(&d.join("host_key"));
+        keygen(&d.join("client_key"));
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+        // sshd insists on its privilege separation directory.
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let port = free_port();
+        let config = d.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile {pf}\n\
+                 PermitRootLogin prohibit-password\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPrintMotd no\nLogLevel VERBOSE\n",
+                hk = d.join("host_key").display(),
+                ak = d.join("authorized_keys").display(),
+                pf = d.join("sshd.pid").display(),
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(d.join("sshd.log")).unwrap();
+        // -D: stay in the foreground, so the child's pid is sshd's.
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut guard = Guard::new("sshd", child);
+        let up = wait_port(port, Duration::from_secs(10), &mut guard);
+        assert!(up, "sshd did not listen on {port}: {}", std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default());
+        Sshd { guard, port, key: d.join("client_key"), known_hosts: d.join("known_hosts") }
+    }
+
+    /// `ssh root@127.0.0.1 REMOTE` with `input` on stdin.
+    fn run(&self, remote: &str, input: &[u8]) -> std::process::Output {
+        let mut c = Command::new("ssh");
+        c.args(["-F", "/dev/null", "-p", &self.port.to_string(), "-i"])
+            .arg(&self.key)
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
+            .args(["root@127.0.0.1", remote]);
+        run_with_stdin(c, input)
+    }
+}
+
+/// What Vagoth's GeatsLocal driver does with one call: one JSON object in,
+/// read stdout to the end, non-zero exit = crash, else exactly one JSON
+/// object: `data` on success, `"errorcode: message"` on failure.
+fn vagoth_call(run: &dyn Fn(&[u8]) -> std::process::Output, action: &str, data: Value) -> Result<Value, String> {
+    let req = json!({"action": action, "data": data});
+    let o = run(req.to_string().as_bytes());
+    if !o.status.success() {
+        return Err(format!("geats_jsonagent exited with {:?}; stderr: {}", o.status.code(), String::from_utf8_lossy(&o.stderr)));
+    }
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut de = serde_json::Deserializer::from_str(&text).into_iter::<Value>();
+    let v = de.next().unwrap_or_else(|| panic!("{action}: empty stdout")).unwrap_or_else(|e| panic!("{action}: stdout is not JSON ({e}): {text}"));
+    assert!(de.next().is_none(), "{action}: more than one JSON value on stdout: {text}");
+    assert!(v.is_object(), "{action}: not an object: {text}");
+    if v["success"] == true {
+        Ok(v["data"].clone())
+    } else {
+        Err(format!("{}: {}", v["errorcode"].as_str().unwrap_or("undefined"), v["message"].as_str().unwrap_or("check logs")))
+    }
+}
+
+/// What the Vagoth monitor reads from `status`: `vms` keyed by name, each
+/// with `definition.name` and a `state` that unpacks into two values; the
+/// host figures flat.
+fn check_vagoth_status(s: &Value) {
+    for (name, vm) in s["vms"].as_object().expect("vms is an object") {
+        assert_eq!(vm["definition"]["name"], name.as_str(), "vms.{name}.definition.name");
+        let st = vm["state"].as_array().expect("state is an array");
+        assert_eq!(st.len(), 2, "vms.{name}.state must unpack into (vm_state, vm_target_state): {st:?}");
+        assert!(st.iter().all(Value::is_string));
+    }
+    for (k, v) in s["status"].as_object().expect("status is an object") {
+        let flat = v.is_number() || v.is_string() || v.as_array().is_some_and(|a| a.len() <= 3 && a.iter().all(Value::is_number));
+        assert!(flat, "status.{k} is not flat: {v}");
+    }
+}
+
+/// Every action the GeatsLocal driver sends, in the order a VM's life
+/// needs them, through `run`.
+fn vagoth_lifecycle(run: &dyn Fn(&[u8]) -> std::process::Output) {
+    let call = |a: &str, d: Value| vagoth_call(run, a, d);
+    let s = call("status", json!({})).unwrap();
+    check_vagoth_status(&s);
+    let def = dummy_definition("vm1");
+    let d = call("define", json!({"vm_name": "vm1", "definition": def})).unwrap();
+    assert_eq!(d["definition"]["name"], "vm1");
+    let d = call("provision", json!({"vm_name": "vm2", "definition": dummy_definition("vm2")})).unwrap();
+    assert_eq!(d["definition"]["name"], "vm2");
+    call("start", json!({"vm_name": "vm1"})).unwrap();
+    let s = call("status", json!({})).unwrap();
+    check_vagoth_status(&s);
+    assert_eq!(s["vms"]["vm1"]["state"], json!(["running", "running"]));
+    assert_eq!(s["vms"]["vm2"]["state"][0], "stopped");
+    let info = call("info", json!({"vm_name": "vm1"})).unwrap();
+    assert!(info.is_object(), "the driver adds `node` to info's object");
+    assert_eq!(info["definition"]["name"], "vm1");
+    assert_eq!(info["state"].as_array().map(Vec::len), Some(2));
+    call("reboot", json!({"vm_name": "vm1"})).unwrap();
+    call("shutdown", json!({"vm_name": "vm1"})).unwrap();
+    call("start", json!({"vm_name": "vm1"})).unwrap();
+    call("stop", json!({"vm_name": "vm1"})).unwrap();
+    call("undefine", json!({"vm_name": "vm1"})).unwrap();
+    call("deprovision", json!({"vm_name": "vm1"})).unwrap();
+    call("deprovision", json!({"vm_name": "vm2"})).unwrap();
+    assert_eq!(call("status", json!({})).unwrap()["vms"], json!({}));
+    // A failure is an envelope with exit 0: the driver raises its message.
+    let e = call("start", json!({"vm_name": "vm1"})).unwrap_err();
+    assert!(e.starts_with("not_found: "), "{e}");
+    let e = call("define", json!({"vm_name": "bad/name", "definition": def})).unwrap_err();
+    assert!(e.starts_with("invalid_data: "), "{e}");
+}
+
+/// The stdio agent through a real sshd on loopback, as Vagoth's SSH
+/// transport runs it: `ssh root@host geats agent --stdio`, and
+/// `ssh root@host geats_jsonagent`.
+#[test]
+fn vagoth_over_ssh() {
+    if let Some(why) = sshd_missing() {
+        return skip("vagoth_over_ssh", &why);
+    }
+    let env = Env::new();
+    let sshd = Sshd::start(env.root());
+    let vars = format!("GEATS_ROOT={} GEATS_CONFIG={}", shell_safe(env.root()), shell_safe(&env.config));
+    let remote = format!("env {vars} {} agent --stdio", shell_safe(&bin()));
+    vagoth_lifecycle(&|input| sshd.run(&remote, input));
+
+    // The name the GeatsLocal driver runs, found on the remote PATH.
+    let link_dir = env.root().join("bin");
+    std::fs::create_dir_all(&link_dir).unwrap();
+    std::os::unix::fs::symlink(bin(), link_dir.join("geats_jsonagent")).unwrap();
+    let remote = format!("env PATH={}:/usr/bin:/bin {vars} geats_jsonagent", shell_safe(&link_dir));
+    let s = vagoth_call(&|input| sshd.run(&remote, input), "status", json!({})).unwrap();
+    check_vagoth_status(&s);
+    let mut sshd = sshd;
+    eprintln!("stopping sshd pid {}", sshd.guard.pid());
+    sshd.guard.stop(Duration::from_secs(5));
+}
+
+/// `geats_jsonagent` (a symlink to geats) behaves as `geats agent --stdio`,
+/// locally, as GeatsLocal runs it (found on PATH, no arguments).
+#[test]
+fn vagoth_geats_jsonagent_symlink() {
+    let env = Env::new();
+    let link_dir = env.root().join("bin");
+    std::fs::create_dir_all(&link_dir).unwrap();
+    let link = link_dir.join("geats_jsonagent");
+    std::os::unix::fs::symlink(bin(), &link).unwrap();
+    let run = |input: &[u8]| {
+        let mut c = Command::new("geats_jsonagent");
+        c.env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", link_dir.display()))
+            .env("GEATS_ROOT", env.root())
+            .env("GEATS_CONFIG", &env.config);
+        run_with_stdin(c, input)
+    };
+    vagoth_lifecycle(&run);
+    // Byte for byte what `geats agent --stdio` answers.
+    let req = br#"{"action": "info", "data": {"vm_name": "nosuch"}}"#;
+    let a = run(req);
+    let mut c = env.cmd();
+    c.args(["agent", "--stdio"]);
+    let b = run_with_stdin(c, req);
+    assert_eq!((a.status.code(), &a.stdout), (b.status.code(), &b.stdout));
 }

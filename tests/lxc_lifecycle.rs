@@ -109,6 +109,12 @@ fn issue_4_lifecycle_through_the_agent() {
     assert_eq!(c, 0, "lxc-unfreeze: {e}");
     assert_eq!(env.ok("info", vm.clone())["state"], json!(["running", "running"]));
 
+    // A container whose pid file is gone (started outside geats) is found
+    // by its monitor's command line.
+    std::fs::remove_file(dir.join("geats.pid")).unwrap();
+    let info = env.ok("info", vm.clone());
+    assert_eq!(info["usage"]["pid"].as_i64(), lxc.lxc_pid(&name), "{info}");
+
     // shutdown: init halts cleanly.
     let d = env.ok("shutdown", vm.clone());
     assert_eq!(d["state"], json!(["stopped", "stopped"]));

@@ -133,13 +133,15 @@ impl Lxc {
         state::abstract_sockets().contains(&state::command_socket(&self.lxcpath, vm.as_str()))
     }
 
-    fn monitor(&self, vm: &VmName) -> Option<i32> {
+    /// The monitor from geats' pid file, else from one scan of `/proc`
+    /// (shared by all the VMs of one `states` call).
+    fn monitor_with(&self, vm: &VmName, scan: &std::cell::OnceCell<BTreeMap<String, i32>>) -> Option<i32> {
         state::monitor_pid(&self.file(vm, "geats.pid"), &self.lxcpath, vm.as_str())
-            .or_else(|| state::scan_monitors(&self.lxcpath).get(vm.as_str()).copied())
+            .or_else(|| scan.get_or_init(|| state::scan_monitors(&self.lxcpath)).get(vm.as_str()).copied())
     }
 
     fn init(&self, vm: &VmName) -> Option<i32> {
-        self.monitor(vm).and_then(state::init_pid)
+        self.monitor_with(vm, &std::cell::OnceCell::new()).and_then(state::init_pid)
     }
 
     /// A failed tool: its own error lines, or the spawn failure.
@@ -383,14 +385,15 @@ impl VmType for Lxc {
 
     fn state(&self, vm: &VmName) -> VmState {
         let sockets = state::abstract_sockets();
-        self.state_with(vm, &sockets)
+        self.state_with(vm, &sockets, &std::cell::OnceCell::new())
     }
 
     fn states(&self, vms: &[VmName]) -> BTreeMap<VmName, VmState> {
         // One read of /proc/net/unix for all of them; per running container
         // a few /proc and cgroup files. No process is spawned.
         let sockets = state::abstract_sockets();
-        vms.iter().map(|v| (v.clone(), self.state_with(v, &sockets))).collect()
+        let scan = std::cell::OnceCell::new();
+        vms.iter().map(|v| (v.clone(), self.state_with(v, &sockets, &scan))).collect()
     }
 
     fn usage(&self, vm: &VmName) -> Usage {
@@ -438,7 +441,7 @@ impl Lxc {
     /// STARTING, RUNNING, STOPPING, ABORTING, FREEZING, FROZEN, THAWED) are
     /// derived from the runtime traces instead of asked for, to spawn no
     /// process:
-    fn state_with(&self, vm: &VmName, sockets: &std::collections::HashSet<String>) -> VmState {
+    fn state_with(&self, vm: &VmName, sockets: &std::collections::HashSet<String>, scan: &std::cell::OnceCell<BTreeMap<String, i32>>) -> VmState {
         if !self.exists(vm) {
             // Not defined in LXC (an interrupted define, or removed by hand).
             return VmState::with(Power::Unknown, "undefined");
@@ -447,7 +450,7 @@ impl Lxc {
             // No monitor: STOPPED (LXC's ABORTING ends here too).
             return VmState::plain(Power::Stopped);
         }
-        match self.init(vm) {
+        match self.monitor_with(vm, scan).and_then(state::init_pid) {
             // A monitor without an init yet: STARTING (or STOPPING).
             None => VmState::with(Power::Running, "starting"),
             // FROZEN and FREEZING: init cannot run; the contract's paused.

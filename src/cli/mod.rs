@@ -149,8 +149,22 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Write the MCollective DDL, the Choria JSON DDL and the Ruby agent
-    /// stub, generated from the request schemas (to DIR, or print them).
+    /// Run one request as an MCollective/Choria agent or a stdio JSON agent.
+    ///
+    /// `geats agent REQUEST_FILE REPLY_FILE [PROTOCOL]` (MCollective's
+    /// implemented_by, Choria's external agent protocol), or `geats agent
+    /// --stdio` (request on stdin, envelope on stdout). The binary named
+    /// `geats_jsonagent` is `geats agent --stdio`.
+    #[command(disable_help_flag = true)]
+    Agent {
+        /// [--config PATH] (--stdio | REQUEST_FILE REPLY_FILE [PROTOCOL])
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Write the MCollective and Choria DDLs and the Ruby agent stub.
+    ///
+    /// They are generated from the request and reply schemas, so they cannot
+    /// drift from what geats accepts. Without --out they are printed.
     Ddl {
         /// Directory to write geats.ddl, geats.json, geats.rb and geats/systemu_fix.rb into.
         #[arg(long, value_name = "DIR")]
@@ -241,6 +255,15 @@ fn act(m: &Manager, action: &str, mut data: Value, opts: &ActOpts) -> Result<u8,
 fn dispatch(cli: Cli) -> Result<u8, Error> {
     // Commands that need no config or database.
     match &cli.command {
+        // main.rs runs the agent before clap; this arm keeps it in --help
+        // and the man page, and works the same if reached.
+        Command::Agent { args } => {
+            let mut a = crate::agent::AgentArgs::parse(args).map_err(RequestError::Invalid)?;
+            if a.config.is_none() {
+                a.config = cli.config.clone();
+            }
+            return Ok(crate::agent::run(&a));
+        }
         Command::Ddl { out } => return ddl(out.as_deref()),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -355,7 +378,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             let argv = vmt.exec_command(&vm, &command).ok_or_else(|| Error::NotSupported(format!("VM {vm}'s type cannot run commands")))?;
             interactive(argv)
         }
-        Command::Ddl { .. } | Command::Completions { .. } | Command::Man => Ok(0),
+        Command::Agent { .. } | Command::Ddl { .. } | Command::Completions { .. } | Command::Man => Ok(0),
         Command::Ssh { target, args } => {
             let (user, name) = match target.split_once('@') {
                 Some((u, n)) => (Some(u.to_string()), n.to_string()),

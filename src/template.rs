@@ -226,7 +226,12 @@ fn unpack_tar(reader: impl std::io::Read, target: &Path) -> Result<(), String> {
         let rel = safe_relative(&raw, "entry")?;
         let h = e.header();
         let kind = h.entry_type();
-        let mode = h.mode().map_err(|e| format!("entry {}: bad mode: {e}", raw.display()))? & 0o7777;
+        let mode = match h.mode() {
+            Ok(m) => m & 0o7777,
+            // A link's mode means nothing; some archivers leave it empty.
+            Err(_) if kind.is_symlink() || kind.is_hard_link() => 0o777,
+            Err(e) => return Err(format!("entry {}: bad mode: {e}", raw.display())),
+        };
         let uid = h.uid().unwrap_or(0);
         let gid = h.gid().unwrap_or(0);
         let mtime = h.mtime().ok();

@@ -295,3 +295,49 @@ fn issue_4_rootfs_without_a_volume() {
     env.ok("undefine", json!({"vm_name": other}));
     assert!(!rootfs2.exists(), "a transient VM's rootfs is removed");
 }
+
+/// A tar.gz with `etc` or `etc/hostname` as a symlink to `target`.
+fn symlink_template(dir: &std::path::Path, name: &str, link: &str, target: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let f = std::fs::File::create(dir.join(format!("{name}.tar.gz"))).unwrap();
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(f, flate2::Compression::fast()));
+    if link.contains('/') {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, "etc", std::io::empty()).unwrap();
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, link, target).unwrap();
+    b.into_inner().unwrap().finish().unwrap();
+}
+
+#[test]
+fn issue_4_template_symlinks_cannot_redirect_guest_files() {
+    // No LXC needed: define unpacks and writes the guest files.
+    let env = Env::new();
+    let templates = env.root().join("var/lib/geats/templates");
+    let outside = env.root().join("host");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("file"), "host data").unwrap();
+    symlink_template(&templates, "etclink", "etc", &outside);
+    symlink_template(&templates, "filelink", "etc/hostname", &outside.join("file"));
+    let storage = json!([{"name": "root", "type": "dir"}]);
+
+    // /etc -> outside: refused, nothing written there, nothing left defined.
+    let e = env.fail("define", json!({"vm_name": "evil1", "definition": {"template": "etclink", "storage": storage}}));
+    assert_eq!(e["errorcode"], "invalid_data", "{e}");
+    assert!(e["message"].as_str().unwrap_or_default().contains("symlink"), "{e}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "geats wrote outside the rootfs");
+    assert!(!env.root().join("var/lib/lxc/evil1").exists());
+
+    // /etc/hostname -> outside file: replaced inside the rootfs, the host file untouched.
+    env.ok("define", json!({"vm_name": "evil2", "definition": {"template": "filelink", "storage": storage}}));
+    assert_eq!(std::fs::read_to_string(outside.join("file")).unwrap(), "host data");
+    let hostname = env.root().join("var/lib/geats/volumes/evil2/root/etc/hostname");
+    assert!(!hostname.is_symlink());
+    assert_eq!(std::fs::read_to_string(hostname).unwrap(), "evil2\n");
+}

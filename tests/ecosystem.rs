@@ -911,3 +911,260 @@ fn cli_completions_and_man() {
         assert!(o.status.success() && o.stderr.is_empty(), "{}", out_text(&o));
     }
 }
+
+// ---------------------------------------------------------------- MCollective, live
+
+/// Why the loopback MCollective path cannot run here, if it cannot.
+fn live_mco_missing() -> Option<String> {
+    if let Some(why) = mco_missing() {
+        return Some(why);
+    }
+    if !crate::common::is_root() {
+        return Some("needs root (the broker and mcollectived run as the test's user, the agent as root)".into());
+    }
+    for tool in ["/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/lib/rabbitmq/bin/rabbitmqctl", "/usr/sbin/mcollectived", "/usr/bin/mco"] {
+        if !Path::new(tool).is_file() {
+            return Some(format!("{tool} is missing (apt-get install rabbitmq-server mcollective mcollective-client)"));
+        }
+    }
+    None
+}
+
+/// A pid the test caused to exist but did not spawn (the Erlang VM behind
+/// rabbitmq-server's shell, its epmd): SIGTERM, then SIGKILL.
+fn kill_pid(name: &str, pid: i32) {
+    use nix::sys::signal::{kill, Signal};
+    let p = nix::unistd::Pid::from_raw(pid);
+    if kill(p, None).is_err() {
+        return;
+    }
+    let _ = kill(p, Signal::SIGTERM);
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        if kill(p, None).is_err() || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")) {
+            return;
+        }
+    }
+    eprintln!("{name} (pid {pid}) ignored SIGTERM; killing it");
+    let _ = kill(p, Signal::SIGKILL);
+}
+
+/// The epmd that our broker started (`epmd -daemon`, reparented to init):
+/// the process named epmd whose environment holds our ERL_EPMD_PORT.
+fn our_epmd(port: u16) -> Vec<i32> {
+    let want = format!("ERL_EPMD_PORT={port}");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if std::fs::read_to_string(e.path().join("comm")).map(|c| c.trim() == "epmd").unwrap_or(false) {
+            let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+            if env.split(|b| *b == 0).any(|v| v == want.as_bytes()) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// A RabbitMQ broker with STOMP on 127.0.0.1, all of it (node name, ports,
+/// epmd, cookie, data) private to the test directory.
+struct Broker {
+    shell: Guard,
+    env: Vec<(String, String)>,
+    pid_file: PathBuf,
+    epmd_port: u16,
+    stomp_port: u16,
+}
+
+impl Broker {
+    fn start(dir: &Path) -> Broker {
+        let r = dir.join("rmq");
+        for d in ["home", "mnesia", "log"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        let (amqp, stomp, dist, epmd) = (free_port(), free_port(), free_port(), free_port());
+        std::fs::write(
+            r.join("definitions.json"),
+            json!({
+                "users": [{"name": "mcollective", "password": "marionette", "tags": "administrator"}],
+                "vhosts": [{"name": "/mcollective"}],
+                "permissions": [{"user": "mcollective", "vhost": "/mcollective", "configure": ".*", "write": ".*", "read": ".*"}],
+                "exchanges": [
+                    {"name": "mcollective_broadcast", "vhost": "/mcollective", "type": "topic", "durable": true, "auto_delete": false, "internal": false, "arguments": {}},
+                    {"name": "mcollective_directed", "vhost": "/mcollective", "type": "direct", "durable": true, "auto_delete": false, "internal": false, "arguments": {}}
+                ]
+            })
+            .to_string(),
+        )
+        .unwrap();
+        std::fs::write(
+            r.join("rabbitmq.conf"),
+            format!(
+                "listeners.tcp.default = 127.0.0.1:{amqp}\nstomp.listeners.tcp.1 = 127.0.0.1:{stomp}\nloopback_users = none\n\
+                 definitions.import_backend = local_filesystem\ndefinitions.local.path = {}\n\
+                 log.console = true\nlog.console.level = warning\nlog.file = false\n",
+                r.join("definitions.json").display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(r.join("enabled_plugins"), "[rabbitmq_stomp].\n").unwrap();
+        let p = |s: &str| r.join(s).display().to_string();
+        let env: Vec<(String, String)> = [
+            ("HOME", p("home")),
+            ("RABBITMQ_NODENAME", format!("geatstest{}@localhost", std::process::id())),
+            ("RABBITMQ_DIST_PORT", dist.to_string()),
+            ("ERL_EPMD_PORT", epmd.to_string()),
+            ("ERL_EPMD_ADDRESS", "127.0.0.1".into()),
+            ("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "-kernel inet_dist_use_interface {127,0,0,1}".into()),
+            ("RABBITMQ_CONFIG_FILE", p("rabbitmq.conf")),
+            ("RABBITMQ_MNESIA_BASE", p("mnesia")),
+            ("RABBITMQ_LOG_BASE", p("log")),
+            ("RABBITMQ_PID_FILE", p("rabbit.pid")),
+            ("RABBITMQ_ENABLED_PLUGINS_FILE", p("enabled_plugins")),
+            ("RABBITMQ_ENABLED_PLUGINS", "rabbitmq_stomp".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let out = std::fs::File::create(r.join("server.out")).unwrap();
+        let child = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&r)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let mut b = Broker { shell: Guard::new("rabbitmq-server", child), env, pid_file: r.join("rabbit.pid"), epmd_port: epmd, stomp_port: stomp };
+        let up = wait_port(stomp, Duration::from_secs(90), &mut b.shell);
+        assert!(up, "RabbitMQ did not open STOMP on {stomp}:\n{}", std::fs::read_to_string(r.join("server.out")).unwrap_or_default());
+        b
+    }
+
+    fn stop(&mut self) {
+        let beam = std::fs::read_to_string(&self.pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok());
+        // rabbitmq-server's shell turns SIGTERM into a clean broker stop.
+        self.shell.stop(Duration::from_secs(30));
+        if let Some(pid) = beam {
+            kill_pid("beam (rabbitmq)", pid);
+        }
+        for pid in our_epmd(self.epmd_port) {
+            kill_pid("epmd", pid);
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn mco_cfg(dir: &Path, lib: &Path, stomp: u16, extra: &str) -> String {
+    format!(
+        "main_collective = mcollective\ncollectives = mcollective\nlibdir = {lib}\nsecurityprovider = psk\nplugin.psk = geats-test-psk\n\
+         connector = rabbitmq\nplugin.rabbitmq.vhost = /mcollective\nplugin.rabbitmq.pool.size = 1\n\
+         plugin.rabbitmq.pool.1.host = 127.0.0.1\nplugin.rabbitmq.pool.1.port = {stomp}\n\
+         plugin.rabbitmq.pool.1.user = mcollective\nplugin.rabbitmq.pool.1.password = marionette\n\
+         factsource = yaml\nplugin.yaml = {facts}\ncolor = 0\n{extra}",
+        lib = lib.display(),
+        facts = dir.join("facts.yaml").display()
+    )
+}
+
+/// The full path on loopback: `mco rpc` → RabbitMQ (STOMP, 127.0.0.1) →
+/// `mcollectived` → the committed agent stub → geats, for define, start
+/// and status of a dummy VM.
+#[test]
+fn mcollective_live_loopback() {
+    if let Some(why) = live_mco_missing() {
+        return skip("mcollective_live_loopback", &why);
+    }
+    let env = Env::new();
+    let d = env.root().join("mco");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("facts.yaml"), "--- {}\n").unwrap();
+    let lib = mco_libdir(env.root());
+    let mut broker = Broker::start(env.root());
+    let stomp = broker.stomp_port;
+
+    let server_cfg = d.join("server.cfg");
+    let log = d.join("mcollectived.log");
+    std::fs::write(
+        &server_cfg,
+        mco_cfg(&d, &lib, stomp, &format!(
+            "identity = node1.test\nlogfile = {}\nloglevel = debug\ndaemonize = 0\nregisterinterval = 0\nplugin.geats.command = {}\n",
+            log.display(),
+            bin().display()
+        )),
+    )
+    .unwrap();
+    let client_cfg = d.join("client.cfg");
+    std::fs::write(&client_cfg, mco_cfg(&d, &lib, stomp, &format!("identity = ops.client\nlogger_type = file\nlogfile = {}\nloglevel = info\n", d.join("client.log").display()))).unwrap();
+
+    // mcollectived passes its whole environment to implemented_by commands.
+    let daemon = Command::new("/usr/sbin/mcollectived")
+        .arg("--config")
+        .arg(&server_cfg)
+        .arg("--no-daemonize")
+        .env("GEATS_ROOT", env.root())
+        .env("GEATS_CONFIG", &env.config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.join("mcollectived.out")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut daemon = Guard::new("mcollectived", daemon);
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Subscribing to /exchange/mcollective_broadcast/geats") && text.contains("Subscribing to /exchange/mcollective_directed/node1.test") {
+            break;
+        }
+        let died = daemon.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        assert!(died.is_none() && Instant::now() < end, "mcollectived did not subscribe:\n{text}\n{}", std::fs::read_to_string(d.join("mcollectived.out")).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let rpc = |args: &[&str]| -> (i32, Value) {
+        let o = Command::new("mco")
+            .arg("rpc")
+            .args(args)
+            .arg("--config")
+            .arg(&client_cfg)
+            .args(["-I", "node1.test", "-j"])
+            .env("HOME", &d)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("mco rpc {args:?}: not JSON ({e}): {}", out_text(&o)));
+        (o.status.code().unwrap_or(-1), v)
+    };
+    let def = json!({"vm_type": "dummy", "name": "web1", "ram": 256}).to_string();
+    let definition_arg = format!("definition={def}");
+    // `definition` is undeclared in the Ruby DDL: mco sends it as a string,
+    // which geats parses.
+    let (code, r) = rpc(&["geats", "define", "vm_name=web1", &definition_arg]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!((r[0]["statuscode"].clone(), r[0]["data"]["definition"]["ram"].clone()), (json!(0), json!(256)), "{r:#}");
+    let (code, r) = rpc(&["geats", "start", "vm_name=web1"]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r[0]["sender"], "node1.test");
+    assert_eq!((r[0]["statuscode"].clone(), r[0]["statusmsg"].clone()), (json!(0), json!("OK")));
+    assert_eq!(r[0]["data"]["state"], json!(["running", "running"]));
+    let (code, r) = rpc(&["geats", "status"]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r[0]["data"]["vms"]["web1"]["state"], json!(["running", "running"]), "{r:#}");
+    assert!(r[0]["data"]["status"]["mem_total"].as_u64().unwrap() > 0);
+    // A failure: statuscode 1 with geats's message; mco exits 2.
+    let (code, r) = rpc(&["geats", "start", "vm_name=nosuch"]);
+    assert_eq!((code, r[0]["statuscode"].clone(), r[0]["data"]["errorcode"].clone()), (2, json!(1), json!("not_found")), "{r:#}");
+    // The request reached geats with MCollective's envelope: the sender
+    // and request id are in the journal.
+    let h = cli_ok(&env, &["history", "--json"]);
+    assert!(h.contains("ops.client"), "{h}");
+
+    daemon.stop(Duration::from_secs(10));
+    broker.stop();
+    assert!(our_epmd(broker.epmd_port).is_empty(), "epmd left running");
+}

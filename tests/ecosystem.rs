@@ -609,6 +609,11 @@ fn keygen(path: &Path) {
 
 impl Sshd {
     fn start(dir: &Path) -> Sshd {
+        Sshd::start_with(dir, "")
+    }
+
+    /// Start with extra sshd_config lines.
+    fn start_with(dir: &Path, extra: &str) -> Sshd {
         let d = dir.join("sshd");
         std::fs::create_dir_all(&d).unwrap();
         keygen(&d.join("host_key"));
@@ -623,7 +628,7 @@ impl Sshd {
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile {pf}\n\
                  PermitRootLogin prohibit-password\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPrintMotd no\nLogLevel VERBOSE\n",
+                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPrintMotd no\nLogLevel VERBOSE\n{extra}",
                 hk = d.join("host_key").display(),
                 ak = d.join("authorized_keys").display(),
                 pf = d.join("sshd.pid").display(),
@@ -1164,7 +1169,229 @@ fn mcollective_live_loopback() {
     let h = cli_ok(&env, &["history", "--json"]);
     assert!(h.contains("ops.client"), "{h}");
 
+    // A real container, where LXC works here: start and status over the wire.
+    match crate::common::lxc::missing() {
+        Some(why) => skip("mcollective_live_loopback (real container part)", &why),
+        None => {
+            let name = format!("gt{}m", std::process::id());
+            crate::common::lxc::busybox_template(&env.root().join("var/lib/geats/templates"), "busybox");
+            let lxc = crate::common::lxc::Containers::new(&env.root().join("var/lib/lxc"), &[&name]);
+            env.ok("define", json!({"vm_name": name, "definition": {"template": "busybox", "ram": 64, "storage": [{"name": "root", "type": "dir"}]}}));
+            let vm_arg = format!("vm_name={name}");
+            let (code, r) = rpc(&["geats", "start", &vm_arg]);
+            assert_eq!((code, r[0]["statuscode"].clone(), r[0]["data"]["state"].clone()), (0, json!(0), json!(["running", "running"])), "{r:#}");
+            assert_eq!(lxc.lxc_state(&name), "RUNNING");
+            let (_, r) = rpc(&["geats", "status"]);
+            assert_eq!(r[0]["data"]["vms"][&name]["state"], json!(["running", "running"]), "{r:#}");
+            let (code, r) = rpc(&["geats", "stop", &vm_arg]);
+            assert_eq!((code, r[0]["data"]["state"].clone()), (0, json!(["stopped", "stopped"])), "{r:#}");
+            assert_eq!(lxc.lxc_state(&name), "STOPPED");
+        }
+    }
+
+    // docs/vagoth.md's `mco rpc` examples, as written.
+    let vars = [("PATH", "/usr/bin:/bin".to_string()), ("HOME", d.display().to_string()), ("MCO_CLIENT_CFG", client_cfg.display().to_string())];
+    let n = run_doc_console("docs/vagoth.md", &|b| b.contains("mco rpc"), &d, &vars);
+    assert_eq!(n, 2);
+
     daemon.stop(Duration::from_secs(10));
     broker.stop();
     assert!(our_epmd(broker.epmd_port).is_empty(), "epmd left running");
+}
+
+// ---------------------------------------------------------------- docs
+
+/// The fenced blocks of a doc: (info string, text).
+fn doc_blocks(doc: &str) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(manifest().join(doc)).unwrap();
+    let mut out = Vec::new();
+    let mut cur: Option<(String, String, usize)> = None;
+    for line in text.lines() {
+        let t = line.trim_start();
+        match &mut cur {
+            None => {
+                if let Some(info) = t.strip_prefix("```") {
+                    cur = Some((info.trim().to_string(), String::new(), line.len() - t.len()));
+                }
+            }
+            Some((info, body, indent)) => {
+                if t.starts_with("```") {
+                    out.push((info.clone(), body.clone()));
+                    cur = None;
+                } else {
+                    body.push_str(line.get(*indent..).unwrap_or(line.trim_start()));
+                    body.push('\n');
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Does `text` match the pattern line, where `...` stands for any text?
+fn line_matches(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split("...").collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || !text[first.len()..].ends_with(last) || text.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for p in &parts[1..parts.len() - 1] {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Do the output lines match the expected ones (a line `...` = any lines)?
+fn lines_match(expected: &[&str], actual: &[&str]) -> bool {
+    match expected.split_first() {
+        None => actual.is_empty(),
+        Some((&"...", rest)) => (0..=actual.len()).any(|i| lines_match(rest, &actual[i..])),
+        Some((e, rest)) => actual.split_first().is_some_and(|(a, arest)| line_matches(e, a) && lines_match(rest, arest)),
+    }
+}
+
+/// Run every `console` block of `doc` that `pick` selects: each `$ ` line
+/// is a command run by bash in `cwd` with exactly `vars` as environment;
+/// the lines up to the next `$ ` are its expected stdout. Returns how many
+/// commands ran.
+fn run_doc_console(doc: &str, pick: &dyn Fn(&str) -> bool, cwd: &Path, vars: &[(&str, String)]) -> usize {
+    let mut n = 0;
+    for (info, body) in doc_blocks(doc) {
+        if info != "console" || !pick(&body) {
+            continue;
+        }
+        let mut cmds: Vec<(String, Vec<&str>)> = Vec::new();
+        for line in body.lines() {
+            match line.strip_prefix("$ ") {
+                Some(c) => cmds.push((c.to_string(), Vec::new())),
+                None => cmds.last_mut().unwrap_or_else(|| panic!("{doc}: output before a command in:\n{body}")).1.push(line),
+            }
+        }
+        for (cmd, expected) in cmds {
+            let o = Command::new("bash")
+                .args(["-c", &cmd])
+                .env_clear()
+                .envs(vars.iter().map(|(k, v)| (*k, v)))
+                .current_dir(cwd)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&o.stdout);
+            let actual: Vec<&str> = stdout.lines().collect();
+            assert!(o.status.success(), "{doc}: `{cmd}` failed: {}", out_text(&o));
+            assert!(lines_match(&expected, &actual), "{doc}: `{cmd}`\nexpected:\n{}\ngot:\n{stdout}\nstderr:\n{}", expected.join("\n"), String::from_utf8_lossy(&o.stderr));
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn doc_matcher_is_strict() {
+    assert!(line_matches(r#"{"a":...,"b":1}"#, r#"{"a":{"x":2},"b":1}"#));
+    assert!(!line_matches(r#"{"a":...,"b":1}"#, r#"{"a":{"x":2},"b":2}"#));
+    assert!(lines_match(&["a", "...", "c"], &["a", "b", "b", "c"]));
+    assert!(!lines_match(&["a", "c"], &["a", "b", "c"]));
+    assert!(!lines_match(&["a"], &[]));
+}
+
+/// A `bin` directory with `geats` on it, for doc commands.
+fn doc_bin(dir: &Path) -> PathBuf {
+    let b = dir.join("bin");
+    std::fs::create_dir_all(&b).unwrap();
+    std::os::unix::fs::symlink(bin(), b.join("geats")).unwrap();
+    b
+}
+
+/// Every `console` example of docs/vagoth.md but the `mco rpc` ones (those
+/// run in `mcollective_live_loopback`), with an sshd on loopback as `node1`.
+#[test]
+fn docs_vagoth_examples() {
+    if let Some(why) = sshd_missing() {
+        return skip("docs_vagoth_examples", &why);
+    }
+    let env = Env::new();
+    let bindir = doc_bin(env.root());
+    let path = format!("{}:/usr/bin:/bin", bindir.display());
+    let sshd = Sshd::start_with(env.root(), &format!("SetEnv PATH={path} GEATS_ROOT={}\n", shell_safe(env.root())));
+    // `ssh root@node1` reaches the test's sshd: an ssh first on PATH that
+    // adds the test's client config.
+    let ssh_cfg = env.root().join("ssh_config");
+    std::fs::write(
+        &ssh_cfg,
+        format!(
+            "Host node1\n  HostName 127.0.0.1\n  Port {}\n  IdentityFile {}\n  IdentitiesOnly yes\n  BatchMode yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile {}\n  LogLevel ERROR\n",
+            sshd.port,
+            sshd.key.display(),
+            sshd.known_hosts.display()
+        ),
+    )
+    .unwrap();
+    let wrapper = bindir.join("ssh");
+    std::fs::write(&wrapper, format!("#!/bin/sh\nexec /usr/bin/ssh -F {} \"$@\"\n", shell_safe(&ssh_cfg))).unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let vars = [("PATH", path), ("GEATS_ROOT", env.root().display().to_string()), ("HOME", env.root().display().to_string())];
+    let n = run_doc_console("docs/vagoth.md", &|b| !b.contains("mco rpc"), env.root(), &vars);
+    assert!(n >= 10, "only {n} commands ran");
+}
+
+/// Every `console` example of docs/operations.md, in a temporary root with
+/// one VM, and every `toml` example loaded as a config.
+#[test]
+fn docs_operations_examples() {
+    if !Path::new("/usr/bin/sqlite3").is_file() {
+        return skip("docs_operations_examples", "sqlite3 is not installed (apt-get install sqlite3)");
+    }
+    let env = Env::new();
+    env.ok("define", json!({"vm_name": "web1", "definition": dummy_definition("web1")}));
+    let bindir = doc_bin(env.root());
+    let work = env.root().join("work");
+    std::fs::create_dir_all(work.join("target/release")).unwrap();
+    std::os::unix::fs::symlink(bin(), work.join("target/release/geats")).unwrap();
+    let p = |s: &str| env.root().join(s).display().to_string();
+    let vars = [
+        ("PATH", format!("{}:/usr/bin:/bin", bindir.display())),
+        ("GEATS_ROOT", env.root().display().to_string()),
+        ("HOME", env.root().display().to_string()),
+        ("DESTDIR", p("dest")),
+        ("MCO_LIBDIR", p("mcolib")),
+        ("CHORIA_LIBDIR", p("chorialib")),
+        ("BACKUP", p("backup")),
+    ];
+    std::fs::create_dir_all(p("backup")).unwrap();
+    let n = run_doc_console("docs/operations.md", &|_| true, &work, &vars);
+    assert!(n >= 15, "only {n} commands ran");
+    // What the install steps installed is what agent-ddl/ holds.
+    for f in ["geats.ddl", "geats.rb", "geats/systemu_fix.rb"] {
+        assert_eq!(
+            std::fs::read(env.root().join("mcolib/mcollective/agent").join(f)).unwrap(),
+            std::fs::read(manifest().join("agent-ddl").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert!(env.root().join("chorialib/mcollective/agent/geats/geats").is_file());
+    assert_eq!(env.ok("info", json!({"vm_name": "web1"}))["name"], "web1", "recover brought web1 back");
+
+    let mut tomls = 0;
+    for (info, body) in doc_blocks("docs/operations.md") {
+        if info != "toml" {
+            continue;
+        }
+        let c = geats::config::Config::from_toml(&body, Some("docs/operations.md".into()), Some(env.root().to_path_buf()))
+            .unwrap_or_else(|e| panic!("docs/operations.md example does not load: {e}\n{body}"));
+        for t in c.vm_types.keys() {
+            if let Err(e) = geats::vm::build(&c, t) {
+                panic!("docs/operations.md: VM type {t} does not build: {e}\n{body}");
+            }
+        }
+        tomls += 1;
+    }
+    assert!(tomls >= 2);
 }

@@ -975,7 +975,6 @@ fn our_epmd(port: u16) -> Vec<i32> {
 /// epmd, cookie, data) private to the test directory.
 struct Broker {
     shell: Guard,
-    env: Vec<(String, String)>,
     pid_file: PathBuf,
     epmd_port: u16,
     stomp_port: u16,
@@ -1040,7 +1039,7 @@ impl Broker {
             .stderr(out)
             .spawn()
             .unwrap();
-        let mut b = Broker { shell: Guard::new("rabbitmq-server", child), env, pid_file: r.join("rabbit.pid"), epmd_port: epmd, stomp_port: stomp };
+        let mut b = Broker { shell: Guard::new("rabbitmq-server", child), pid_file: r.join("rabbit.pid"), epmd_port: epmd, stomp_port: stomp };
         let up = wait_port(stomp, Duration::from_secs(90), &mut b.shell);
         assert!(up, "RabbitMQ did not open STOMP on {stomp}:\n{}", std::fs::read_to_string(r.join("server.out")).unwrap_or_default());
         b

@@ -12,6 +12,7 @@ packages=(
   btrfs-progs xfsprogs lvm2 qemu-utils   # storage drivers and adapters
   ruby mcollective mcollective-client rabbitmq-server  # MCollective contract tests
   openssh-server openssh-client          # Vagoth over SSH
+  sqlite3 groff-base                     # docs examples (backup), man page check
 )
 missing=()
 for p in "${packages[@]}"; do

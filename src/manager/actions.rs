@@ -240,18 +240,25 @@ fn define(op: &mut Op<'_>, vm: &VmName, def_in: &Definition, provision: bool) ->
     let (created, locked) = existing.as_ref().map_or_else(|| (db::now(), false), |(r, _)| (r.created.clone(), r.locked));
     let vmt_ref: &dyn VmType = &*vmt;
     with_rollback(op, vm, vmt_ref, &def, &mut vols, |op, vols| {
-        let mut root_created = false;
+        let mut new_volume = vec![false; vols.len()];
         for (i, v) in vols.iter_mut().enumerate() {
             if !v.exists() {
                 let desc = format!("define volume {} ({})", def.storage[i].name, v.describe());
                 op.step(desc, Some(Undo::UndefineVolume(i)), |_| Ok(v.define()?))?;
-                root_created |= i == 0;
+                new_volume[i] = true;
             }
         }
+        let root_created = new_volume.first().copied().unwrap_or(false);
         if provision {
-            for (i, v) in vols.iter_mut().enumerate() {
+            // A volume defined just now is empty already.
+            for (i, v) in vols.iter_mut().enumerate().filter(|(i, _)| !new_volume[*i]) {
                 op.step(format!("format volume {}", def.storage[i].name), None, |_| Ok(v.format()?))?;
             }
+        }
+        if provision && vols.is_empty() && vm_existed && vmt_ref.installs_templates() {
+            // No volume: the VM type keeps the root itself; empty it so
+            // that define installs the template afresh.
+            op.step(format!("erase the root of VM {vm}"), None, |_| Ok(vmt_ref.destroy_data(vm)?))?;
         }
         if vmt_ref.installs_templates() {
             if let Some(root) = vols.first_mut() {
@@ -387,6 +394,11 @@ fn remove(op: &mut Op<'_>, vm: &VmName, deprovision: bool) -> Outcome {
         if destroy {
             for (i, v) in vols.iter_mut().enumerate() {
                 op.step(format!("destroy volume {} ({})", def.storage[i].name, v.describe()), None, |_| Ok(v.undefine()?))?;
+            }
+            if vols.is_empty() && vmt_ref.installs_templates() {
+                // Without a volume the VM type keeps the root itself (LXC's
+                // rootfs under default_rootfs_prefix).
+                op.step(format!("destroy the root of VM {vm}"), None, |_| Ok(vmt_ref.destroy_data(vm)?))?;
             }
             let config = op.config;
             op.step(format!("forget VM {vm}"), None, |op| {

@@ -408,7 +408,8 @@ mod tests {
             assert!(ddl.contains(&format!("action \"{a}\"")), "{a}");
             assert!(json["actions"].as_array().unwrap().iter().any(|x| x["action"] == a), "{a}");
         }
-        assert!(!ddl.contains(":definition"), "definition must stay undeclared in the Ruby DDL");
+        assert!(!ddl.contains("input :definition"), "definition must stay an undeclared input in the Ruby DDL");
+        assert!(ddl.contains("output :definition"), "it is an output of define and info");
         let define = json["actions"].as_array().unwrap().iter().find(|x| x["action"] == "define").unwrap();
         assert_eq!(define["input"]["definition"]["type"], "hash");
         assert!(define["input"].get("process_results").is_none());

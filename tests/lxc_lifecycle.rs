@@ -285,9 +285,19 @@ fn issue_4_rootfs_without_a_volume() {
     assert!(rootfs.join("etc/firstboot.config").is_file());
     env.ok("start", vm.clone());
     assert_eq!(lxc.lxc_state(&name), "RUNNING");
+    // Provision reinstalls the template over a used rootfs.
+    env.ok("stop", vm.clone());
+    std::fs::write(rootfs.join("root/scratch.txt"), "old").unwrap();
+    std::fs::remove_file(rootfs.join("bin/busybox")).unwrap();
+    env.ok("provision", json!({"vm_name": name, "definition": {"template": "busybox"}}));
+    assert!(!rootfs.join("root/scratch.txt").exists(), "provision erased the old root");
+    assert!(rootfs.join("bin/busybox").is_file(), "provision reinstalled the template");
+    env.ok("start", vm.clone());
+    assert_eq!(lxc.lxc_state(&name), "RUNNING");
     env.ok("undefine", vm.clone());
     assert!(rootfs.join("bin/busybox").is_file(), "a non-transient rootfs is kept");
     env.ok("deprovision", vm.clone());
+    assert!(!rootfs.exists(), "deprovision destroys the rootfs geats created");
     // ...removed with a transient VM.
     let rootfs2 = env.root().join("var/lib/geats/rootfs").join(&other);
     env.ok("define", json!({"vm_name": other, "definition": {"template": "busybox", "transient": true}}));

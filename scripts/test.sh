@@ -29,4 +29,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The architecture invariants are lints (clippy.toml: one process runner,
+# stdout only from the renderers; Cargo.toml: no unwrap, no exit).
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --locked --all-targets --quiet -- -D warnings
+fi
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-2}"

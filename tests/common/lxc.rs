@@ -60,7 +60,7 @@ pub fn busybox_template(dir: &Path, name: &str) -> PathBuf {
     let file = std::fs::File::create(&path).expect("create template");
     let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
     let mut b = tar::Builder::new(gz);
-    let mut dir_entry = |b: &mut tar::Builder<_>, p: &str, mode: u32| {
+    let dir_entry = |b: &mut tar::Builder<_>, p: &str, mode: u32| {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(mode);

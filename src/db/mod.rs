@@ -103,10 +103,22 @@ pub struct Db {
 impl Db {
     /// Open an existing database file.
     pub fn open(path: &Path, busy: std::time::Duration) -> Result<Db, DbError> {
+        Db::open_as(path, busy, true)
+    }
+
+    /// Open an existing database file for a read-only action: the same,
+    /// minus the settings that only matter to writers.
+    pub fn open_read(path: &Path, busy: std::time::Duration) -> Result<Db, DbError> {
+        Db::open_as(path, busy, false)
+    }
+
+    fn open_as(path: &Path, busy: std::time::Duration, writer: bool) -> Result<Db, DbError> {
         let open_err = |source| DbError::Open { path: path.to_path_buf(), source };
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .map_err(open_err)?;
-        tune(&conn).map_err(open_err)?;
+        if writer {
+            tune(&conn).map_err(open_err)?;
+        }
         conn.busy_timeout(busy).map_err(open_err)?;
         let mut db = Db { conn, path: path.to_path_buf() };
         db.migrate()?;

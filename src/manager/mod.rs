@@ -95,7 +95,7 @@ impl Manager {
     pub(crate) fn db_read(&self) -> Result<Option<Db>> {
         let path = &self.config.database;
         if path.exists() {
-            return Db::open(path, self.config.busy_timeout).map(Some).map_err(|e| self.open_failed(e));
+            return Db::open_read(path, self.config.busy_timeout).map(Some).map_err(|e| self.open_failed(e));
         }
         if self.record_count() > 0 {
             return Err(self.missing());
@@ -144,14 +144,16 @@ impl Manager {
                 actions::run(&mut Op::dry(&self.config, None), &req.action)?;
             }
             self.db_write()?
+        } else if self.config.database.exists() {
+            self.db_write()?
         } else {
-            match self.db_read()? {
-                Some(db) => db,
-                None => {
-                    let mut op = Op::dry(&self.config, None);
-                    return actions::run(&mut op, &req.action).map(|(_, reply)| reply);
-                }
+            // No database: nothing to act on, nothing to create. The
+            // records guard (database_missing) still applies.
+            if self.db_read()?.is_none() {
+                let mut op = Op::dry(&self.config, None);
+                return actions::run(&mut op, &req.action).map(|(_, reply)| reply);
             }
+            self.db_write()?
         };
         if let Some(id) = &req.request_id {
             if let Some(reply) = db.journal_replay(Some(&vm), action, id)? {

@@ -136,25 +136,21 @@ impl Manager {
         // create the database; on a fresh host every other action is a
         // no-op or `not_found`, decided without touching the disk.
         let creates = matches!(req.action, Action::Define(..) | Action::Provision(..));
-        let fresh = !self.config.database.exists();
-        let mut db = if creates {
-            if fresh {
-                // Validate completely before creating anything: on a fresh
-                // host a dry run sees exactly what the real run will.
-                actions::run(&mut Op::dry(&self.config, None), &req.action)?;
+        if !self.config.database.exists() {
+            if self.record_count() > 0 {
+                return Err(self.missing());
             }
-            self.db_write()?
-        } else if self.config.database.exists() {
-            self.db_write()?
-        } else {
-            // No database: nothing to act on, nothing to create. The
-            // records guard (database_missing) still applies.
-            if self.db_read()?.is_none() {
-                let mut op = Op::dry(&self.config, None);
-                return actions::run(&mut op, &req.action).map(|(_, reply)| reply);
+            // A fresh host: a dry run sees exactly what the real run will.
+            // It answers every action but define and provision (a no-op or
+            // `not_found`) and validates those completely before anything
+            // is created.
+            let out = actions::run(&mut Op::dry(&self.config, None), &req.action);
+            if !creates {
+                return out.map(|(_, reply)| reply);
             }
-            self.db_write()?
-        };
+            out?;
+        }
+        let mut db = self.db_write()?;
         if let Some(id) = &req.request_id {
             if let Some(reply) = db.journal_replay(Some(&vm), action, id)? {
                 tracing::info!(vm = %vm, action, request_id = %id, "answered from the journal");

@@ -284,8 +284,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
     let m = Manager::new(config);
     match cli.command {
         Command::List { json } => {
-            let status = m.execute(&request::parse("status", json!({}), None, None)?)?;
-            let rows = table::list_rows(&m, &status);
+            let rows = m.list()?;
             if json {
                 table::print_json(&Value::Array(rows));
             } else {

@@ -5,7 +5,6 @@
 
 use serde_json::{json, Value};
 
-use crate::manager::Manager;
 use crate::names::VmName;
 
 /// Print pretty JSON.
@@ -54,29 +53,6 @@ pub fn print_action(action: &str, vm: Option<&VmName>, reply: &Value) {
         (_, Some(l)) => println!("{vm}: {action}: {what}; {}", if l.as_bool() == Some(true) { "locked" } else { "unlocked" }),
         _ => println!("{vm}: {action}: {what}"),
     }
-}
-
-/// Rows of `geats list`: from one `status` plus each VM's primary IP.
-pub fn list_rows(m: &Manager, status: &Value) -> Vec<Value> {
-    let mut rows = Vec::new();
-    let locked = |name: &str| -> bool {
-        VmName::new(name).ok().and_then(|vm| m.vm_type_of(&vm).ok()).map(|(r, _)| r.locked).unwrap_or(false)
-    };
-    for (name, vm) in status["vms"].as_object().into_iter().flatten() {
-        let def = &vm["definition"];
-        let ip = VmName::new(name.as_str())
-            .ok()
-            .and_then(|n| m.vm_type_of(&n).ok().and_then(|(r, t)| t.primary_ip(&n, &r.definition)));
-        rows.push(json!({
-            "name": name,
-            "state": vm["state"],
-            "locked": locked(name),
-            "vm_type": def["vm_type"],
-            "ip": ip,
-            "ram": def.get("ram"),
-        }));
-    }
-    rows
 }
 
 fn render(headers: &[&str], rows: &[Vec<String>]) {

@@ -8,17 +8,63 @@ use serde_json::{json, Map, Value};
 
 use super::actions::attached;
 use super::Manager;
+use crate::db::{Db, VmRecord};
 use crate::error::{Error, Result};
 use crate::names::{TypeName, VmName};
+use crate::state::VmState;
 use crate::sys::{fsutil, proc};
 use crate::{storage, vm};
+
+/// Records, VM types by name, and states by VM.
+type Observed = (Vec<VmRecord>, BTreeMap<TypeName, Box<dyn vm::VmType>>, BTreeMap<VmName, VmState>);
+
+fn state_json(states: &BTreeMap<VmName, VmState>, vm: &VmName) -> Value {
+    states.get(vm).map(VmState::to_json).unwrap_or_else(|| json!(["unknown", "unknown"]))
+}
 
 impl Manager {
     /// `status`: every defined VM with its definition and state, and the
     /// host's figures.
     pub(super) fn status(&self) -> Result<Value> {
         let db = self.db_read()?;
-        let records = match &db {
+        let (records, _types, states) = self.observe(db.as_ref())?;
+        let mut vms = Map::new();
+        for r in &records {
+            vms.insert(r.name.to_string(), json!({"definition": r.definition, "state": state_json(&states, &r.name)}));
+        }
+        let ram = match &db {
+            Some(db) => db.ram_promised()?,
+            None => 0,
+        };
+        Ok(json!({"vms": vms, "status": self.host_stats(ram, records.len())}))
+    }
+
+    /// The rows of `geats list`: name, state, admin lock, VM type, primary
+    /// IP and memory of every defined VM, from one database read and one
+    /// state pass per VM type.
+    pub fn list(&self) -> Result<Vec<Value>> {
+        let db = self.db_read()?;
+        let (records, types, states) = self.observe(db.as_ref())?;
+        Ok(records
+            .iter()
+            .map(|r| {
+                let ip = types.get(&r.vm_type).and_then(|t| t.primary_ip(&r.name, &r.definition));
+                json!({
+                    "name": r.name,
+                    "state": state_json(&states, &r.name),
+                    "locked": r.locked,
+                    "vm_type": r.vm_type,
+                    "ip": ip,
+                    "ram": r.definition.ram,
+                })
+            })
+            .collect())
+    }
+
+    /// Every defined VM's record, the VM types they use, and their states,
+    /// read in one pass per VM type (never a process per VM).
+    fn observe(&self, db: Option<&Db>) -> Result<Observed> {
+        let records = match db {
             Some(db) => db.vms(false)?,
             None => Vec::new(),
         };
@@ -26,21 +72,14 @@ impl Manager {
         for r in &records {
             by_type.entry(r.vm_type.clone()).or_default().push(r.name.clone());
         }
+        let mut types = BTreeMap::new();
         let mut states = BTreeMap::new();
-        for (t, names) in &by_type {
-            let vmt = vm::build(&self.config, t)?;
-            states.extend(vmt.states(names));
+        for (t, names) in by_type {
+            let vmt = vm::build(&self.config, &t)?;
+            states.extend(vmt.states(&names));
+            types.insert(t, vmt);
         }
-        let mut vms = Map::new();
-        for r in &records {
-            let state = states.get(&r.name).map(|s| s.to_json()).unwrap_or_else(|| json!(["unknown", "unknown"]));
-            vms.insert(r.name.to_string(), json!({"definition": r.definition, "state": state}));
-        }
-        let ram = match &db {
-            Some(db) => db.ram_promised()?,
-            None => 0,
-        };
-        Ok(json!({"vms": vms, "status": self.host_stats(ram, records.len())}))
+        Ok((records, types, states))
     }
 
     /// The host's figures: the original keys (kB, load average) plus what a

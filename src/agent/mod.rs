@@ -151,16 +151,11 @@ pub fn run(args: &AgentArgs) -> u8 {
         }
     }
     let result = std::panic::catch_unwind(|| serve(&transport, config_path.as_deref()));
-    let (reply, limit_ok) = match result {
-        Ok(r) => (r, true),
-        Err(p) => {
-            let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
-            (Err(Error::Internal(format!("geats panicked: {what}"))), false)
-        }
-    };
-    if !limit_ok {
+    let reply = result.unwrap_or_else(|p| {
+        let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
         tracing::error!("a panic was caught and reported as an internal error");
-    }
+        Err(Error::Internal(format!("geats panicked: {what}")))
+    });
     reply::deliver(&transport, reply)
 }
 

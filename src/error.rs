@@ -1,18 +1,23 @@
-//! The crate-level [`Error`], its stable [`ErrorCode`] strings and the
-//! MCollective [`ExitClass`].
+//! The crate-level [`Error`], and the one place where a failure becomes a
+//! wire [`ErrorCode`] and an MCollective [`ExitClass`].
 //!
-//! Every module has its own error type (`ConfigError`, `DbError`, `VmError`,
-//! `StorageError`, `RequestError`, `ExecError`); they fold into [`Error`]
-//! here. Exactly one exhaustive function per type decides the error code, so
-//! a new variant forces a decision (no wildcard arms).
+//! Every layer below the manager has its own error type that describes
+//! what happened, with its context in fields (`ConfigError`, `DbError`,
+//! `VmError`, `StorageError`, `TemplateError`, `RequestError`,
+//! `ExecError`); none of them knows the wire codes. They fold into
+//! [`Error`] here, and [`Error::code`] is the single exhaustive match
+//! (no wildcard arms) from what happened to what the wire says, so a new
+//! variant anywhere forces a decision here.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use crate::config::ConfigError;
 use crate::db::DbError;
 use crate::names::VmName;
 use crate::request::RequestError;
 use crate::storage::StorageError;
+use crate::sys::exec::ExecError;
 use crate::template::TemplateError;
 use crate::vm::VmError;
 
@@ -63,14 +68,19 @@ pub enum ErrorCode {
     NotSupported,
     /// An external tool failed.
     ToolFailed,
-    /// LXC refused or failed an operation.
-    LxcError,
+    /// The VM type's hypervisor refused or failed an operation. The wire
+    /// string is `lxc_error`, as LXC was the first hypervisor to report
+    /// this way; it stays stable whatever the VM type.
+    Hypervisor,
     /// A storage volume could not be set up or torn down.
     StorageFailed,
     /// The database is missing or unreadable while VMs exist.
     DatabaseMissing,
     /// The configuration file is invalid.
     ConfigInvalid,
+    /// A file of geats' own (record file, reply, generated file) could not
+    /// be read or written: a full disk, a read-only directory.
+    IoFailed,
     /// A bug in geats.
     Internal,
 }
@@ -88,10 +98,11 @@ impl ErrorCode {
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::NotSupported => "not_supported",
             ErrorCode::ToolFailed => "tool_failed",
-            ErrorCode::LxcError => "lxc_error",
+            ErrorCode::Hypervisor => "lxc_error",
             ErrorCode::StorageFailed => "storage_failed",
             ErrorCode::DatabaseMissing => "database_missing",
             ErrorCode::ConfigInvalid => "config_invalid",
+            ErrorCode::IoFailed => "io_failed",
             ErrorCode::Internal => "internal",
         }
     }
@@ -108,9 +119,10 @@ impl ErrorCode {
             | ErrorCode::InvalidState
             | ErrorCode::NotSupported
             | ErrorCode::ToolFailed
-            | ErrorCode::LxcError
+            | ErrorCode::Hypervisor
             | ErrorCode::StorageFailed
-            | ErrorCode::DatabaseMissing => ExitClass::Aborted,
+            | ErrorCode::DatabaseMissing
+            | ErrorCode::IoFailed => ExitClass::Aborted,
             ErrorCode::ConfigInvalid | ErrorCode::Internal => ExitClass::Other,
         }
     }
@@ -118,7 +130,7 @@ impl ErrorCode {
     /// Whether the same request may succeed if simply tried again later.
     pub fn retryable(self) -> bool {
         match self {
-            ErrorCode::Busy | ErrorCode::ToolFailed | ErrorCode::LxcError | ErrorCode::StorageFailed => true,
+            ErrorCode::Busy | ErrorCode::ToolFailed | ErrorCode::Hypervisor | ErrorCode::StorageFailed => true,
             ErrorCode::MissingData
             | ErrorCode::InvalidData
             | ErrorCode::UnknownAction
@@ -128,12 +140,13 @@ impl ErrorCode {
             | ErrorCode::NotSupported
             | ErrorCode::DatabaseMissing
             | ErrorCode::ConfigInvalid
+            | ErrorCode::IoFailed
             | ErrorCode::Internal => false,
         }
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::MissingData,
         ErrorCode::InvalidData,
         ErrorCode::UnknownAction,
@@ -143,10 +156,11 @@ impl ErrorCode {
         ErrorCode::InvalidState,
         ErrorCode::NotSupported,
         ErrorCode::ToolFailed,
-        ErrorCode::LxcError,
+        ErrorCode::Hypervisor,
         ErrorCode::StorageFailed,
         ErrorCode::DatabaseMissing,
         ErrorCode::ConfigInvalid,
+        ErrorCode::IoFailed,
         ErrorCode::Internal,
     ];
 }
@@ -178,6 +192,27 @@ pub enum Error {
     /// An OS template failed.
     #[error(transparent)]
     Template(#[from] TemplateError),
+    /// A program geats ran for the user (console, exec, ssh) could not run.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// A file of geats' own could not be read or written.
+    #[error("cannot {step} {path}: {source}")]
+    Io {
+        /// What was being done (`write`, `read`, `remove`, `rename`).
+        step: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A VM's record file is not what geats wrote.
+    #[error("record file {path} is corrupt: {problem}")]
+    CorruptRecord {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// The named VM does not exist.
     #[error("no VM named {0} (see `geats list`)")]
     NotFound(VmName),
@@ -232,25 +267,64 @@ pub enum Error {
     Internal(String),
 }
 
+/// An [`Error::Io`] for `step` on `path`, for `map_err`.
+pub fn io<'a>(step: &'static str, path: &'a std::path::Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io { step, path: path.to_path_buf(), source }
+}
+
 impl Error {
-    /// The stable error code.
+    /// The stable error code: the one mapping from what happened to what
+    /// the wire says.
     pub fn code(&self) -> ErrorCode {
+        use ErrorCode as C;
         match self {
-            Error::Request(e) => e.code(),
-            Error::Config(_) => ErrorCode::ConfigInvalid,
-            Error::Db(e) => e.code(),
-            Error::Vm(e) => e.code(),
-            Error::Storage(e) => e.code(),
-            Error::Template(e) => e.code(),
-            Error::NotFound(_) => ErrorCode::NotFound,
-            Error::Locked(_) => ErrorCode::VmLocked,
-            Error::Busy { .. } => ErrorCode::Busy,
-            Error::InvalidState { .. } => ErrorCode::InvalidState,
-            Error::NotSupported(_) => ErrorCode::NotSupported,
-            Error::DatabaseMissing { .. } => ErrorCode::DatabaseMissing,
+            Error::Request(e) => match e {
+                RequestError::Missing(_) => C::MissingData,
+                RequestError::Invalid(_) => C::InvalidData,
+                RequestError::UnknownAction(_) => C::UnknownAction,
+                RequestError::Unreadable { .. } => C::Internal,
+            },
+            Error::Config(_) => C::ConfigInvalid,
+            Error::Db(e) if e.is_contention() => C::Busy,
+            Error::Db(e) => match e {
+                DbError::Open { .. } | DbError::TooNew { .. } | DbError::Corrupt { .. } => C::DatabaseMissing,
+                DbError::CreateDir { .. } | DbError::Query { .. } => C::Internal,
+            },
+            Error::Vm(e) => match e {
+                VmError::Invalid { .. } => C::InvalidData,
+                VmError::Io { .. } => C::IoFailed,
+                VmError::Hypervisor { .. } => C::Hypervisor,
+                VmError::Tool { .. } | VmError::Failed { .. } => C::ToolFailed,
+                VmError::NotSupported(_) => C::NotSupported,
+                VmError::Template(TemplateError::NotFound { .. }) => C::InvalidData,
+                VmError::Template(TemplateError::Unpack { .. }) => C::StorageFailed,
+            },
+            Error::Storage(e) => match e {
+                StorageError::TypeNotAllowed { .. } | StorageError::BadOption { .. } => C::InvalidData,
+                StorageError::Config(_) => C::ConfigInvalid,
+                StorageError::Io { .. } | StorageError::Tool { .. } | StorageError::State { .. } => C::StorageFailed,
+            },
+            Error::Template(e) => match e {
+                TemplateError::NotFound { .. } => C::InvalidData,
+                TemplateError::Unpack { .. } => C::StorageFailed,
+            },
+            Error::Exec(_) => C::ToolFailed,
+            Error::Io { .. } => C::IoFailed,
+            Error::CorruptRecord { .. } => C::Internal,
+            Error::NotFound(_) => C::NotFound,
+            Error::Locked(_) => C::VmLocked,
+            Error::Busy { .. } => C::Busy,
+            Error::InvalidState { .. } => C::InvalidState,
+            Error::NotSupported(_) => C::NotSupported,
+            Error::DatabaseMissing { .. } => C::DatabaseMissing,
             Error::Rollback { error, .. } => error.code(),
-            Error::Internal(_) => ErrorCode::Internal,
+            Error::Internal(_) => C::Internal,
         }
+    }
+
+    /// Was the request refused for its content, before any work?
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self.code(), ErrorCode::InvalidData | ErrorCode::MissingData)
     }
 
     /// The message: this error and its sources joined with ": ".

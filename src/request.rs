@@ -7,34 +7,45 @@
 use serde_json::Value;
 
 use crate::definition::Definition;
-use crate::error::ErrorCode;
 use crate::names::VmName;
 use crate::schema;
+
+/// One thing wrong with a request: where (a JSON pointer relative to the
+/// request data, `/` for the whole request) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// JSON pointer of the offending value.
+    pub pointer: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.pointer, self.problem)
+    }
+}
+
+fn join(problems: &[Problem]) -> String {
+    problems.iter().map(Problem::to_string).collect::<Vec<_>>().join("; ")
+}
 
 /// Why a request was refused before any work.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
-    /// A required key is absent.
-    #[error("missing data: {0}")]
-    Missing(String),
+    /// Required keys are absent.
+    #[error("missing data: {}", join(.0))]
+    Missing(Vec<Problem>),
     /// The request is malformed or violates the schema.
-    #[error("invalid data: {0}")]
-    Invalid(String),
+    #[error("invalid data: {}", join(.0))]
+    Invalid(Vec<Problem>),
     /// The action is not known.
     #[error("unknown action {0:?}; known actions: {known}", known = Action::NAMES.join(", "))]
     UnknownAction(String),
-    /// The request file could not be opened at all.
+    /// The request could not be read at all.
     #[error("cannot read request file {path}: {source}")]
     Unreadable {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The reply file could not be written.
-    #[error("cannot write reply file {path}: {source}")]
-    ReplyUnwritable {
-        /// The file.
+        /// The file (`<stdin>` for stdin).
         path: String,
         /// Why.
         source: std::io::Error,
@@ -42,14 +53,14 @@ pub enum RequestError {
 }
 
 impl RequestError {
-    /// The error code.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            RequestError::Missing(_) => ErrorCode::MissingData,
-            RequestError::Invalid(_) => ErrorCode::InvalidData,
-            RequestError::UnknownAction(_) => ErrorCode::UnknownAction,
-            RequestError::Unreadable { .. } | RequestError::ReplyUnwritable { .. } => ErrorCode::Internal,
-        }
+    /// One invalid value at `pointer`.
+    pub fn invalid(pointer: impl Into<String>, problem: impl std::fmt::Display) -> RequestError {
+        RequestError::Invalid(vec![Problem { pointer: pointer.into(), problem: problem.to_string() }])
+    }
+
+    /// One absent key at `pointer`.
+    pub fn missing(pointer: impl Into<String>, problem: impl std::fmt::Display) -> RequestError {
+        RequestError::Missing(vec![Problem { pointer: pointer.into(), problem: problem.to_string() }])
     }
 }
 
@@ -155,33 +166,32 @@ pub fn parse(name: &str, mut data: Value, caller: Option<String>, envelope_reque
         return Err(RequestError::UnknownAction(name.to_string()));
     }
     let Some(obj) = data.as_object_mut() else {
-        return Err(RequestError::Invalid(format!("/: request data must be an object, got {}", kind(&data))));
+        return Err(RequestError::invalid("/", format!("request data must be an object, got {}", kind(&data))));
     };
     // MCollective 2.12 cannot validate hash inputs, so its clients may send
     // the definition as a JSON string: parse it first.
     if let Some(Value::String(s)) = obj.get("definition") {
         let parsed: Value = serde_json::from_str(s)
-            .map_err(|e| RequestError::Invalid(format!("/definition: a string definition must hold a JSON object: {e}")))?;
+            .map_err(|e| RequestError::invalid("/definition", format!("a string definition must hold a JSON object: {e}")))?;
         obj.insert("definition".into(), parsed);
     }
     let schema_name = format!("request/{name}.json");
     if let Err(violations) = schema::validate(&schema_name, &data) {
-        let missing: Vec<_> = violations.iter().filter(|v| v.missing).collect();
-        let text = |vs: &[&schema::Violation]| vs.iter().map(|v| format!("{}: {}", v.pointer, v.message)).collect::<Vec<_>>().join("; ");
+        let problem = |v: &schema::Violation| Problem { pointer: v.pointer.clone(), problem: v.message.clone() };
+        let missing: Vec<Problem> = violations.iter().filter(|v| v.missing).map(problem).collect();
         if !missing.is_empty() {
-            return Err(RequestError::Missing(text(&missing)));
+            return Err(RequestError::Missing(missing));
         }
-        return Err(RequestError::Invalid(text(&violations.iter().collect::<Vec<_>>())));
+        return Err(RequestError::Invalid(violations.iter().map(problem).collect()));
     }
-    let invalid = |p: &str, e: String| RequestError::Invalid(format!("{p}: {e}"));
     let vm = || -> Result<VmName, RequestError> {
         let s = data.get("vm_name").and_then(Value::as_str).unwrap_or_default();
-        VmName::new(s).map_err(|e| invalid("/vm_name", e.to_string()))
+        VmName::new(s).map_err(|e| RequestError::invalid("/vm_name", e))
     };
     let definition = |vm: &VmName| -> Result<Box<Definition>, RequestError> {
         let d = data.get("definition").cloned().unwrap_or(Value::Null);
-        let def: Definition = serde_json::from_value(d).map_err(|e| invalid("/definition", e.to_string()))?;
-        def.check(vm).map_err(|(p, e)| invalid(&format!("/definition{p}"), e))?;
+        let def: Definition = serde_json::from_value(d).map_err(|e| RequestError::invalid("/definition", e))?;
+        def.check(vm).map_err(|(p, e)| RequestError::invalid(format!("/definition{p}"), e))?;
         Ok(Box::new(def))
     };
     let action = match name {

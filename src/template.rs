@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::ErrorCode;
 use crate::names::TemplateName;
 
 /// Archive suffixes, in the order they are looked for.
@@ -44,16 +43,6 @@ pub enum TemplateError {
         /// What went wrong.
         problem: String,
     },
-}
-
-impl TemplateError {
-    /// The error code.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            TemplateError::NotFound { .. } => ErrorCode::InvalidData,
-            TemplateError::Unpack { .. } => ErrorCode::StorageFailed,
-        }
-    }
 }
 
 fn archive_in(dir: &Path, name: &str) -> Option<PathBuf> {
@@ -587,7 +576,7 @@ mod tests {
         write_archive(d.path(), "alpha", "tar.gz", &tar_bytes(&[], 0));
         write_archive(d.path(), "beta", "tar.zst", &tar_bytes(&[], 0));
         let e = find(d.path(), &TemplateName::new("gamma").unwrap()).unwrap_err();
-        assert_eq!(e.code(), ErrorCode::InvalidData);
+        assert!(matches!(e, TemplateError::NotFound { .. }));
         assert!(e.to_string().contains("available: alpha, beta"), "{e}");
     }
 

@@ -360,7 +360,7 @@ fn storage_config_keys_and_options_are_checked() {
     let fx = Fixture::new(SPARSE_FS);
     let e = fx.open("vm1", json!({"name": "r", "type": "img", "size": "1G", "fs": "ext4"})).expect_err("unknown option");
     assert!(matches!(&e, StorageError::BadOption { pointer, .. } if pointer == "/definition/storage/0/fs"), "{e}");
-    assert_eq!(e.code().as_str(), "invalid_data");
+    assert_eq!(geats::error::Error::from(e).code().as_str(), "invalid_data");
     let e = fx.open("vm1", json!({"name": "r", "type": "img", "size": "1G", "fstype": "ntfs"})).expect_err("bad fstype");
     assert!(matches!(&e, StorageError::BadOption { pointer, .. } if pointer == "/definition/storage/0/fstype"), "{e}");
     let e = fx.open("vm1", json!({"name": "r", "type": "img"})).expect_err("missing size");

@@ -37,32 +37,28 @@ pub fn read(transport: &Transport, limit: usize) -> Result<Vec<u8>, RequestError
     Ok(buf)
 }
 
-fn invalid(msg: impl Into<String>) -> RequestError {
-    RequestError::Invalid(msg.into())
-}
-
 /// Parse an envelope into a request.
 pub fn parse(bytes: &[u8], limit: usize) -> Result<Request, RequestError> {
     if bytes.len() > limit {
-        return Err(invalid(format!("/: the request is larger than the limit of {limit} bytes (request_limit)")));
+        return Err(RequestError::invalid("/", format!("the request is larger than the limit of {limit} bytes (request_limit)")));
     }
-    let text = std::str::from_utf8(bytes).map_err(|e| invalid(format!("/: the request is not UTF-8 ({e})")))?;
+    let text = std::str::from_utf8(bytes).map_err(|e| RequestError::invalid("/", format!("the request is not UTF-8 ({e})")))?;
     if text.trim().is_empty() {
-        return Err(invalid("/: the request is empty"));
+        return Err(RequestError::invalid("/", "the request is empty"));
     }
-    let v: Value = serde_json::from_str(text).map_err(|e| invalid(format!("/: the request is not valid JSON: {e}")))?;
+    let v: Value = serde_json::from_str(text).map_err(|e| RequestError::invalid("/", format!("the request is not valid JSON: {e}")))?;
     let Value::Object(mut obj) = v else {
-        return Err(invalid(format!("/: the request must be a JSON object, got {}", request::kind(&v))));
+        return Err(RequestError::invalid("/", format!("the request must be a JSON object, got {}", request::kind(&v))));
     };
     for k in obj.keys() {
         if k != "action" && k != "data" && !ENVELOPE_KEYS.contains(&k.as_str()) {
-            return Err(invalid(format!("/{k}: request key {k:?} is not allowed (allowed: action, data, {})", ENVELOPE_KEYS.join(", "))));
+            return Err(RequestError::invalid(&format!("/{k}"), format!("request key {k:?} is not allowed (allowed: action, data, {})", ENVELOPE_KEYS.join(", "))));
         }
     }
     let action = match obj.remove("action") {
         Some(Value::String(a)) => a,
-        Some(other) => return Err(invalid(format!("/action: expected a string, got {}", request::kind(&other)))),
-        None => return Err(RequestError::Missing("/action: required key action is missing".into())),
+        Some(other) => return Err(RequestError::invalid("/action", format!("expected a string, got {}", request::kind(&other)))),
+        None => return Err(RequestError::missing("/action", "required key action is missing")),
     };
     let data = match obj.remove("data") {
         None | Some(Value::Null) => Value::Object(Default::default()),
@@ -75,7 +71,7 @@ pub fn parse(bytes: &[u8], limit: usize) -> Result<Request, RequestError> {
     let envelope_id = text_of("uniqid").or_else(|| text_of("requestid"));
     if let Some(id) = &envelope_id {
         if id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c)) {
-            return Err(invalid("/uniqid: the request id must be at most 128 letters, digits, '_', '.', ':' or '-'"));
+            return Err(RequestError::invalid("/uniqid", "the request id must be at most 128 letters, digits, '_', '.', ':' or '-'"));
         }
     }
     request::parse(&action, data, caller, envelope_id)

@@ -219,21 +219,21 @@ fn caller() -> String {
 }
 
 fn vm_name(s: &str) -> Result<VmName, Error> {
-    VmName::new(s).map_err(|e| RequestError::Invalid(format!("/vm_name: {e}")).into())
+    VmName::new(s).map_err(|e| RequestError::invalid("/vm_name", e).into())
 }
 
 fn read_definition(file: &PathBuf) -> Result<Value, Error> {
     let mut text = String::new();
     if file.as_os_str() == "-" {
-        std::io::stdin().read_to_string(&mut text).map_err(|e| RequestError::Invalid(format!("cannot read stdin: {e}")))?;
+        std::io::stdin().read_to_string(&mut text).map_err(|source| RequestError::Unreadable { path: "<stdin>".into(), source })?;
     } else {
-        text = std::fs::read_to_string(file).map_err(|e| RequestError::Invalid(format!("cannot read {}: {e}", file.display())))?;
+        text = std::fs::read_to_string(file).map_err(|e| RequestError::invalid("/definition", format!("cannot read {}: {e}", file.display())))?;
     }
     // JSON first; YAML (a superset) for the original's example files.
     match serde_json::from_str::<Value>(&text) {
         Ok(v) => Ok(v),
         Err(json_err) => serde_norway::from_str::<Value>(&text).map_err(|yaml_err| {
-            RequestError::Invalid(format!("{} is neither JSON ({json_err}) nor YAML ({yaml_err})", file.display())).into()
+            RequestError::invalid("/definition", format!("{} is neither JSON ({json_err}) nor YAML ({yaml_err})", file.display())).into()
         }),
     }
 }
@@ -258,7 +258,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
         // main.rs runs the agent before clap; this arm keeps it in --help
         // and the man page, and works the same if reached.
         Command::Agent { args } => {
-            let mut a = crate::agent::AgentArgs::parse(args).map_err(RequestError::Invalid)?;
+            let mut a = crate::agent::AgentArgs::parse(args).map_err(|e| RequestError::invalid("/", e))?;
             if a.config.is_none() {
                 a.config = cli.config.clone();
             }
@@ -385,7 +385,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             };
             if let Some(u) = &user {
                 if u.is_empty() || !u.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) || u.starts_with('-') {
-                    return Err(RequestError::Invalid(format!("user {u:?} is not a valid user name")).into());
+                    return Err(RequestError::invalid("/user", format!("user {u:?} is not a valid user name")).into());
                 }
             }
             let vm = vm_name(&name)?;
@@ -405,7 +405,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
 }
 
 fn interactive(argv: Vec<String>) -> Result<u8, Error> {
-    let code = crate::sys::exec::Cmd::new(argv).interactive().map_err(|e| Error::NotSupported(crate::error::chain(&e)))?;
+    let code = crate::sys::exec::Cmd::new(argv).interactive()?;
     Ok(code.clamp(0, 255) as u8)
 }
 
@@ -416,13 +416,10 @@ fn ddl(out: Option<&std::path::Path>) -> Result<u8, Error> {
         Some(dir) => {
             for f in &files {
                 let path = dir.join(f.path);
-                let write = || -> std::io::Result<()> {
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent)?;
-                    }
-                    std::fs::write(&path, &f.text)
-                };
-                write().map_err(|e| RequestError::Invalid(format!("cannot write {}: {e}", path.display())))?;
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(crate::error::io("create", parent))?;
+                }
+                std::fs::write(&path, &f.text).map_err(crate::error::io("write", &path))?;
                 tracing::info!(path = %path.display(), "written");
             }
         }

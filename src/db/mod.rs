@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-use crate::error::ErrorCode;
-
 pub use journal::{JournalEntry, JournalId};
 pub use locks::LockHolder;
 pub use vms::{VmRecord, VolumeRecord};
@@ -75,17 +73,20 @@ pub enum DbError {
 }
 
 impl DbError {
-    /// The error code: contention is `busy`, everything else a bug or a
-    /// broken file.
-    pub fn code(&self) -> ErrorCode {
-        let busy = |e: &rusqlite::Error| {
-            matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
-        };
+    /// Did it fail because another process holds the database (busy or
+    /// locked past the busy timeout)?
+    pub fn is_contention(&self) -> bool {
         match self {
-            DbError::Open { source, .. } | DbError::Query { source, .. } if busy(source) => ErrorCode::Busy,
-            DbError::Open { .. } | DbError::TooNew { .. } | DbError::Corrupt { .. } => ErrorCode::DatabaseMissing,
-            DbError::CreateDir { .. } | DbError::Query { .. } => ErrorCode::Internal,
+            DbError::Open { source, .. } | DbError::Query { source, .. } => {
+                matches!(source.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+            }
+            DbError::CreateDir { .. } | DbError::TooNew { .. } | DbError::Corrupt { .. } => false,
         }
+    }
+
+    /// Is the file itself unusable (missing, unreadable, too new, corrupt)?
+    pub fn is_unusable_file(&self) -> bool {
+        !self.is_contention() && matches!(self, DbError::Open { .. } | DbError::TooNew { .. } | DbError::Corrupt { .. })
     }
 }
 

@@ -38,7 +38,7 @@ pub(super) fn run(op: &mut Op<'_>, action: &Action) -> Outcome {
 }
 
 fn invalid(pointer: &str, problem: impl std::fmt::Display) -> Error {
-    RequestError::Invalid(format!("{pointer}: {problem}")).into()
+    RequestError::invalid(pointer, problem).into()
 }
 
 /// A VM as geats knows it: its record, VM type and volumes.
@@ -138,11 +138,11 @@ fn restore_record(op: &mut Op<'_>, vm: &VmName, old: Option<&(VmRecord, Vec<Volu
     match old {
         None => {
             db.delete_vm(vm)?;
-            Manager::remove_record(config, vm).map_err(|e| Error::Internal(format!("cannot remove record of {vm}: {e}")))
+            Manager::remove_record(config, vm)
         }
         Some((rec, vols)) => {
             db.put_vm(rec, vols)?;
-            Manager::write_record(config, rec, vols).map_err(|e| Error::Internal(format!("cannot write record of {vm}: {e}")))
+            Manager::write_record(config, rec, vols)
         }
     }
 }
@@ -150,7 +150,7 @@ fn restore_record(op: &mut Op<'_>, vm: &VmName, old: Option<&(VmRecord, Vec<Volu
 fn save_record(op: &mut Op<'_>, rec: &VmRecord, vols: &[VolumeRecord]) -> Result<()> {
     let config = op.config;
     op.db_mut()?.put_vm(rec, vols)?;
-    Manager::write_record(config, rec, vols).map_err(|e| Error::Internal(format!("cannot write record file of {}: {e}", rec.name)))
+    Manager::write_record(config, rec, vols)
 }
 
 /// Is a directory absent or empty (a fresh file system's `lost+found`
@@ -403,7 +403,7 @@ fn remove(op: &mut Op<'_>, vm: &VmName, deprovision: bool) -> Outcome {
             let config = op.config;
             op.step(format!("forget VM {vm}"), None, |op| {
                 op.db_mut()?.delete_vm(vm)?;
-                Manager::remove_record(config, vm).map_err(|e| Error::Internal(format!("cannot remove record of {vm}: {e}")))
+                Manager::remove_record(config, vm)
             })
         } else {
             let kept = VmRecord { defined: false, updated: db::now(), ..rec.clone() };

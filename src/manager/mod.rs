@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::db::{Db, VmRecord, VolumeRecord};
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{self, Error, Result};
 use crate::names::VmName;
 use crate::request::{Action, Request};
 use crate::sys::fsutil::write_atomic;
@@ -116,7 +116,7 @@ impl Manager {
     }
 
     fn open_failed(&self, e: crate::db::DbError) -> Error {
-        if matches!(e.code(), crate::error::ErrorCode::DatabaseMissing) && self.record_count() > 0 {
+        if e.is_unusable_file() && self.record_count() > 0 {
             self.missing()
         } else {
             e.into()
@@ -165,7 +165,7 @@ impl Manager {
             let out = actions::run(&mut op, &req.action);
             // Bad input refused before any step leaves no trace; refusals
             // and no-ops of valid requests are journaled too.
-            let bad_input = matches!(&out, Err(e) if matches!(e.code(), ErrorCode::InvalidData | ErrorCode::MissingData));
+            let bad_input = matches!(&out, Err(e) if e.is_bad_input());
             if op.journaled().is_none() && bad_input {
                 return out.map(|(_, reply)| reply);
             }
@@ -180,7 +180,7 @@ impl Manager {
             out.map(|(_, reply)| reply)
         })();
         if let Err(e) = db.unlock_op(&vm, me) {
-            tracing::warn!(vm = %vm, "cannot release the operation lock: {}", crate::error::chain(&e));
+            tracing::warn!(vm = %vm, "cannot release the operation lock: {}", error::chain(&e));
         }
         result
     }
@@ -222,7 +222,7 @@ impl Manager {
         let path = &self.config.database;
         if path.exists() && Db::open(path, self.config.busy_timeout).is_err() {
             let aside = path.with_extension(format!("broken-{}", crate::db::now().replace([':', '.'], "")));
-            std::fs::rename(path, &aside).map_err(|e| Error::Internal(format!("cannot move {} aside: {e}", path.display())))?;
+            std::fs::rename(path, &aside).map_err(error::io("move aside", path))?;
             tracing::warn!("moved unreadable database to {}", aside.display());
         }
         let mut db = if path.exists() { Db::open(path, self.config.busy_timeout)? } else { Db::create(path, self.config.busy_timeout)? };
@@ -234,8 +234,8 @@ impl Manager {
         let mut files: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
         files.sort();
         for f in files {
-            let text = std::fs::read_to_string(&f).map_err(|e| Error::Internal(format!("cannot read {}: {e}", f.display())))?;
-            let rec: RecordFile = serde_json::from_str(&text).map_err(|e| Error::Internal(format!("record {} is corrupt: {e}", f.display())))?;
+            let text = std::fs::read_to_string(&f).map_err(error::io("read", &f))?;
+            let rec: RecordFile = serde_json::from_str(&text).map_err(|e| Error::CorruptRecord { path: f.clone(), problem: e.to_string() })?;
             if db.vm(&rec.vm.name)?.is_none() {
                 db.put_vm(&rec.vm, &rec.volumes)?;
                 names.push(rec.vm.name.to_string());
@@ -250,18 +250,17 @@ impl Manager {
     }
 
     /// Write a VM's record file.
-    pub(crate) fn write_record(config: &Config, rec: &VmRecord, volumes: &[VolumeRecord]) -> std::io::Result<()> {
-        std::fs::create_dir_all(&config.records_dir)?;
+    pub(crate) fn write_record(config: &Config, rec: &VmRecord, volumes: &[VolumeRecord]) -> Result<()> {
+        std::fs::create_dir_all(&config.records_dir).map_err(error::io("create", &config.records_dir))?;
         let text = serde_json::to_vec_pretty(&RecordFile { vm: rec.clone(), volumes: volumes.to_vec() }).unwrap_or_default();
-        write_atomic(&Self::record_path(config, &rec.name), &text, 0o600)
+        let path = Self::record_path(config, &rec.name);
+        write_atomic(&path, &text, 0o600).map_err(error::io("write", &path))
     }
 
     /// Remove a VM's record file.
-    pub(crate) fn remove_record(config: &Config, vm: &VmName) -> std::io::Result<()> {
-        match std::fs::remove_file(Self::record_path(config, vm)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+    pub(crate) fn remove_record(config: &Config, vm: &VmName) -> Result<()> {
+        let path = Self::record_path(config, vm);
+        crate::sys::fsutil::remove_file_if_exists(&path).map_err(error::io("remove", &path))
     }
 }
 

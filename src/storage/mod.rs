@@ -27,7 +27,6 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::definition::VolumeSpec;
-use crate::error::ErrorCode;
 use crate::names::{TypeName, VmName, VolumeName};
 use crate::sys::exec::ExecError;
 
@@ -88,17 +87,6 @@ pub enum StorageError {
         /// Why.
         problem: String,
     },
-}
-
-impl StorageError {
-    /// The error code.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            StorageError::TypeNotAllowed { .. } | StorageError::BadOption { .. } => ErrorCode::InvalidData,
-            StorageError::Config(_) => ErrorCode::ConfigInvalid,
-            StorageError::Io { .. } | StorageError::Tool { .. } | StorageError::State { .. } => ErrorCode::StorageFailed,
-        }
-    }
 }
 
 /// What a volume provides, when active.

@@ -62,3 +62,21 @@ pub fn du(path: &Path) -> u64 {
     }
     total
 }
+
+/// Remove a file; one that is already gone is not an error.
+pub fn remove_file_if_exists(path: &Path) -> std::io::Result<()> {
+    ignore_missing(std::fs::remove_file(path))
+}
+
+/// Remove a directory tree; one that is already gone is not an error.
+pub fn remove_tree_if_exists(path: &Path) -> std::io::Result<()> {
+    ignore_missing(std::fs::remove_dir_all(path))
+}
+
+/// Treat "no such file or directory" as done: removal is idempotent.
+pub fn ignore_missing(r: std::io::Result<()>) -> std::io::Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}

@@ -65,7 +65,7 @@ impl Dummy {
             std::thread::sleep(std::time::Duration::from_millis(f.delay_ms.min(600_000)));
         }
         if f.fail.iter().any(|s| s == step) {
-            return Err(VmError::Injected { step: step.to_string(), vm: vm.clone() });
+            return Err(VmError::Failed { vm: vm.clone(), detail: format!("dummy: injected failure of {step} for {vm}") });
         }
         Ok(())
     }

@@ -16,7 +16,6 @@ use serde::Serialize;
 
 use crate::config::{Config, ConfigError};
 use crate::definition::Definition;
-use crate::error::ErrorCode;
 use crate::names::{TypeName, VmName, VolumeName};
 use crate::state::VmState;
 use crate::sys::exec::ExecError;
@@ -42,14 +41,16 @@ pub enum VmError {
         /// Why.
         source: std::io::Error,
     },
-    /// An LXC tool failed.
-    #[error("lxc: cannot {step} {vm}: {detail}")]
-    Lxc {
+    /// The hypervisor refused or failed an operation, and said why.
+    #[error("{hypervisor}: cannot {step} {vm}: {detail}")]
+    Hypervisor {
+        /// The hypervisor, for the message (`lxc`).
+        hypervisor: &'static str,
         /// What was being done.
         step: &'static str,
         /// The VM.
         vm: VmName,
-        /// LXC's own error line(s).
+        /// The hypervisor's own error line(s).
         detail: String,
     },
     /// Another tool failed.
@@ -62,13 +63,14 @@ pub enum VmError {
         /// The tool's failure.
         source: ExecError,
     },
-    /// Injected by the dummy VM type's fault file.
-    #[error("dummy: injected failure of {step} for {vm}")]
-    Injected {
-        /// The action.
-        step: String,
+    /// The operation failed for a reason the VM type words itself (the
+    /// dummy type's injected faults).
+    #[error("{detail}")]
+    Failed {
         /// The VM.
         vm: VmName,
+        /// What happened.
+        detail: String,
     },
     /// The operation is not available for this VM type.
     #[error("{0}")]
@@ -77,20 +79,6 @@ pub enum VmError {
     /// directory) failed.
     #[error(transparent)]
     Template(#[from] crate::template::TemplateError),
-}
-
-impl VmError {
-    /// The error code.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            VmError::Invalid { .. } => ErrorCode::InvalidData,
-            VmError::Io { .. } => ErrorCode::Internal,
-            VmError::Lxc { .. } => ErrorCode::LxcError,
-            VmError::Tool { .. } | VmError::Injected { .. } => ErrorCode::ToolFailed,
-            VmError::NotSupported(_) => ErrorCode::NotSupported,
-            VmError::Template(e) => e.code(),
-        }
-    }
 }
 
 /// What a storage volume looks like to the VM type.

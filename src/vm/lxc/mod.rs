@@ -151,7 +151,7 @@ impl Lxc {
             other => {
                 let lines: Vec<&str> = other.stderr().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
                 let detail = if lines.is_empty() { other.to_string() } else { lines.join("; ") };
-                VmError::Lxc { step, vm: vm.clone(), detail }
+                VmError::Hypervisor { hypervisor: "lxc", step, vm: vm.clone(), detail }
             }
         }
     }
@@ -306,7 +306,7 @@ impl VmType for Lxc {
             return Ok(());
         }
         if !self.exists(vm) {
-            return Err(VmError::Lxc { step: "start", vm: vm.clone(), detail: format!("no LXC config at {}", self.file(vm, "config").display()) });
+            return Err(VmError::Hypervisor { hypervisor: "lxc", step: "start", vm: vm.clone(), detail: format!("no LXC config at {}", self.file(vm, "config").display()) });
         }
         state::remove_stale_cgroups(vm.as_str());
         let log = self.file(vm, "lxc.log");
@@ -323,7 +323,7 @@ impl VmType for Lxc {
                 std::thread::sleep(Duration::from_millis(200));
                 let detail = self.log_error(vm).unwrap_or_else(|| "lxc-start succeeded but the container is not running".into());
                 state::remove_stale_cgroups(vm.as_str());
-                Err(VmError::Lxc { step: "start", vm: vm.clone(), detail })
+                Err(VmError::Hypervisor { hypervisor: "lxc", step: "start", vm: vm.clone(), detail })
             }
             Err(e @ ExecError::Spawn { .. }) => Err(self.failed("start", vm, e)),
             Err(e) => {
@@ -337,7 +337,7 @@ impl VmType for Lxc {
                     Some(line) => format!("{line} (lxc-start: {status}; log {})", log.display()),
                     None => self.failed("start", vm, e).to_string(),
                 };
-                Err(VmError::Lxc { step: "start", vm: vm.clone(), detail })
+                Err(VmError::Hypervisor { hypervisor: "lxc", step: "start", vm: vm.clone(), detail })
             }
         }
     }
@@ -370,7 +370,7 @@ impl VmType for Lxc {
             Ok(_) => String::new(),
             Err(e) => format!(": {}", self.failed("shutdown", vm, e)),
         };
-        Err(VmError::Lxc {
+        Err(VmError::Hypervisor { hypervisor: "lxc",
             step: "shut down",
             vm: vm.clone(),
             detail: format!("its init did not halt within {secs} s (shutdown_timeout); it is still running, use stop to power it off{why}"),

@@ -52,7 +52,7 @@ pub fn parse(bytes: &[u8], limit: usize) -> Result<Request, RequestError> {
     };
     for k in obj.keys() {
         if k != "action" && k != "data" && !ENVELOPE_KEYS.contains(&k.as_str()) {
-            return Err(RequestError::invalid(&format!("/{k}"), format!("request key {k:?} is not allowed (allowed: action, data, {})", ENVELOPE_KEYS.join(", "))));
+            return Err(RequestError::invalid(format!("/{k}"), format!("request key {k:?} is not allowed (allowed: action, data, {})", ENVELOPE_KEYS.join(", "))));
         }
     }
     let action = match obj.remove("action") {

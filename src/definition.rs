@@ -62,6 +62,17 @@ pub enum NicType {
     None,
 }
 
+impl NicType {
+    /// The word in a definition.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NicType::Veth => "veth",
+            NicType::Macvlan => "macvlan",
+            NicType::None => "none",
+        }
+    }
+}
+
 /// A network interface.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -159,8 +159,8 @@ pub fn run(args: &AgentArgs) -> u8 {
     reply::deliver(&transport, reply)
 }
 
-/// Outcome of one request: the reply data, or the error.
-pub type Served = Result<serde_json::Value, Error>;
+/// Outcome of one request: the reply, or the error.
+pub type Served = Result<crate::manager::Reply, Error>;
 
 /// Choria's activation check: must answer within 2 s, so it only asks each
 /// configured VM type whether its tools exist. A broken config says no.

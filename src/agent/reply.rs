@@ -20,7 +20,7 @@ pub fn deliver(transport: &Transport, served: Served) -> u8 {
     match transport {
         Transport::Stdio => {
             let envelope = match &served {
-                Ok(data) => json!({"success": true, "data": data}),
+                Ok(reply) => json!({"success": true, "data": reply.to_json()}),
                 Err(e) => {
                     let mut o = error_object(e);
                     if let Some(m) = o.as_object_mut() {
@@ -41,7 +41,7 @@ pub fn deliver(transport: &Transport, served: Served) -> u8 {
         }
         Transport::Mcollective { reply, .. } => {
             let (body, class) = match &served {
-                Ok(data) => (data.clone(), ExitClass::Ok),
+                Ok(reply) => (reply.to_json(), ExitClass::Ok),
                 Err(e) => {
                     // stderr becomes MCollective's statusmsg.
                     eprintln!("{} [{}]", e.message(), e.code());
@@ -58,7 +58,7 @@ pub fn deliver(transport: &Transport, served: Served) -> u8 {
         }
         Transport::Choria { reply, .. } => {
             let body = match &served {
-                Ok(data) => json!({"statuscode": 0, "statusmsg": "OK", "data": data}),
+                Ok(reply) => json!({"statuscode": 0, "statusmsg": "OK", "data": reply.to_json()}),
                 Err(e) => {
                     eprintln!("{} [{}]", e.message(), e.code());
                     json!({"statuscode": e.code().exit_class().code(), "statusmsg": e.message(), "data": error_object(e)})

@@ -286,7 +286,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
         Command::List { json } => {
             let rows = m.list()?;
             if json {
-                table::print_json(&Value::Array(rows));
+                table::print_json(&rows);
             } else {
                 table::print_list(&rows);
             }
@@ -302,7 +302,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
                 }
                 return Ok(0);
             }
-            let info = m.execute(&request::parse("info", json!({"vm_name": name}), None, None)?)?;
+            let info = m.info(&vm)?;
             if json {
                 table::print_json(&info);
             } else {
@@ -311,7 +311,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Status { json } => {
-            let s = m.execute(&request::parse("status", json!({}), None, None)?)?;
+            let s = m.status()?;
             if json {
                 table::print_json(&s);
             } else {
@@ -343,7 +343,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             let vm = name.as_deref().map(vm_name).transpose()?;
             let entries = m.history(vm.as_ref(), limit)?;
             if json {
-                table::print_json(&serde_json::to_value(&entries).unwrap_or_default());
+                table::print_json(&entries);
             } else {
                 table::print_history(&entries);
             }
@@ -352,7 +352,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
         Command::Templates { json } => {
             let t = crate::template::available(&m.config().template_dir);
             if json {
-                table::print_json(&json!(t));
+                table::print_json(&t);
             } else {
                 for n in t {
                     table::print_text(&format!("{n}\n"));

@@ -3,13 +3,16 @@
 
 #![allow(clippy::disallowed_macros)]
 
-use serde_json::{json, Value};
+use serde::Serialize;
 
+use crate::manager::reply::{InfoReply, ListRow, Reply, StatusReply};
 use crate::names::VmName;
+use crate::state::VmState;
 
-/// Print pretty JSON.
-pub fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+/// Print pretty JSON, keys sorted as the agent's replies have them.
+pub fn print_json<T: Serialize + ?Sized>(v: &T) {
+    let value = serde_json::to_value(v).unwrap_or_default();
+    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
 }
 
 /// Write bytes to stdout as they are.
@@ -25,8 +28,17 @@ pub fn print_text(t: &str) {
     print!("{t}");
 }
 
-fn state_str(v: &Value) -> String {
-    match v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>()) {
+fn state_str(s: &VmState) -> String {
+    if s.substate == s.power.as_str() {
+        s.substate.clone()
+    } else {
+        format!("{} ({})", s.power.as_str(), s.substate)
+    }
+}
+
+/// A replayed reply's `[state, substate]`.
+fn json_state_str(v: &serde_json::Value) -> String {
+    match v.as_array().map(|a| a.iter().filter_map(serde_json::Value::as_str).collect::<Vec<_>>()) {
         Some(a) if a.len() == 2 && a[0] == a[1] => a[0].to_string(),
         Some(a) if a.len() == 2 => format!("{} ({})", a[0], a[1]),
         _ => "unknown".into(),
@@ -34,24 +46,31 @@ fn state_str(v: &Value) -> String {
 }
 
 /// One line for a mutating action.
-pub fn print_action(action: &str, vm: Option<&VmName>, reply: &Value) {
+pub fn print_action(action: &str, vm: Option<&VmName>, reply: &Reply) {
     let vm = vm.map(|v| v.to_string()).unwrap_or_default();
-    if reply.get("dry_run").is_some() {
-        println!("{vm}: {action} (dry run) would run:");
-        for s in reply["steps"].as_array().into_iter().flatten() {
-            println!("  - {}", s.as_str().unwrap_or_default());
+    let what = |changed: bool| if changed { "done" } else { "nothing to do" };
+    match reply {
+        Reply::DryRun(d) => {
+            println!("{vm}: {action} (dry run) would run:");
+            for s in &d.steps {
+                println!("  - {s}");
+            }
+            if d.steps.is_empty() {
+                println!("  nothing: already done");
+            }
         }
-        if reply["steps"].as_array().is_some_and(|a| a.is_empty()) {
-            println!("  nothing: already done");
+        Reply::Define(r) => println!("{vm}: {action}: {}; now {}", what(r.changed), state_str(&r.state)),
+        Reply::Power(r) => println!("{vm}: {action}: {}; now {}", what(r.changed), state_str(&r.state)),
+        Reply::AdminLock(r) => println!("{vm}: {action}: {}; {}", what(r.changed), if r.locked { "locked" } else { "unlocked" }),
+        Reply::Removed(r) => println!("{vm}: {action}: {}", what(r.changed)),
+        Reply::Replayed(v) => {
+            let changed = what(reply.changed().unwrap_or(false));
+            match v.get("state") {
+                Some(s) => println!("{vm}: {action}: {changed} (answered from the journal); now {}", json_state_str(s)),
+                None => println!("{vm}: {action}: {changed} (answered from the journal)"),
+            }
         }
-        return;
-    }
-    let changed = reply.get("changed").and_then(Value::as_bool).unwrap_or(false);
-    let what = if changed { "done" } else { "nothing to do" };
-    match (reply.get("state"), reply.get("locked")) {
-        (Some(s), _) => println!("{vm}: {action}: {what}; now {}", state_str(s)),
-        (_, Some(l)) => println!("{vm}: {action}: {what}; {}", if l.as_bool() == Some(true) { "locked" } else { "unlocked" }),
-        _ => println!("{vm}: {action}: {what}"),
+        Reply::Status(_) | Reply::Info(_) => print_json(reply),
     }
 }
 
@@ -73,25 +92,29 @@ fn render(headers: &[&str], rows: &[Vec<String>]) {
 }
 
 /// The `geats list` table.
-pub fn print_list(rows: &[Value]) {
+pub fn print_list(rows: &[ListRow]) {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             vec![
-                r["name"].as_str().unwrap_or_default().to_string(),
-                state_str(&r["state"]),
-                if r["locked"].as_bool() == Some(true) { "yes".into() } else { "no".into() },
-                r["vm_type"].as_str().unwrap_or("-").to_string(),
-                r["ip"].as_str().unwrap_or("-").to_string(),
-                r["ram"].as_u64().map(|m| format!("{m}M")).unwrap_or_else(|| "-".into()),
+                r.name.to_string(),
+                state_str(&r.state),
+                if r.locked { "yes".into() } else { "no".into() },
+                r.vm_type.to_string(),
+                r.ip.clone().unwrap_or_else(|| "-".into()),
+                megabytes(r.ram),
             ]
         })
         .collect();
     render(&["NAME", "STATE", "LOCKED", "TYPE", "IP", "MEMORY"], &cells);
 }
 
-fn bytes(v: &Value) -> String {
-    match v.as_u64() {
+fn megabytes(mb: Option<u64>) -> String {
+    mb.map(|m| format!("{m}M")).unwrap_or_else(|| "-".into())
+}
+
+fn bytes(v: Option<u64>) -> String {
+    match v {
         None => "-".into(),
         Some(b) if b >= 1 << 30 => format!("{:.1}G", b as f64 / (1u64 << 30) as f64),
         Some(b) if b >= 1 << 20 => format!("{:.1}M", b as f64 / (1u64 << 20) as f64),
@@ -100,79 +123,68 @@ fn bytes(v: &Value) -> String {
     }
 }
 
+fn or_dash(v: Option<impl std::fmt::Display>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
 /// The `geats info` screen.
-pub fn print_info(i: &Value) {
-    let d = &i["definition"];
-    let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| "-".into());
-    println!("Name:        {}", s(&i["name"]));
-    println!("Type:        {}", s(&i["vm_type"]));
-    println!("State:       {}", state_str(&i["state"]));
-    println!("Locked:      {}", if i["locked"].as_bool() == Some(true) { "yes" } else { "no" });
-    if let Some(desc) = d["description"].as_str() {
+pub fn print_info(i: &InfoReply) {
+    let d = &i.definition;
+    println!("Name:        {}", i.name);
+    println!("Type:        {}", i.vm_type);
+    println!("State:       {}", state_str(&i.state));
+    println!("Locked:      {}", if i.locked { "yes" } else { "no" });
+    if let Some(desc) = &d.description {
         println!("Description: {}", desc.replace(['\n', '\r'], " "));
     }
-    println!("Template:    {}", s(&d["template"]));
-    println!("IP:          {}", s(&i["ip"]));
-    println!("Memory:      {} used, limit {}", bytes(&i["usage"]["memory_bytes"]), d["ram"].as_u64().map(|m| format!("{m}M")).unwrap_or_else(|| "-".into()));
-    if let Some(c) = i["usage"]["cpu_seconds"].as_f64() {
+    println!("Template:    {}", or_dash(d.template.as_ref()));
+    println!("IP:          {}", or_dash(i.ip.as_ref()));
+    println!("Memory:      {} used, limit {}", bytes(i.usage.memory_bytes), megabytes(d.ram));
+    if let Some(c) = i.usage.cpu_seconds {
         println!("CPU time:    {c:.2} s");
     }
-    if let Some(n) = d["cpus"].as_u64() {
+    if let Some(n) = d.cpus {
         println!("CPUs:        {n}");
     }
-    for nic in d["network"].as_array().into_iter().flatten() {
-        println!(
-            "NIC:         {} {} {} {}",
-            s(&nic["name"]),
-            nic["type"].as_str().unwrap_or("veth"),
-            s(&nic["bridge"]),
-            s(&nic["ipaddr"])
-        );
+    for nic in &d.network {
+        println!("NIC:         {} {} {} {}", nic.name, nic.kind().as_str(), or_dash(nic.bridge.as_ref()), or_dash(nic.ipaddr.as_ref()));
     }
-    for v in i["storage"].as_array().into_iter().flatten() {
+    for v in &i.storage {
         println!(
             "Volume:      {} ({}) used {} of {}{}",
-            s(&v["name"]),
-            s(&v["type"]),
-            bytes(&v["used_bytes"]),
-            bytes(&v["size_bytes"]),
-            v["mountpoint"].as_str().map(|m| format!(" at {m}")).unwrap_or_default()
+            v.name,
+            v.storage_type,
+            bytes(v.used_bytes),
+            bytes(v.size_bytes),
+            v.mountpoint.as_ref().map(|m| format!(" at {m}")).unwrap_or_default()
         );
     }
-    if let Some(c) = i["console"].as_array() {
-        let argv: Vec<&str> = c.iter().filter_map(Value::as_str).collect();
-        println!("Console:     {}", argv.join(" "));
+    if let Some(c) = &i.console {
+        println!("Console:     {}", c.join(" "));
     }
 }
 
 /// The `geats status` screen.
-pub fn print_status(st: &Value) {
-    let h = &st["status"];
-    let kb = |k: &str| bytes(&json!(h[k].as_u64().map(|v| v * 1024)));
-    println!("Host:     {}", h["hostname"].as_str().unwrap_or("-"));
-    println!("CPUs:     {}", h["cpu_count"]);
-    let la: Vec<String> = h["load_avg"].as_array().into_iter().flatten().map(|v| format!("{:.2}", v.as_f64().unwrap_or(0.0))).collect();
+pub fn print_status(st: &StatusReply) {
+    let h = &st.status;
+    let kb = |v: u64| bytes(Some(v * 1024));
+    println!("Host:     {}", if h.hostname.is_empty() { "-" } else { &h.hostname });
+    println!("CPUs:     {}", h.cpu_count);
+    let la: Vec<String> = h.load_avg.iter().map(|v| format!("{v:.2}")).collect();
     println!("Load:     {}", la.join(" "));
-    println!("Memory:   {} total, {} used, {} free; {}M promised to VMs", kb("mem_total"), kb("mem_used"), kb("mem_free"), h["ram_promised"]);
-    println!("Swap:     {} total, {} used", kb("swap_total"), kb("swap_used"));
-    if let Some(o) = h.as_object() {
-        for (k, v) in o {
-            if let Some(name) = k.strip_prefix("storage_").and_then(|r| r.strip_suffix("_free_kb")) {
-                let total = o.get(&format!("storage_{name}_total_kb")).cloned().unwrap_or(Value::Null);
-                println!(
-                    "Storage:  {name}: {} free of {}",
-                    bytes(&json!(v.as_u64().map(|x| x * 1024))),
-                    bytes(&json!(total.as_u64().map(|x| x * 1024)))
-                );
-            }
+    println!("Memory:   {} total, {} used, {} free; {}M promised to VMs", kb(h.mem_total), kb(h.mem_used), kb(h.mem_free), h.ram_promised);
+    println!("Swap:     {} total, {} used", kb(h.swap_total), kb(h.swap_used));
+    for (k, free) in &h.storage {
+        if let Some(name) = k.strip_prefix("storage_").and_then(|r| r.strip_suffix("_free_kb")) {
+            let total = h.storage.get(&format!("storage_{name}_total_kb")).map(|t| t * 1024);
+            println!("Storage:  {name}: {} free of {}", kb(*free), bytes(total));
         }
     }
     println!();
-    let rows: Vec<Vec<String>> = st["vms"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(n, v)| vec![n.clone(), state_str(&v["state"]), v["definition"]["vm_type"].as_str().unwrap_or("-").to_string()])
+    let rows: Vec<Vec<String>> = st
+        .vms
+        .iter()
+        .map(|(n, v)| vec![n.to_string(), state_str(&v.state), or_dash(v.definition.vm_type.as_ref())])
         .collect();
     render(&["NAME", "STATE", "TYPE"], &rows);
 }

@@ -2,9 +2,8 @@
 //! state first, then runs its steps through [`Op`], which journals them and
 //! undoes them in reverse if a later step fails.
 
-use serde_json::{json, Value};
-
 use super::op::{Op, Undo};
+use super::reply::{AdminLockReply, DefineReply, PowerReply, RemovedReply, Reply};
 use super::Manager;
 use crate::db::{self, VmRecord, VolumeRecord};
 use crate::definition::Definition;
@@ -16,7 +15,7 @@ use crate::storage::{self, StorageError, Volume};
 use crate::template;
 use crate::vm::{self, Accepts, AttachedVolume, VmType};
 
-type Outcome = Result<(bool, Value)>;
+type Outcome = Result<Reply>;
 
 /// Run a mutating action.
 pub(super) fn run(op: &mut Op<'_>, action: &Action) -> Outcome {
@@ -232,7 +231,7 @@ fn define(op: &mut Op<'_>, vm: &VmName, def_in: &Definition, provision: bool) ->
         }
         if !provision && ex.defined && ex.definition == def && vmt.exists(vm) {
             let state = vmt.state(vm);
-            return Ok((false, json!({"definition": def, "state": state, "changed": false})));
+            return Ok(Reply::Define(DefineReply { definition: def, state, changed: false }));
         }
     }
     let vm_existed = existing.as_ref().is_some_and(|(r, _)| r.defined) && vmt.exists(vm);
@@ -301,7 +300,8 @@ fn define(op: &mut Op<'_>, vm: &VmName, def_in: &Definition, provision: bool) ->
         op.step("record definition", Some(undo), |op| save_record(op, &rec, &vrecs))?;
         Ok(())
     })?;
-    Ok((true, json!({"definition": def, "state": vmt.state(vm), "changed": true})))
+    let state = vmt.state(vm);
+    Ok(Reply::Define(DefineReply { definition: def, state, changed: true }))
 }
 
 fn power(op: &mut Op<'_>, vm: &VmName, action: PowerAction) -> Outcome {
@@ -318,7 +318,7 @@ fn power(op: &mut Op<'_>, vm: &VmName, action: PowerAction) -> Outcome {
             if matches!(action, PowerAction::Stop | PowerAction::Shutdown) {
                 tidy(op, &rec.definition, &mut vols)?;
             }
-            return Ok((false, json!({"state": state, "changed": false})));
+            return Ok(Reply::Power(PowerReply { state, changed: false }));
         }
         Disposition::Deny(reason) => return Err(Error::InvalidState { vm: vm.clone(), action: verb, reason: reason.into() }),
         Disposition::Apply => {}
@@ -347,7 +347,7 @@ fn power(op: &mut Op<'_>, vm: &VmName, action: PowerAction) -> Outcome {
             PowerAction::Reboot => op.step(format!("reboot VM {vm}"), None, |_| Ok(vmt_ref.reboot(vm)?)),
         }
     })?;
-    Ok((true, json!({"state": vmt.state(vm), "changed": true})))
+    Ok(Reply::Power(PowerReply { state: vmt.state(vm), changed: true }))
 }
 
 fn deactivate_all(op: &mut Op<'_>, def: &Definition, vols: &mut [Box<dyn Volume>]) -> Result<()> {
@@ -369,10 +369,10 @@ fn tidy(op: &mut Op<'_>, def: &Definition, vols: &mut [Box<dyn Volume>]) -> Resu
 
 fn remove(op: &mut Op<'_>, vm: &VmName, deprovision: bool) -> Outcome {
     let Some(Loaded { rec, vmt, mut vols }) = load(op, vm)? else {
-        return Ok((false, json!({"changed": false})));
+        return Ok(Reply::Removed(RemovedReply { changed: false }));
     };
     if !deprovision && !rec.defined {
-        return Ok((false, json!({"changed": false})));
+        return Ok(Reply::Removed(RemovedReply { changed: false }));
     }
     if rec.locked {
         return Err(Error::Locked(vm.clone()));
@@ -411,17 +411,17 @@ fn remove(op: &mut Op<'_>, vm: &VmName, deprovision: bool) -> Outcome {
             op.step(format!("keep the volumes of {vm}"), None, |op| save_record(op, &kept, &vrecs))
         }
     })?;
-    Ok((true, json!({"changed": true})))
+    Ok(Reply::Removed(RemovedReply { changed: true }))
 }
 
 fn set_lock(op: &mut Op<'_>, vm: &VmName, locked: bool) -> Outcome {
     let Some(db) = op.db() else { return Err(Error::NotFound(vm.clone())) };
     let Some(rec) = db.vm(vm)? else { return Err(Error::NotFound(vm.clone())) };
     if rec.locked == locked {
-        return Ok((false, json!({"locked": locked, "changed": false})));
+        return Ok(Reply::AdminLock(AdminLockReply { locked, changed: false }));
     }
     let vols = db.volumes(vm)?;
     let new = VmRecord { locked, updated: db::now(), ..rec };
     op.step(if locked { format!("lock VM {vm}") } else { format!("unlock VM {vm}") }, None, |op| save_record(op, &new, &vols))?;
-    Ok((true, json!({"locked": locked, "changed": true})))
+    Ok(Reply::AdminLock(AdminLockReply { locked, changed: true }))
 }

@@ -12,10 +12,9 @@
 mod actions;
 mod op;
 mod read;
+pub mod reply;
 
 use std::time::{Duration, Instant};
-
-use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::db::{Db, VmRecord, VolumeRecord};
@@ -26,6 +25,7 @@ use crate::sys::fsutil::write_atomic;
 use crate::sys::proc;
 
 pub use op::Op;
+pub use reply::Reply;
 
 /// The entry point of the library: one per process.
 #[derive(Debug)]
@@ -54,10 +54,10 @@ impl Manager {
     }
 
     /// Run one request and return its reply data.
-    pub fn execute(&self, req: &Request) -> Result<Value> {
+    pub fn execute(&self, req: &Request) -> Result<Reply> {
         match &req.action {
-            Action::Status => self.status(),
-            Action::Info(vm) => self.info(vm),
+            Action::Status => self.status().map(Reply::Status),
+            Action::Info(vm) => self.info(vm).map(|i| Reply::Info(Box::new(i))),
             Action::Migrate(_, dest) => Err(Error::NotSupported(format!(
                 "migrate to {dest} is not supported by any configured VM type yet"
             ))),
@@ -123,14 +123,16 @@ impl Manager {
         }
     }
 
-    fn mutate(&self, req: &Request) -> Result<Value> {
+    fn mutate(&self, req: &Request) -> Result<Reply> {
         let action = req.action.name();
         let vm = req.action.vm().ok_or_else(|| Error::Internal(format!("{action} without a VM")))?.clone();
         if req.dry_run {
             let mut db = self.db_read()?;
             let mut op = Op::dry(&self.config, db.as_mut());
             let out = actions::run(&mut op, &req.action);
-            return out.map(|(changed, _reply)| json!({"dry_run": true, "changed": changed, "steps": op.steps()}));
+            return out.map(|reply| {
+                Reply::DryRun(reply::DryRunReply { dry_run: true, changed: reply.changed().unwrap_or(false), steps: op.steps().to_vec() })
+            });
         }
         // Only define and provision can create a VM, so only they may
         // create the database; on a fresh host every other action is a
@@ -146,7 +148,7 @@ impl Manager {
             // is created.
             let out = actions::run(&mut Op::dry(&self.config, None), &req.action);
             if !creates {
-                return out.map(|(_, reply)| reply);
+                return out;
             }
             out?;
         }
@@ -154,7 +156,7 @@ impl Manager {
         if let Some(id) = &req.request_id {
             if let Some(reply) = db.journal_replay(Some(&vm), action, id)? {
                 tracing::info!(vm = %vm, action, request_id = %id, "answered from the journal");
-                return Ok(reply);
+                return Ok(Reply::Replayed(reply));
             }
         }
         let me = me();
@@ -167,17 +169,17 @@ impl Manager {
             // and no-ops of valid requests are journaled too.
             let bad_input = matches!(&out, Err(e) if e.is_bad_input());
             if op.journaled().is_none() && bad_input {
-                return out.map(|(_, reply)| reply);
+                return out;
             }
             let jid = op.journal()?;
             let steps = op.steps().to_vec();
             if let Some(jid) = jid {
                 match &out {
-                    Ok((changed, reply)) => db.journal_end(jid, "ok", Some(*changed), &steps, Some(reply))?,
+                    Ok(reply) => db.journal_end(jid, "ok", reply.changed(), &steps, Some(&reply.to_json()))?,
                     Err(e) => db.journal_end(jid, e.code().as_str(), None, &steps, None)?,
                 }
             }
-            out.map(|(_, reply)| reply)
+            out
         })();
         if let Err(e) = db.unlock_op(&vm, me) {
             tracing::warn!(vm = %vm, "cannot release the operation lock: {}", error::chain(&e));

@@ -4,9 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Map, Value};
-
 use super::actions::attached;
+use super::reply::{HostStats, InfoReply, ListRow, StatusReply, VmStatus, VolumeInfo};
 use super::Manager;
 use crate::db::{Db, VmRecord};
 use crate::error::{Error, Result};
@@ -18,45 +17,40 @@ use crate::{storage, vm};
 /// Records, VM types by name, and states by VM.
 type Observed = (Vec<VmRecord>, BTreeMap<TypeName, Box<dyn vm::VmType>>, BTreeMap<VmName, VmState>);
 
-fn state_json(states: &BTreeMap<VmName, VmState>, vm: &VmName) -> Value {
-    states.get(vm).map(VmState::to_json).unwrap_or_else(|| json!(["unknown", "unknown"]))
+fn state_of(states: &BTreeMap<VmName, VmState>, vm: &VmName) -> VmState {
+    states.get(vm).cloned().unwrap_or_else(|| VmState::plain(crate::state::Power::Unknown))
 }
 
 impl Manager {
     /// `status`: every defined VM with its definition and state, and the
     /// host's figures.
-    pub(super) fn status(&self) -> Result<Value> {
+    pub fn status(&self) -> Result<StatusReply> {
         let db = self.db_read()?;
         let (records, _types, states) = self.observe(db.as_ref())?;
-        let mut vms = Map::new();
-        for r in &records {
-            vms.insert(r.name.to_string(), json!({"definition": r.definition, "state": state_json(&states, &r.name)}));
-        }
         let ram = match &db {
             Some(db) => db.ram_promised()?,
             None => 0,
         };
-        Ok(json!({"vms": vms, "status": self.host_stats(ram, records.len())}))
+        let status = self.host_stats(ram, records.len());
+        let vms = records.into_iter().map(|r| (r.name.clone(), VmStatus { state: state_of(&states, &r.name), definition: r.definition })).collect();
+        Ok(StatusReply { vms, status })
     }
 
     /// The rows of `geats list`: name, state, admin lock, VM type, primary
     /// IP and memory of every defined VM, from one database read and one
     /// state pass per VM type.
-    pub fn list(&self) -> Result<Vec<Value>> {
+    pub fn list(&self) -> Result<Vec<ListRow>> {
         let db = self.db_read()?;
         let (records, types, states) = self.observe(db.as_ref())?;
         Ok(records
             .iter()
-            .map(|r| {
-                let ip = types.get(&r.vm_type).and_then(|t| t.primary_ip(&r.name, &r.definition));
-                json!({
-                    "name": r.name,
-                    "state": state_json(&states, &r.name),
-                    "locked": r.locked,
-                    "vm_type": r.vm_type,
-                    "ip": ip,
-                    "ram": r.definition.ram,
-                })
+            .map(|r| ListRow {
+                name: r.name.clone(),
+                state: state_of(&states, &r.name),
+                locked: r.locked,
+                vm_type: r.vm_type.clone(),
+                ip: types.get(&r.vm_type).and_then(|t| t.primary_ip(&r.name, &r.definition)),
+                ram: r.definition.ram,
             })
             .collect())
     }
@@ -84,86 +78,79 @@ impl Manager {
 
     /// The host's figures: the original keys (kB, load average) plus what a
     /// placement engine needs. Flat, as the Vagoth driver stores them.
-    fn host_stats(&self, ram_promised: u64, vm_count: usize) -> Value {
+    fn host_stats(&self, ram_promised: u64, vm_count: usize) -> HostStats {
         let m = proc::meminfo();
         let g = |k: &str| m.get(k).copied().unwrap_or(0);
         let (total, free, buffers, cached) = (g("MemTotal"), g("MemFree"), g("Buffers"), g("Cached"));
-        let mut s = json!({
-            "mem_total": total,
-            "mem_used": total.saturating_sub(free + buffers + cached),
-            "mem_free": free,
-            "mem_buffers": buffers,
-            "mem_cached": cached,
-            "swap_total": g("SwapTotal"),
-            "swap_used": g("SwapTotal").saturating_sub(g("SwapFree")),
-            "swap_free": g("SwapFree"),
-            "load_avg": proc::loadavg(),
-            "cpu_count": proc::cpu_count(),
-            "ram_promised": ram_promised,
-            "vm_count": vm_count,
-            "hostname": proc::hostname(),
-        });
-        if let Some(obj) = s.as_object_mut() {
-            for root in storage::roots(&self.config) {
-                if let Some((total, free)) = fsutil::space(&root.path) {
-                    obj.insert(format!("storage_{}_total_kb", root.name), json!(total / 1024));
-                    obj.insert(format!("storage_{}_free_kb", root.name), json!(free / 1024));
-                }
+        let mut storage = BTreeMap::new();
+        for root in storage::roots(&self.config) {
+            if let Some((total, free)) = fsutil::space(&root.path) {
+                storage.insert(format!("storage_{}_total_kb", root.name), total / 1024);
+                storage.insert(format!("storage_{}_free_kb", root.name), free / 1024);
             }
         }
-        s
+        HostStats {
+            mem_total: total,
+            mem_used: total.saturating_sub(free + buffers + cached),
+            mem_free: free,
+            mem_buffers: buffers,
+            mem_cached: cached,
+            swap_total: g("SwapTotal"),
+            swap_used: g("SwapTotal").saturating_sub(g("SwapFree")),
+            swap_free: g("SwapFree"),
+            load_avg: proc::loadavg(),
+            cpu_count: proc::cpu_count(),
+            ram_promised,
+            vm_count,
+            hostname: proc::hostname(),
+            storage,
+        }
     }
 
     /// `info`: one defined VM.
-    pub(super) fn info(&self, vm: &VmName) -> Result<Value> {
+    pub fn info(&self, vm: &VmName) -> Result<InfoReply> {
         let Some(db) = self.db_read()? else { return Err(Error::NotFound(vm.clone())) };
         let rec = match db.vm(vm)? {
             Some(r) if r.defined => r,
             _ => return Err(Error::NotFound(vm.clone())),
         };
         let vmt = vm::build(&self.config, &rec.vm_type)?;
-        let state = vmt.state(vm);
-        let usage = vmt.usage(vm);
-        let ip = vmt.primary_ip(vm, &rec.definition);
         let mut vols = Vec::new();
         for (i, spec) in rec.definition.storage.iter().enumerate() {
             vols.push(storage::open(&self.config, vm, spec, &format!("/definition/storage/{i}"))?);
         }
         let att = attached(&vols, &rec.definition);
-        let storage: Vec<Value> = vols
+        let storage = vols
             .iter()
             .zip(&rec.definition.storage)
-            .zip(&att)
+            .zip(att)
             .map(|((v, spec), a)| {
                 let u = v.usage();
-                json!({
-                    "name": spec.name,
-                    "type": spec.storage_type,
-                    "driver": v.record().get("driver").cloned().unwrap_or(Value::Null),
-                    "size_bytes": u.size_bytes,
-                    "used_bytes": u.used_bytes,
-                    "directory": a.directory,
-                    "mountpoint": spec.mountpoint,
-                    "active": v.is_active(),
-                })
+                VolumeInfo {
+                    name: spec.name.clone(),
+                    storage_type: spec.storage_type.clone(),
+                    driver: v.record().get("driver").cloned().unwrap_or(serde_json::Value::Null),
+                    size_bytes: u.size_bytes,
+                    used_bytes: u.used_bytes,
+                    directory: a.directory,
+                    mountpoint: spec.mountpoint.clone(),
+                    active: v.is_active(),
+                }
             })
             .collect();
-        let mut out = json!({
-            "name": rec.name,
-            "vm_type": rec.vm_type,
-            "definition": rec.definition,
-            "state": state,
-            "locked": rec.locked,
-            "usage": usage,
-            "ip": ip,
-            "storage": storage,
-            "created": rec.created,
-            "updated": rec.updated,
-        });
-        if let (Some(c), Some(obj)) = (vmt.console_command(vm), out.as_object_mut()) {
-            obj.insert("console".into(), json!(c));
-        }
-        Ok(out)
+        Ok(InfoReply {
+            name: rec.name,
+            vm_type: rec.vm_type,
+            state: vmt.state(vm),
+            locked: rec.locked,
+            usage: vmt.usage(vm),
+            ip: vmt.primary_ip(vm, &rec.definition),
+            definition: rec.definition,
+            storage,
+            created: rec.created,
+            updated: rec.updated,
+            console: vmt.console_command(vm),
+        })
     }
 
     /// The definition, VM type and hypervisor access of a defined VM, for

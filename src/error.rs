@@ -60,7 +60,7 @@ pub enum ErrorCode {
     NotFound,
     /// The VM carries the admin lock.
     VmLocked,
-    /// Another action holds the VM's operation lock.
+    /// Another action holds the VM's operation lease.
     Busy,
     /// The VM's state forbids the action.
     InvalidState,
@@ -219,7 +219,7 @@ pub enum Error {
     /// The VM carries the admin lock.
     #[error("VM {0} is locked by an administrator; run `geats unlock {0}` first")]
     Locked(VmName),
-    /// Another process holds the VM's operation lock.
+    /// Another process holds the VM's operation lease.
     #[error("VM {vm} is busy: {action} by pid {pid} has held its lock for more than {waited_s} s; try again later")]
     Busy {
         /// The VM.
@@ -296,8 +296,6 @@ impl Error {
                 VmError::Hypervisor { .. } => C::Hypervisor,
                 VmError::Tool { .. } | VmError::Failed { .. } => C::ToolFailed,
                 VmError::NotSupported(_) => C::NotSupported,
-                VmError::Template(TemplateError::NotFound { .. }) => C::InvalidData,
-                VmError::Template(TemplateError::Unpack { .. }) => C::StorageFailed,
             },
             Error::Storage(e) => match e {
                 StorageError::TypeNotAllowed { .. } | StorageError::BadOption { .. } => C::InvalidData,

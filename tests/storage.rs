@@ -122,7 +122,7 @@ fn directory_lifecycle(fx: &Fixture, vol: &mut Box<dyn Volume>, watch: &Path) {
     assert!(vol.exists());
     vol.activate().expect("activate");
     vol.activate().expect("second activate is a no-op");
-    let dir = vol.provides().directory.expect("provides a directory");
+    let dir = vol.provides().path.expect("provides a directory");
     std::fs::write(dir.join("hello.txt"), "hello").expect("write into the volume");
     let u = vol.usage();
     assert!(u.used_bytes.is_some(), "usage while active: {u:?}");
@@ -193,7 +193,7 @@ fn storage_sparsefile_and_loop_lifecycle() {
     let mut raw = fx.open("vm1", json!({"name": "raw", "type": "raw", "size": "1M"})).expect("open");
     raw.define().expect("define");
     raw.define().expect("define again");
-    let file = raw.provides().file.expect("provides a file");
+    let file = raw.provides().path.expect("provides a file");
     assert_eq!(std::fs::metadata(&file).expect("image").len(), 1 << 20);
     raw.activate().expect("activate");
     std::fs::write(&file, vec![7u8; 1 << 20]).expect("write");
@@ -208,20 +208,20 @@ fn storage_sparsefile_and_loop_lifecycle() {
     raw.undefine().expect("undefine again");
     // The loop adapter: a block device while active, released on deactivate.
     let mut blk = fx.open("vm1", json!({"name": "blk", "type": "blk", "size": "1M"})).expect("open");
-    assert!(blk.provides().block_device.is_none());
+    assert!(blk.provides().path.is_none());
     blk.define().expect("define");
     blk.activate().expect("activate");
     blk.activate().expect("activate again");
-    let dev = blk.provides().block_device.expect("a block device while active");
+    let dev = blk.provides().path.expect("a block device while active");
     assert!(dev.to_string_lossy().starts_with("/dev/loop"), "{dev:?}");
-    assert_eq!(geats::sys::loopdev::find(&blk.provides().file.expect("file")).expect("losetup -j").len(), 1, "attached twice");
+    assert_eq!(geats::sys::loopdev::find(&file.with_file_name("blk.img")).expect("losetup -j").len(), 1, "attached twice");
     std::fs::write(&dev, vec![9u8; 4096]).expect("write the device");
     blk.deactivate().expect("deactivate");
     blk.deactivate().expect("deactivate again");
     assert_eq!(leftovers(fx.root()), Vec::<String>::new());
     assert!(!blk.is_active());
     blk.activate().expect("activate");
-    let dev = blk.provides().block_device.expect("a block device");
+    let dev = blk.provides().path.expect("a block device");
     assert_eq!(std::fs::read(&dev).expect("read device")[10], 9);
     blk.format().expect("format");
     assert_eq!(std::fs::read(&dev).expect("read device")[10], 0, "format left data");
@@ -277,7 +277,7 @@ fn storage_deactivate_from_a_fresh_instance() {
     // A process that died between unmount and detach left a loop device:
     // the chain still counts as active, and deactivate releases it.
     b.activate().expect("activate");
-    let target = b.provides().directory.expect("dir");
+    let target = b.provides().path.expect("dir");
     run(Command::new("umount").arg(&target));
     let mut c = fx.open("vm1", json!({"name": "root", "type": "img", "size": "32M"})).expect("open");
     assert!(c.is_active(), "a leftover loop device counts as active");
@@ -323,7 +323,7 @@ fn issue_5_failed_mount_detaches_the_loop_device() {
     let fx = Fixture::new(SPARSE_FS);
     let mut vol = fx.open("vm1", json!({"name": "root", "type": "img", "size": "32M"})).expect("open");
     vol.define().expect("define");
-    let target = vol.provides().directory.expect("directory");
+    let target = vol.provides().path.expect("directory");
     std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
     let _ = std::fs::remove_dir(&target);
     std::fs::write(&target, "in the way").expect("a file on the mount point");
@@ -560,7 +560,7 @@ fn storage_btrfs_lifecycle_and_template_snapshot() {
         }
         r => assert!(r.expect("clone_template"), "btrfs clones templates"),
     }
-    let dir = a.provides().directory.expect("dir");
+    let dir = a.provides().path.expect("dir");
     assert_eq!(std::fs::read_to_string(dir.join("etc/hostname")).expect("template content"), "tiny\n");
     let cache = cache_entry(&root.join(".templates"), "tiny");
     assert!(geats::storage::btrfs::is_subvolume(&cache), "template kept as a subvolume");
@@ -575,7 +575,7 @@ fn storage_btrfs_lifecycle_and_template_snapshot() {
     b.define().expect("define");
     b.activate().expect("activate");
     assert!(b.clone_template(&t).expect("clone again"));
-    let bdir = b.provides().directory.expect("dir");
+    let bdir = b.provides().path.expect("dir");
     assert_eq!(std::fs::read_to_string(bdir.join("etc/hostname")).expect("template content"), "tiny\n", "a volume's writes leaked into the template");
     a.format().expect("format");
     assert!(!dir.join("etc").exists(), "format left the template's files");
@@ -635,7 +635,7 @@ fn storage_overlay_lifecycle_and_shared_template() {
         r => assert!(r.expect("clone_template"), "overlay shares templates"),
     }
     assert!(a.is_active(), "clone_template keeps the volume active");
-    let dir = a.provides().directory.expect("dir");
+    let dir = a.provides().path.expect("dir");
     assert_eq!(std::fs::read_to_string(dir.join("etc/hostname")).expect("template content"), "tiny\n");
     std::fs::write(dir.join("etc/hostname"), "changed\n").expect("write");
     let lower = cache_entry(&fx.root().join("var/lib/geats/overlay/.templates"), "tiny");
@@ -655,7 +655,7 @@ fn storage_overlay_lifecycle_and_shared_template() {
     c.define().expect("define");
     c.activate().expect("activate");
     assert!(c.clone_template(&t2).expect("clone the new archive"));
-    let cdir = c.provides().directory.expect("dir");
+    let cdir = c.provides().path.expect("dir");
     assert_eq!(std::fs::read_to_string(cdir.join("etc/hostname")).expect("new content"), "tiny v2 with more bytes\n");
     a2.activate().expect("the old volume still mounts");
     assert_eq!(std::fs::read_to_string(dir.join("etc/hostname")).expect("old volume"), "changed\n");
@@ -679,7 +679,7 @@ fn storage_qcow2_lifecycle() {
     let mut vol = fx.open("vm1", json!({"name": "disk", "type": "q", "size": "8M"})).expect("open");
     vol.define().expect("define");
     vol.define().expect("define again");
-    let file = vol.provides().file.expect("a file");
+    let file = vol.provides().path.expect("a file");
     assert_eq!(vol.usage().size_bytes, Some(8 << 20));
     vol.activate().expect("activate");
     let io = |cmd: &str| Command::new("qemu-io").args(["-f", "qcow2", "-c", cmd]).arg(&file).output().expect("qemu-io");

@@ -18,5 +18,6 @@ mod agent_contract;
 mod concurrency;
 mod ecosystem;
 mod lxc_lifecycle;
+mod plugins;
 mod schemas;
 mod storage;

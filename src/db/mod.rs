@@ -1,4 +1,4 @@
-//! The SQLite state: VMs, their volumes, operation locks and the journal.
+//! The SQLite state: VMs, their volumes, operation leases and the journal.
 //! The only module with SQL in it.
 //!
 //! One connection per process, WAL mode, a busy timeout. Every write runs in
@@ -8,7 +8,7 @@
 //! older file up to date.
 
 mod journal;
-mod locks;
+mod leases;
 mod vms;
 
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use journal::{JournalEntry, JournalId};
-pub use locks::LockHolder;
+pub use leases::LeaseHolder;
 pub use vms::{VmRecord, VolumeRecord};
 
 /// Schema migrations: entry N brings version N to N+1.

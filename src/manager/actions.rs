@@ -4,32 +4,33 @@
 
 use super::op::{Op, Undo};
 use super::reply::{AdminLockReply, DefineReply, PowerReply, RemovedReply, Reply};
+use super::volumes::{self, Vol};
 use super::Manager;
 use crate::db::{self, VmRecord, VolumeRecord};
 use crate::definition::Definition;
 use crate::error::{Error, Result};
-use crate::names::VmName;
+use crate::names::{TypeName, VmName};
 use crate::request::{Action, RequestError};
 use crate::state::{power_disposition, Disposition, Power, PowerAction};
-use crate::storage::{self, StorageError, Volume};
-use crate::template;
-use crate::vm::{self, Accepts, AttachedVolume, VmType};
+use crate::storage::{Kind, StorageError};
+use crate::template::{self, Template};
+use crate::vm::{self, VmType};
 
 type Outcome = Result<Reply>;
 
 /// Run a mutating action.
 pub(super) fn run(op: &mut Op<'_>, action: &Action) -> Outcome {
     match action {
-        Action::Define(vm, def) => define(op, vm, def, false),
-        Action::Provision(vm, def) => define(op, vm, def, true),
+        Action::Define(vm, def) => define(op, vm, def),
+        Action::Provision(vm, def) => provision(op, vm, def),
         Action::Start(vm) => power(op, vm, PowerAction::Start),
         Action::Stop(vm) => power(op, vm, PowerAction::Stop),
         Action::Shutdown(vm) => power(op, vm, PowerAction::Shutdown),
         Action::Reboot(vm) => power(op, vm, PowerAction::Reboot),
-        Action::Undefine(vm) => remove(op, vm, false),
-        Action::Deprovision(vm) => remove(op, vm, true),
-        Action::Lock(vm) => set_lock(op, vm, true),
-        Action::Unlock(vm) => set_lock(op, vm, false),
+        Action::Undefine(vm) => undefine(op, vm),
+        Action::Deprovision(vm) => deprovision(op, vm),
+        Action::Lock(vm) => set_admin_lock(op, vm, true),
+        Action::Unlock(vm) => set_admin_lock(op, vm, false),
         Action::Status | Action::Info(_) | Action::Migrate(..) => {
             Err(Error::Internal(format!("{} is not a mutating action", action.name())))
         }
@@ -44,15 +45,7 @@ fn invalid(pointer: &str, problem: impl std::fmt::Display) -> Error {
 struct Loaded {
     rec: VmRecord,
     vmt: Box<dyn VmType>,
-    vols: Vec<Box<dyn Volume>>,
-}
-
-fn open_volumes(op: &Op<'_>, vm: &VmName, def: &Definition) -> Result<Vec<Box<dyn Volume>>> {
-    def.storage
-        .iter()
-        .enumerate()
-        .map(|(i, spec)| storage::open(op.config, vm, spec, &format!("/definition/storage/{i}")).map_err(Error::from))
-        .collect()
+    vols: Vec<Vol>,
 }
 
 /// Load any record of `vm`, defined or kept.
@@ -60,7 +53,7 @@ fn load(op: &Op<'_>, vm: &VmName) -> Result<Option<Loaded>> {
     let Some(db) = op.db() else { return Ok(None) };
     let Some(rec) = db.vm(vm)? else { return Ok(None) };
     let vmt = vm::build(op.config, &rec.vm_type)?;
-    let vols = open_volumes(op, vm, &rec.definition)?;
+    let vols = volumes::open(op.config, vm, &rec.definition, &*vmt)?;
     Ok(Some(Loaded { rec, vmt, vols }))
 }
 
@@ -72,33 +65,14 @@ fn load_defined(op: &Op<'_>, vm: &VmName) -> Result<Loaded> {
     }
 }
 
-/// What the VM type sees of the volumes.
-pub(crate) fn attached(vols: &[Box<dyn Volume>], def: &Definition) -> Vec<AttachedVolume> {
-    vols.iter()
-        .zip(&def.storage)
-        .map(|(v, spec)| {
-            let p = v.provides();
-            AttachedVolume { name: spec.name.clone(), directory: p.directory, block_device: p.block_device, file: p.file, mountpoint: spec.mountpoint.clone() }
-        })
-        .collect()
-}
-
-fn volume_records(vols: &[Box<dyn Volume>], def: &Definition) -> Vec<VolumeRecord> {
-    vols.iter()
-        .zip(&def.storage)
-        .map(|(v, spec)| VolumeRecord { name: spec.name.clone(), storage_type: spec.storage_type.clone(), record: v.record() })
-        .collect()
-}
-
 /// Run `f`; if it fails, undo its completed steps newest first and report
 /// the failure together with any failure of the cleanup.
 fn with_rollback(
     op: &mut Op<'_>,
     vm: &VmName,
     vmt: &dyn VmType,
-    def: &Definition,
-    vols: &mut [Box<dyn Volume>],
-    f: impl FnOnce(&mut Op<'_>, &mut [Box<dyn Volume>]) -> Result<()>,
+    vols: &mut [Vol],
+    f: impl FnOnce(&mut Op<'_>, &mut [Vol]) -> Result<()>,
 ) -> Result<()> {
     let result = f(op, vols);
     let Err(error) = result else {
@@ -109,12 +83,15 @@ fn with_rollback(
     for u in op.take_undo() {
         tracing::info!(vm = %vm, undo = ?u, "rolling back");
         let r: Result<()> = match &u {
-            Undo::UndefineVolume(i) => vols.get_mut(*i).map_or(Ok(()), |v| v.undefine().map_err(Error::from)),
-            Undo::DeactivateVolume(i) => vols.get_mut(*i).map_or(Ok(()), |v| v.deactivate().map_err(Error::from)),
+            Undo::UndefineVolume(i) => vols.get_mut(*i).map_or(Ok(()), |v| v.volume.undefine().map_err(Error::from)),
+            Undo::DeactivateVolume(i) => vols.get_mut(*i).map_or(Ok(()), |v| v.volume.deactivate().map_err(Error::from)),
             Undo::UndefineVm => vmt.undefine(vm).map_err(Error::from),
             Undo::RedefineVm(old) => {
-                let att: Vec<AttachedVolume> =
-                    attached(vols, def).into_iter().filter(|a| old.definition.storage.iter().any(|s| s.name == a.name)).collect();
+                let att: Vec<_> = vols
+                    .iter()
+                    .filter(|v| v.implicit || old.definition.storage.iter().any(|s| s.name == v.spec.name))
+                    .map(Vol::attached)
+                    .collect();
                 vmt.define(vm, &old.definition, &att).map_err(Error::from)
             }
             Undo::StopVm => vmt.stop(vm).map_err(Error::from),
@@ -161,7 +138,42 @@ fn is_empty_dir(p: &std::path::Path) -> bool {
     }
 }
 
-fn define(op: &mut Op<'_>, vm: &VmName, def_in: &Definition, provision: bool) -> Outcome {
+/// `define`: create or update the VM, keeping its data; an identical
+/// re-define of a VM that exists changes nothing.
+fn define(op: &mut Op<'_>, vm: &VmName, def: &Definition) -> Outcome {
+    let plan = plan_definition(op, vm, def)?;
+    if let Some((ex, _)) = &plan.existing {
+        if ex.defined && ex.definition == plan.def && plan.vmt.exists(vm) {
+            let state = plan.vmt.state(vm);
+            return Ok(Reply::Define(DefineReply { definition: plan.def, state, changed: false }));
+        }
+    }
+    apply_definition(op, vm, plan, false)
+}
+
+/// `provision`: define, then erase every volume and install the template
+/// afresh. Refused while the VM runs.
+fn provision(op: &mut Op<'_>, vm: &VmName, def: &Definition) -> Outcome {
+    let plan = plan_definition(op, vm, def)?;
+    if plan.existing.is_some() && plan.vmt.state(vm).is_running() {
+        return Err(Error::InvalidState { vm: vm.clone(), action: "provision", reason: "it is running; stop it first".into() });
+    }
+    apply_definition(op, vm, plan, true)
+}
+
+/// A definition checked against the configuration, the VM type, its
+/// storage and what exists: everything `define` and `provision` decide
+/// before their first step.
+struct Plan {
+    def: Definition,
+    type_name: TypeName,
+    vmt: Box<dyn VmType>,
+    vols: Vec<Vol>,
+    template: Option<Template>,
+    existing: Option<(VmRecord, Vec<VolumeRecord>)>,
+}
+
+fn plan_definition(op: &Op<'_>, vm: &VmName, def_in: &Definition) -> Result<Plan> {
     let config = op.config;
     let mut def = def_in.clone();
     let type_name = def.vm_type.clone().unwrap_or_else(|| config.default_vm_type.clone());
@@ -201,16 +213,17 @@ fn define(op: &mut Op<'_>, vm: &VmName, def_in: &Definition, provision: bool) ->
             .into());
         }
     }
-    let mut vols = open_volumes(op, vm, &def)?;
-    if vmt.accepts() == Accepts::Directory {
-        for (i, v) in vols.iter().enumerate() {
-            let p = v.provides();
-            if p.directory.is_none() && (p.block_device.is_some() || p.file.is_some()) {
-                return Err(invalid(
-                    &format!("/definition/storage/{i}/type"),
-                    format!("VM type {type_name} needs a directory; storage type {} provides none (add a filesystem adapter)", def.storage[i].storage_type),
-                ));
-            }
+    let vols = volumes::open(config, vm, &def, &*vmt)?;
+    let accepts = vmt.accepts();
+    for (i, v) in vols.iter().enumerate().filter(|(_, v)| !v.implicit) {
+        let kind = v.volume.provides().kind;
+        if !accepts.contains(&kind) {
+            let wanted: Vec<&str> = accepts.iter().map(|k| k.as_str()).collect();
+            let hint = if accepts.contains(&Kind::Directory) && matches!(kind, Kind::BlockDevice | Kind::File) { " (add a filesystem adapter)" } else { "" };
+            return Err(invalid(
+                &format!("/definition/storage/{i}/type"),
+                format!("VM type {type_name} needs {}; storage type {} provides {}{hint}", wanted.join(" or "), v.spec.storage_type, kind.as_str()),
+            ));
         }
     }
     let template = match (&def.template, vmt.installs_templates()) {
@@ -226,61 +239,41 @@ fn define(op: &mut Op<'_>, vm: &VmName, def_in: &Definition, provision: bool) ->
                 ));
             }
         }
-        if provision && vmt.state(vm).is_running() {
-            return Err(Error::InvalidState { vm: vm.clone(), action: "provision", reason: "it is running; stop it first".into() });
-        }
-        if !provision && ex.defined && ex.definition == def && vmt.exists(vm) {
-            let state = vmt.state(vm);
-            return Ok(Reply::Define(DefineReply { definition: def, state, changed: false }));
-        }
     }
+    Ok(Plan { def, type_name, vmt, vols, template, existing })
+}
+
+/// The steps of `define` and `provision`: define new volumes (provision:
+/// format the others), install the template onto the root and write the
+/// guest files, define the VM in the hypervisor, record it.
+fn apply_definition(op: &mut Op<'_>, vm: &VmName, plan: Plan, provision: bool) -> Outcome {
+    let Plan { def, type_name, vmt, mut vols, template, existing } = plan;
     let vm_existed = existing.as_ref().is_some_and(|(r, _)| r.defined) && vmt.exists(vm);
     let old_rec = existing.as_ref().map(|(r, _)| r.clone());
     let (created, locked) = existing.as_ref().map_or_else(|| (db::now(), false), |(r, _)| (r.created.clone(), r.locked));
     let vmt_ref: &dyn VmType = &*vmt;
-    with_rollback(op, vm, vmt_ref, &def, &mut vols, |op, vols| {
+    with_rollback(op, vm, vmt_ref, &mut vols, |op, vols| {
         let mut new_volume = vec![false; vols.len()];
         for (i, v) in vols.iter_mut().enumerate() {
-            if !v.exists() {
-                let desc = format!("define volume {} ({})", def.storage[i].name, v.describe());
-                op.step(desc, Some(Undo::UndefineVolume(i)), |_| Ok(v.define()?))?;
+            if !v.volume.exists() {
+                let desc = format!("define volume {} ({})", v.name(), v.volume.describe());
+                op.step(desc, Some(Undo::UndefineVolume(i)), |_| Ok(v.volume.define()?))?;
                 new_volume[i] = true;
             }
         }
-        let root_created = new_volume.first().copied().unwrap_or(false);
         if provision {
             // A volume defined just now is empty already.
-            for (i, v) in vols.iter_mut().enumerate().filter(|(i, _)| !new_volume[*i]) {
-                op.step(format!("format volume {}", def.storage[i].name), None, |_| Ok(v.format()?))?;
+            for (_, v) in vols.iter_mut().enumerate().filter(|(i, _)| !new_volume[*i]) {
+                op.step(format!("format volume {}", v.name()), None, |_| Ok(v.volume.format()?))?;
             }
         }
-        if provision && vols.is_empty() && vm_existed && vmt_ref.installs_templates() {
-            // No volume: the VM type keeps the root itself; empty it so
-            // that define installs the template afresh.
-            op.step(format!("erase the root of VM {vm}"), None, |_| Ok(vmt_ref.destroy_data(vm)?))?;
-        }
+        let root_created = new_volume.first().copied().unwrap_or(false);
         if vmt_ref.installs_templates() {
             if let Some(root) = vols.first_mut() {
-                let name = &def.storage[0].name;
-                op.step(format!("activate volume {name}"), Some(Undo::DeactivateVolume(0)), |_| Ok(root.activate()?))?;
-                let dir = root.provides().directory;
-                if let (Some(t), Some(dir)) = (&template, &dir) {
-                    if provision || root_created || is_empty_dir(dir) {
-                        op.step(format!("install template {}", t.name), None, |_| {
-                            if !root.clone_template(t)? {
-                                template::install(t, dir)?;
-                            }
-                            Ok(())
-                        })?;
-                    }
-                }
-                if let Some(dir) = &dir {
-                    op.step("write guest configuration", None, |_| Ok(vmt_ref.write_guest_files(vm, &def, dir)?))?;
-                }
-                op.step(format!("deactivate volume {name}"), None, |_| Ok(root.deactivate()?))?;
+                install_root(op, vm, vmt_ref, &def, root, template.as_ref(), provision || root_created)?;
             }
         }
-        let att = attached(vols, &def);
+        let att = volumes::attached(vols);
         let undo = match (&old_rec, vm_existed) {
             (Some(old), true) => Undo::RedefineVm(Box::new(old.clone())),
             _ => Undo::UndefineVm,
@@ -295,17 +288,38 @@ fn define(op: &mut Op<'_>, vm: &VmName, def_in: &Definition, provision: bool) ->
             created: created.clone(),
             updated: db::now(),
         };
-        let vrecs = volume_records(vols, &def);
+        let vrecs = volumes::records(vols);
         let undo = Undo::RestoreRecord(existing.clone().map(Box::new));
-        op.step("record definition", Some(undo), |op| save_record(op, &rec, &vrecs))?;
-        Ok(())
+        op.step("record definition", Some(undo), |op| save_record(op, &rec, &vrecs))
     })?;
     let state = vmt.state(vm);
     Ok(Reply::Define(DefineReply { definition: def, state, changed: true }))
 }
 
+/// Activate the root volume, install the template (when `fresh`, or when
+/// the root is empty), write the guest files, deactivate it again.
+fn install_root(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition, root: &mut Vol, template: Option<&Template>, fresh: bool) -> Result<()> {
+    let name = root.name().clone();
+    op.step(format!("activate volume {name}"), Some(Undo::DeactivateVolume(0)), |_| Ok(root.volume.activate()?))?;
+    let dir = root.volume.provides().path_of(Kind::Directory).map(std::path::Path::to_path_buf);
+    if let (Some(t), Some(dir)) = (template, &dir) {
+        if fresh || is_empty_dir(dir) {
+            op.step(format!("install template {}", t.name), None, |_| {
+                if !root.volume.clone_template(t)? {
+                    template::install(t, dir)?;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    if let Some(dir) = &dir {
+        op.step("write guest configuration", None, |_| Ok(vmt.write_guest_files(vm, def, dir)?))?;
+    }
+    op.step(format!("deactivate volume {name}"), None, |_| Ok(root.volume.deactivate()?))
+}
+
 fn power(op: &mut Op<'_>, vm: &VmName, action: PowerAction) -> Outcome {
-    let Loaded { rec, vmt, mut vols } = load_defined(op, vm)?;
+    let Loaded { vmt, mut vols, .. } = load_defined(op, vm)?;
     let state = vmt.state(vm);
     let verb = match action {
         PowerAction::Start => "start",
@@ -316,7 +330,7 @@ fn power(op: &mut Op<'_>, vm: &VmName, action: PowerAction) -> Outcome {
     match power_disposition(action, &state) {
         Disposition::AlreadyDone => {
             if matches!(action, PowerAction::Stop | PowerAction::Shutdown) {
-                tidy(op, &rec.definition, &mut vols)?;
+                tidy(op, &mut vols)?;
             }
             return Ok(Reply::Power(PowerReply { state, changed: false }));
         }
@@ -324,81 +338,86 @@ fn power(op: &mut Op<'_>, vm: &VmName, action: PowerAction) -> Outcome {
         Disposition::Apply => {}
     }
     let vmt_ref: &dyn VmType = &*vmt;
-    let def = &rec.definition;
-    with_rollback(op, vm, vmt_ref, def, &mut vols, |op, vols| {
-        match action {
-            PowerAction::Start => {
-                for (i, v) in vols.iter_mut().enumerate() {
-                    op.step(format!("activate volume {}", def.storage[i].name), Some(Undo::DeactivateVolume(i)), |_| Ok(v.activate()?))?;
-                }
-                op.step(format!("start VM {vm}"), Some(Undo::StopVm), |_| Ok(vmt_ref.start(vm)?))
+    with_rollback(op, vm, vmt_ref, &mut vols, |op, vols| match action {
+        PowerAction::Start => {
+            for (i, v) in vols.iter_mut().enumerate() {
+                op.step(format!("activate volume {}", v.name()), Some(Undo::DeactivateVolume(i)), |_| Ok(v.volume.activate()?))?;
             }
-            PowerAction::Stop => {
-                op.step(format!("stop VM {vm}"), None, |_| Ok(vmt_ref.stop(vm)?))?;
-                deactivate_all(op, def, vols)
-            }
-            PowerAction::Shutdown => {
-                op.step(format!("shut down VM {vm}"), None, |_| Ok(vmt_ref.shutdown(vm)?))?;
-                if op.is_dry() || !vmt_ref.state(vm).is_running() {
-                    deactivate_all(op, def, vols)?;
-                }
-                Ok(())
-            }
-            PowerAction::Reboot => op.step(format!("reboot VM {vm}"), None, |_| Ok(vmt_ref.reboot(vm)?)),
+            op.step(format!("start VM {vm}"), Some(Undo::StopVm), |_| Ok(vmt_ref.start(vm)?))
         }
+        PowerAction::Stop => {
+            op.step(format!("stop VM {vm}"), None, |_| Ok(vmt_ref.stop(vm)?))?;
+            deactivate_all(op, vols)
+        }
+        PowerAction::Shutdown => {
+            op.step(format!("shut down VM {vm}"), None, |_| Ok(vmt_ref.shutdown(vm)?))?;
+            if op.is_dry() || !vmt_ref.state(vm).is_running() {
+                deactivate_all(op, vols)?;
+            }
+            Ok(())
+        }
+        PowerAction::Reboot => op.step(format!("reboot VM {vm}"), None, |_| Ok(vmt_ref.reboot(vm)?)),
     })?;
     Ok(Reply::Power(PowerReply { state: vmt.state(vm), changed: true }))
 }
 
-fn deactivate_all(op: &mut Op<'_>, def: &Definition, vols: &mut [Box<dyn Volume>]) -> Result<()> {
-    for (i, v) in vols.iter_mut().enumerate().rev() {
-        op.step(format!("deactivate volume {}", def.storage[i].name), None, |_| Ok(v.deactivate()?))?;
+fn deactivate_all(op: &mut Op<'_>, vols: &mut [Vol]) -> Result<()> {
+    for v in vols.iter_mut().rev() {
+        op.step(format!("deactivate volume {}", v.name()), None, |_| Ok(v.volume.deactivate()?))?;
     }
     Ok(())
 }
 
 /// Release the volumes of a VM that stopped on its own.
-fn tidy(op: &mut Op<'_>, def: &Definition, vols: &mut [Box<dyn Volume>]) -> Result<()> {
-    for (i, v) in vols.iter_mut().enumerate().rev() {
-        if v.is_active() {
-            op.step(format!("deactivate volume {} (the VM stopped on its own)", def.storage[i].name), None, |_| Ok(v.deactivate()?))?;
+fn tidy(op: &mut Op<'_>, vols: &mut [Vol]) -> Result<()> {
+    for v in vols.iter_mut().rev() {
+        if v.volume.is_active() {
+            op.step(format!("deactivate volume {} (the VM stopped on its own)", v.name()), None, |_| Ok(v.volume.deactivate()?))?;
         }
     }
     Ok(())
 }
 
-fn remove(op: &mut Op<'_>, vm: &VmName, deprovision: bool) -> Outcome {
-    let Some(Loaded { rec, vmt, mut vols }) = load(op, vm)? else {
-        return Ok(Reply::Removed(RemovedReply { changed: false }));
-    };
-    if !deprovision && !rec.defined {
+/// `undefine`: stop the VM and remove it from the hypervisor; keep its
+/// volumes (destroy them if it is transient). A VM geats holds nothing of,
+/// or one already undefined, is `changed: false`.
+fn undefine(op: &mut Op<'_>, vm: &VmName) -> Outcome {
+    let Some(loaded) = load(op, vm)? else { return Ok(Reply::Removed(RemovedReply { changed: false })) };
+    if !loaded.rec.defined {
         return Ok(Reply::Removed(RemovedReply { changed: false }));
     }
+    let destroy = loaded.rec.definition.transient;
+    remove(op, vm, loaded, destroy)
+}
+
+/// `deprovision`: undefine if defined, and destroy the volumes, also those
+/// an earlier undefine kept.
+fn deprovision(op: &mut Op<'_>, vm: &VmName) -> Outcome {
+    let Some(loaded) = load(op, vm)? else { return Ok(Reply::Removed(RemovedReply { changed: false })) };
+    remove(op, vm, loaded, true)
+}
+
+/// The steps of `undefine` and `deprovision`.
+fn remove(op: &mut Op<'_>, vm: &VmName, loaded: Loaded, destroy: bool) -> Outcome {
+    let Loaded { rec, vmt, mut vols } = loaded;
     if rec.locked {
         return Err(Error::Locked(vm.clone()));
     }
     let vmt_ref: &dyn VmType = &*vmt;
-    let def = rec.definition.clone();
-    let destroy = deprovision || def.transient;
-    with_rollback(op, vm, vmt_ref, &def, &mut vols, |op, vols| {
+    with_rollback(op, vm, vmt_ref, &mut vols, |op, vols| {
         if rec.defined {
             let state = vmt_ref.state(vm);
             if state.power != Power::Stopped && vmt_ref.exists(vm) {
                 op.step(format!("stop VM {vm}"), None, |_| Ok(vmt_ref.stop(vm)?))?;
             }
-            deactivate_all(op, &def, vols)?;
+            deactivate_all(op, vols)?;
             if vmt_ref.exists(vm) {
                 op.step(format!("undefine VM {vm}"), None, |_| Ok(vmt_ref.undefine(vm)?))?;
             }
         }
         if destroy {
-            for (i, v) in vols.iter_mut().enumerate() {
-                op.step(format!("destroy volume {} ({})", def.storage[i].name, v.describe()), None, |_| Ok(v.undefine()?))?;
-            }
-            if vols.is_empty() && vmt_ref.installs_templates() {
-                // Without a volume the VM type keeps the root itself (LXC's
-                // rootfs under default_rootfs_prefix).
-                op.step(format!("destroy the root of VM {vm}"), None, |_| Ok(vmt_ref.destroy_data(vm)?))?;
+            for v in vols.iter_mut() {
+                op.step(format!("destroy volume {} ({})", v.name(), v.volume.describe()), None, |_| Ok(v.volume.undefine()?))?;
             }
             let config = op.config;
             op.step(format!("forget VM {vm}"), None, |op| {
@@ -407,14 +426,16 @@ fn remove(op: &mut Op<'_>, vm: &VmName, deprovision: bool) -> Outcome {
             })
         } else {
             let kept = VmRecord { defined: false, updated: db::now(), ..rec.clone() };
-            let vrecs = volume_records(vols, &def);
+            let vrecs = volumes::records(vols);
             op.step(format!("keep the volumes of {vm}"), None, |op| save_record(op, &kept, &vrecs))
         }
     })?;
     Ok(Reply::Removed(RemovedReply { changed: true }))
 }
 
-fn set_lock(op: &mut Op<'_>, vm: &VmName, locked: bool) -> Outcome {
+/// `lock` and `unlock`: the admin lock, which refuses undefine and
+/// deprovision (not the operation lease every action takes).
+fn set_admin_lock(op: &mut Op<'_>, vm: &VmName, locked: bool) -> Outcome {
     let Some(db) = op.db() else { return Err(Error::NotFound(vm.clone())) };
     let Some(rec) = db.vm(vm)? else { return Err(Error::NotFound(vm.clone())) };
     if rec.locked == locked {

@@ -2,7 +2,7 @@
 //!
 //! A mutating action on a VM runs as: open the database (creating it only
 //! on a fresh host), answer from the journal if its request id already
-//! completed, take the VM's operation lock (waiting up to `lock_timeout`),
+//! completed, take the VM's operation lease (waiting up to `lock_timeout`),
 //! open a journal entry, decide the disposition from the observed state,
 //! run the steps (each recorded in the journal with its undo), and on
 //! failure undo in reverse. A dry run goes through the very same code with
@@ -13,6 +13,7 @@ mod actions;
 mod op;
 mod read;
 pub mod reply;
+mod volumes;
 
 use std::time::{Duration, Instant};
 
@@ -160,7 +161,7 @@ impl Manager {
             }
         }
         let me = me();
-        self.lock(&mut db, &vm, action, me)?;
+        self.acquire_lease(&mut db, &vm, action, me)?;
         let meta = op::Meta { vm: vm.clone(), action, caller: req.caller.clone(), request_id: req.request_id.clone() };
         let result = (|| {
             let mut op = Op::real(&self.config, &mut db, meta);
@@ -181,17 +182,19 @@ impl Manager {
             }
             out
         })();
-        if let Err(e) = db.unlock_op(&vm, me) {
-            tracing::warn!(vm = %vm, "cannot release the operation lock: {}", error::chain(&e));
+        if let Err(e) = db.release_lease(&vm, me) {
+            tracing::warn!(vm = %vm, "cannot release the operation lease: {}", error::chain(&e));
         }
         result
     }
 
-    fn lock(&self, db: &mut Db, vm: &VmName, action: &str, me: (i64, u64)) -> Result<()> {
+    /// Take the VM's operation lease, waiting up to `lock_timeout` for a
+    /// live holder; `busy` after that.
+    fn acquire_lease(&self, db: &mut Db, vm: &VmName, action: &str, me: (i64, u64)) -> Result<()> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(10);
         loop {
-            match db.try_lock(vm, action, me, proc::alive)? {
+            match db.try_lease(vm, action, me, proc::alive)? {
                 Ok(()) => return Ok(()),
                 Err(holder) => {
                     if start.elapsed() >= self.config.lock_timeout {

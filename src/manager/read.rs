@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::actions::attached;
+use super::volumes;
 use super::reply::{HostStats, InfoReply, ListRow, StatusReply, VmStatus, VolumeInfo};
 use super::Manager;
 use crate::db::{Db, VmRecord};
@@ -115,26 +115,21 @@ impl Manager {
             _ => return Err(Error::NotFound(vm.clone())),
         };
         let vmt = vm::build(&self.config, &rec.vm_type)?;
-        let mut vols = Vec::new();
-        for (i, spec) in rec.definition.storage.iter().enumerate() {
-            vols.push(storage::open(&self.config, vm, spec, &format!("/definition/storage/{i}"))?);
-        }
-        let att = attached(&vols, &rec.definition);
+        let vols = volumes::open(&self.config, vm, &rec.definition, &*vmt)?;
         let storage = vols
             .iter()
-            .zip(&rec.definition.storage)
-            .zip(att)
-            .map(|((v, spec), a)| {
-                let u = v.usage();
+            .filter(|v| !v.implicit)
+            .map(|v| {
+                let u = v.volume.usage();
                 VolumeInfo {
-                    name: spec.name.clone(),
-                    storage_type: spec.storage_type.clone(),
-                    driver: v.record().get("driver").cloned().unwrap_or(serde_json::Value::Null),
+                    name: v.spec.name.clone(),
+                    storage_type: v.spec.storage_type.clone(),
+                    driver: v.volume.record().get("driver").cloned().unwrap_or(serde_json::Value::Null),
                     size_bytes: u.size_bytes,
                     used_bytes: u.used_bytes,
-                    directory: a.directory,
-                    mountpoint: spec.mountpoint.clone(),
-                    active: v.is_active(),
+                    directory: v.attached().directory().map(std::path::Path::to_path_buf),
+                    mountpoint: v.spec.mountpoint.clone(),
+                    active: v.volume.is_active(),
                 }
             })
             .collect();

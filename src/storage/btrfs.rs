@@ -149,7 +149,7 @@ impl Volume for Btrfs {
     }
 
     fn provides(&self) -> Provides {
-        Provides { directory: Some(self.path.clone()), ..Provides::default() }
+        Provides::directory(self.path.clone())
     }
 
     fn exists(&self) -> bool {
@@ -183,5 +183,14 @@ impl Volume for Btrfs {
             return Err(StorageError::Tool { volume: self.volume.clone(), step: "snapshot template", source: e });
         }
         Ok(true)
+    }
+}
+
+impl super::Driver for Btrfs {
+    const NAME: &'static str = "btrfs";
+    const DEFAULT_ROOT: Option<&'static str> = Some("var/lib/geats/btrfs");
+
+    fn open(ctx: &VolumeCtx<'_>) -> Result<Self, StorageError> {
+        Btrfs::new(ctx)
     }
 }

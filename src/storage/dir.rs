@@ -20,6 +20,12 @@ impl Dir {
         let root = ctx.root_setting("dir")?;
         Ok(Dir { volume: ctx.name.to_string(), path: ctx.path_under(&root) })
     }
+
+    /// A directory volume at a fixed path (a VM type's own root directory,
+    /// see `VmType::own_root`); `volume` names it in messages.
+    pub fn at(volume: String, path: PathBuf) -> Dir {
+        Dir { volume, path }
+    }
 }
 
 impl Volume for Dir {
@@ -62,7 +68,7 @@ impl Volume for Dir {
     }
 
     fn provides(&self) -> Provides {
-        Provides { directory: Some(self.path.clone()), ..Provides::default() }
+        Provides::directory(self.path.clone())
     }
 
     fn exists(&self) -> bool {
@@ -79,5 +85,14 @@ impl Volume for Dir {
 
     fn describe(&self) -> String {
         format!("directory {}", self.path.display())
+    }
+}
+
+impl super::Driver for Dir {
+    const NAME: &'static str = "dir";
+    const DEFAULT_ROOT: Option<&'static str> = Some("var/lib/geats/volumes");
+
+    fn open(ctx: &VolumeCtx<'_>) -> Result<Self, StorageError> {
+        Dir::new(ctx)
     }
 }

@@ -13,6 +13,7 @@ pub struct DummyVolume {
 impl DummyVolume {
     /// Build from the context; accepts any option.
     pub fn new(ctx: &VolumeCtx<'_>) -> Result<DummyVolume, StorageError> {
+        ctx.claim_everything();
         let mut record = serde_json::to_value(ctx.spec).unwrap_or_default();
         if let Some(m) = record.as_object_mut() {
             m.insert("driver".into(), "dummy".into());
@@ -41,7 +42,7 @@ impl Volume for DummyVolume {
         false
     }
     fn provides(&self) -> Provides {
-        Provides::default()
+        Provides::nothing()
     }
     fn exists(&self) -> bool {
         true
@@ -54,5 +55,14 @@ impl Volume for DummyVolume {
     }
     fn describe(&self) -> String {
         "dummy volume (recorded only)".into()
+    }
+}
+
+impl super::Driver for DummyVolume {
+    const NAME: &'static str = "dummy";
+    const DEFAULT_ROOT: Option<&'static str> = None;
+
+    fn open(ctx: &VolumeCtx<'_>) -> Result<Self, StorageError> {
+        DummyVolume::new(ctx)
     }
 }

@@ -8,7 +8,7 @@
 //! (default `ROOT/var/lib/geats/mnt`), `mount_options` (passed to `mount
 //! -o`). Options: `fstype` (overrides the setting for one volume).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -40,10 +40,10 @@ impl Filesystem {
     pub fn new(ctx: &VolumeCtx<'_>, key: &str, inner: Box<dyn Volume>) -> Result<Filesystem, StorageError> {
         ctx.only_options(&["fstype"])?;
         let s: Settings = ctx.settings_for(&["fstype", "mount_dir", "mount_options"])?;
-        if inner.kind() != Kind::BlockDevice {
+        if inner.provides().kind != Kind::BlockDevice {
             return Err(ctx
                 .config
-                .invalid(key, format!("the filesystem adapter needs a volume that provides a block device; {} provides {} (put the loop adapter before it)", inner.describe(), inner.kind().as_str()))
+                .invalid(key, format!("the filesystem adapter needs a volume that provides a block device; {} provides {} (put the loop adapter before it)", inner.describe(), inner.provides().kind.as_str()))
                 .into());
         }
         let fstype = match ctx.option_str("fstype")? {
@@ -70,7 +70,7 @@ impl Filesystem {
     }
 
     fn device(&self) -> Result<PathBuf, StorageError> {
-        self.inner.provides().block_device.ok_or_else(|| StorageError::State {
+        self.inner.provides().path_of(Kind::BlockDevice).map(Path::to_path_buf).ok_or_else(|| StorageError::State {
             volume: self.volume.clone(),
             step: "find block device",
             problem: format!("{} provides no block device although it is active", self.inner.describe()),
@@ -189,11 +189,7 @@ impl Volume for Filesystem {
     }
 
     fn provides(&self) -> Provides {
-        Provides { directory: Some(self.target.clone()), ..Provides::default() }
-    }
-
-    fn kind(&self) -> Kind {
-        Kind::Directory
+        Provides::directory(self.target.clone())
     }
 
     fn exists(&self) -> bool {
@@ -223,5 +219,13 @@ impl Volume for Filesystem {
 
     fn describe(&self) -> String {
         format!("{} file system on {}, mounted on {}", self.fstype, self.inner.describe(), self.target.display())
+    }
+}
+
+impl super::Adapter for Filesystem {
+    const NAME: &'static str = "filesystem";
+
+    fn wrap(ctx: &VolumeCtx<'_>, key: &str, inner: Box<dyn Volume>) -> Result<Self, StorageError> {
+        Filesystem::new(ctx, key, inner)
     }
 }

@@ -23,9 +23,11 @@ impl LoopAdapter {
     /// Wrap `inner`, which must provide a file. `key` names this adapter in
     /// the config, for errors.
     pub fn new(ctx: &VolumeCtx<'_>, key: &str, inner: Box<dyn Volume>) -> Result<LoopAdapter, StorageError> {
-        let file = match (inner.kind(), inner.provides().file) {
-            (Kind::File, Some(f)) => f,
-            (kind, _) => {
+        let provided = inner.provides();
+        let file = match provided.path_of(Kind::File) {
+            Some(f) => f.to_path_buf(),
+            None => {
+                let kind = provided.kind;
                 return Err(ctx.config.invalid(key, format!("the loop adapter needs a volume that provides a file; {} provides {}", inner.describe(), kind.as_str())).into())
             }
         };
@@ -103,11 +105,7 @@ impl Volume for LoopAdapter {
     }
 
     fn provides(&self) -> Provides {
-        Provides { block_device: self.device(), file: Some(self.file.clone()), directory: None }
-    }
-
-    fn kind(&self) -> Kind {
-        Kind::BlockDevice
+        Provides::block_device(self.device())
     }
 
     fn exists(&self) -> bool {
@@ -140,4 +138,12 @@ pub fn with_adapter(mut record: serde_json::Value, name: &str, extra: serde_json
         }
     }
     record
+}
+
+impl super::Adapter for LoopAdapter {
+    const NAME: &'static str = "loop";
+
+    fn wrap(ctx: &VolumeCtx<'_>, key: &str, inner: Box<dyn Volume>) -> Result<Self, StorageError> {
+        LoopAdapter::new(ctx, key, inner)
+    }
 }

@@ -73,13 +73,15 @@ impl Lvm {
     }
 
     fn lvs(&self) -> Result<Option<(u64, bool)>, ExecError> {
-        let out = Cmd::new(["lvs".to_string(), "--noheadings".into(), "--nosuffix".into(), "--units".into(), "b".into(), "-o".into(), "lv_size,lv_active".into(), self.full()]).output()?;
+        let cmd = Cmd::new(["lvs", "--noheadings", "--nosuffix", "--units", "b", "-o", "lv_size,lv_active"]).arg(self.full());
+        let out = cmd.output()?;
         if out.code == Some(0) {
             Ok(parse_lvs(&out.stdout))
         } else if out.stderr.contains("Failed to find") || out.stderr.contains("not found") {
             Ok(None)
         } else {
-            Err(ExecError::Failed { argv: format!("lvs {}", self.full()), status: format!("exit status {:?}", out.code), stdout: out.stdout, stderr: out.stderr })
+            let status = format!("exit status {:?}", out.code);
+            Err(cmd.failure(status, out))
         }
     }
 
@@ -152,11 +154,7 @@ impl Volume for Lvm {
     }
 
     fn provides(&self) -> Provides {
-        Provides { block_device: self.is_active().then(|| self.device()), ..Provides::default() }
-    }
-
-    fn kind(&self) -> super::Kind {
-        super::Kind::BlockDevice
+        Provides::block_device(self.is_active().then(|| self.device()))
     }
 
     fn exists(&self) -> bool {
@@ -176,6 +174,15 @@ impl Volume for Lvm {
 
     fn describe(&self) -> String {
         format!("logical volume {}", self.full())
+    }
+}
+
+impl super::Driver for Lvm {
+    const NAME: &'static str = "lvm";
+    const DEFAULT_ROOT: Option<&'static str> = None;
+
+    fn open(ctx: &VolumeCtx<'_>) -> Result<Self, StorageError> {
+        Lvm::new(ctx)
     }
 }
 

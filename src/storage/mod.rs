@@ -5,19 +5,102 @@
 //! directory).
 //!
 //! A configured storage type names a driver, its settings and an ordered
-//! adapter chain; [`open`] builds the chain for one volume of one VM. A new
-//! driver is one file plus one arm in [`open`]'s match.
+//! adapter chain; [`open`] builds the chain for one volume of one VM.
+//!
+//! A new driver is one file (a type implementing [`Volume`] and [`Driver`])
+//! plus its line in the [`registry!`] below; an adapter likewise implements
+//! [`Adapter`]. See `docs/plugins.md`, whose example is [`tmpfs`].
 
-pub mod btrfs;
-pub mod dir;
-pub mod dummy;
-pub mod fs_adapter;
-pub mod loop_adapter;
-pub mod lvm;
-pub mod overlay;
-pub mod qcow2;
-pub mod sparsefile;
+/// Declares the driver and adapter modules and the tables [`open`] looks
+/// names up in: one line per plugin.
+macro_rules! registry {
+    (drivers: $($dm:ident::$dt:ident),* $(,)?; adapters: $($am:ident::$at:ident),* $(,)?;) => {
+        $(pub mod $dm;)*
+        $(pub mod $am;)*
+        /// Every storage driver, by its config name.
+        pub const DRIVERS: &[DriverEntry] = &[$(DriverEntry::of::<$dm::$dt>()),*];
+        /// Every adapter, by its config name.
+        pub const ADAPTERS: &[AdapterEntry] = &[$(AdapterEntry::of::<$am::$at>()),*];
+    };
+}
+
+registry! {
+    drivers: dir::Dir, dummy::DummyVolume, sparsefile::SparseFile, qcow2::Qcow2, btrfs::Btrfs, overlay::Overlay, lvm::Lvm, tmpfs::Tmpfs;
+    adapters: loop_adapter::LoopAdapter, fs_adapter::Filesystem;
+}
+
+mod image_file;
 pub mod template_cache;
+
+/// A storage driver: the innermost volume of a chain. Implement it with
+/// [`Volume`] and add the type to the registry.
+pub trait Driver: Volume + Sized + 'static {
+    /// Its name in the config: `driver = "NAME"`.
+    const NAME: &'static str;
+    /// Where it keeps its volumes by default, relative to the config's
+    /// `root`, if it keeps them under a directory (`status` reports that
+    /// directory's free space). Read with [`VolumeCtx::root_setting`].
+    const DEFAULT_ROOT: Option<&'static str> = None;
+    /// Build the volume of one VM from its context; no disk access. Claim
+    /// the settings and options it understands through the context.
+    fn open(ctx: &VolumeCtx<'_>) -> Result<Self, StorageError>;
+}
+
+/// An adapter: wraps the volume built so far and turns what it provides
+/// into something else (a file into a block device, a block device into a
+/// directory).
+pub trait Adapter: Volume + Sized + 'static {
+    /// Its name in the config's `adapters` list.
+    const NAME: &'static str;
+    /// Wrap `inner`; `key` names this adapter in the config, for errors.
+    /// Check `inner.provides().kind` here, so a wrong chain is refused
+    /// before anything touches the disk.
+    fn wrap(ctx: &VolumeCtx<'_>, key: &str, inner: Box<dyn Volume>) -> Result<Self, StorageError>;
+}
+
+/// A row of [`DRIVERS`].
+#[derive(Debug, Clone, Copy)]
+pub struct DriverEntry {
+    /// [`Driver::NAME`].
+    pub name: &'static str,
+    /// [`Driver::DEFAULT_ROOT`].
+    pub default_root: Option<&'static str>,
+    open: fn(&VolumeCtx<'_>) -> Result<Box<dyn Volume>, StorageError>,
+}
+
+impl DriverEntry {
+    const fn of<D: Driver>() -> DriverEntry {
+        DriverEntry { name: D::NAME, default_root: D::DEFAULT_ROOT, open: open_driver::<D> }
+    }
+}
+
+fn open_driver<D: Driver>(ctx: &VolumeCtx<'_>) -> Result<Box<dyn Volume>, StorageError> {
+    Ok(Box::new(D::open(ctx)?))
+}
+
+/// A row of [`ADAPTERS`].
+#[derive(Debug, Clone, Copy)]
+pub struct AdapterEntry {
+    /// [`Adapter::NAME`].
+    pub name: &'static str,
+    wrap: WrapFn,
+}
+
+type WrapFn = fn(&VolumeCtx<'_>, &str, Box<dyn Volume>) -> Result<Box<dyn Volume>, StorageError>;
+
+impl AdapterEntry {
+    const fn of<A: Adapter>() -> AdapterEntry {
+        AdapterEntry { name: A::NAME, wrap: wrap_adapter::<A> }
+    }
+}
+
+fn wrap_adapter<A: Adapter>(ctx: &VolumeCtx<'_>, key: &str, inner: Box<dyn Volume>) -> Result<Box<dyn Volume>, StorageError> {
+    Ok(Box::new(A::wrap(ctx, key, inner)?))
+}
+
+fn names<T>(rows: &[T], name: impl Fn(&T) -> &'static str) -> String {
+    rows.iter().map(name).collect::<Vec<_>>().join(", ")
+}
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -89,15 +172,42 @@ pub enum StorageError {
     },
 }
 
-/// What a volume provides, when active.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// What a volume gives a VM: its kind, fixed when the chain is built, and
+/// its path, known while the volume is active (a directory's or an image
+/// file's path is known always; a loop device's only while attached).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Provides {
-    /// A directory.
-    pub directory: Option<PathBuf>,
-    /// A block device.
-    pub block_device: Option<PathBuf>,
-    /// An image file.
-    pub file: Option<PathBuf>,
+    /// A directory, a block device, a file, or nothing.
+    pub kind: Kind,
+    /// Where it is, when known.
+    pub path: Option<PathBuf>,
+}
+
+impl Provides {
+    /// A directory at `path`.
+    pub fn directory(path: PathBuf) -> Provides {
+        Provides { kind: Kind::Directory, path: Some(path) }
+    }
+
+    /// An image file at `path`.
+    pub fn file(path: PathBuf) -> Provides {
+        Provides { kind: Kind::File, path: Some(path) }
+    }
+
+    /// A block device, at `path` while active.
+    pub fn block_device(path: Option<PathBuf>) -> Provides {
+        Provides { kind: Kind::BlockDevice, path }
+    }
+
+    /// Nothing (a volume that is only recorded).
+    pub fn nothing() -> Provides {
+        Provides { kind: Kind::Nothing, path: None }
+    }
+
+    /// The path, if it is of `kind`.
+    pub fn path_of(&self, kind: Kind) -> Option<&Path> {
+        (self.kind == kind).then_some(self.path.as_deref()).flatten()
+    }
 }
 
 /// Size and use of a volume, bytes.
@@ -114,7 +224,7 @@ pub struct VolumeUsage {
 /// Every method must be idempotent: `define` of a defined volume, `activate`
 /// of an active one, `undefine` of an absent one all succeed and do
 /// nothing. A method that fails must undo its own partial work. The caller
-/// holds the VM's operation lock.
+/// holds the VM's operation lease.
 pub trait Volume: std::fmt::Debug {
     /// Create the backing storage if it does not exist. Keeps existing data.
     fn define(&mut self) -> Result<(), StorageError>;
@@ -130,7 +240,9 @@ pub trait Volume: std::fmt::Debug {
     fn format(&mut self) -> Result<(), StorageError>;
     /// Is it active now?
     fn is_active(&self) -> bool;
-    /// What it provides (paths are valid while active).
+    /// What it provides: the kind always, the path while active. An
+    /// adapter checks its inner volume's kind with it when the chain is
+    /// built, so the kind must not depend on the volume's state.
     fn provides(&self) -> Provides;
     /// Does the backing storage exist?
     fn exists(&self) -> bool;
@@ -144,30 +256,15 @@ pub trait Volume: std::fmt::Debug {
     /// Put `template` onto this (active, empty) volume without unpacking
     /// it, e.g. as a btrfs snapshot or an overlay over a shared unpacked
     /// copy. Returns `false` when the driver cannot, and the manager then
-    /// unpacks the archive into [`Provides::directory`].
+    /// unpacks the archive into the directory it provides.
     fn clone_template(&mut self, _template: &crate::template::Template) -> Result<bool, StorageError> {
         Ok(false)
-    }
-    /// What the volume provides once active, known without asking the
-    /// system (an adapter checks its inner volume with it when the chain
-    /// is built). The default derives it from [`Volume::provides`]; a
-    /// volume whose `provides` is empty while inactive must override it.
-    fn kind(&self) -> Kind {
-        let p = self.provides();
-        if p.directory.is_some() {
-            Kind::Directory
-        } else if p.block_device.is_some() {
-            Kind::BlockDevice
-        } else if p.file.is_some() {
-            Kind::File
-        } else {
-            Kind::Nothing
-        }
     }
 }
 
 /// What a volume provides once active.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// A directory.
     Directory,
@@ -227,50 +324,25 @@ pub fn open(config: &Config, vm: &VmName, spec: &VolumeSpec, pointer: &str) -> R
         claimed_settings: RefCell::default(),
         claimed_options: RefCell::default(),
     };
-    let mut volume: Box<dyn Volume> = match st.driver.as_str() {
-        "dir" => Box::new(dir::Dir::new(&ctx)?),
-        "dummy" => Box::new(dummy::DummyVolume::new(&ctx)?),
-        "sparsefile" => Box::new(sparsefile::SparseFile::new(&ctx)?),
-        "qcow2" => Box::new(qcow2::Qcow2::new(&ctx)?),
-        "btrfs" => Box::new(btrfs::Btrfs::new(&ctx)?),
-        "overlay" => Box::new(overlay::Overlay::new(&ctx)?),
-        "lvm" => Box::new(lvm::Lvm::new(&ctx)?),
-        other => {
-            return Err(config
-                .invalid(format!("{prefix}.driver"), format!("unknown storage driver {other:?} (known: {})", DRIVERS.join(", ")))
-                .into())
-        }
-    };
-    for (i, adapter) in st.adapters.iter().enumerate() {
+    let driver = DRIVERS.iter().find(|d| d.name == st.driver).ok_or_else(|| {
+        config.invalid(format!("{prefix}.driver"), format!("unknown storage driver {:?} (known: {})", st.driver, names(DRIVERS, |d| d.name)))
+    })?;
+    let mut volume = (driver.open)(&ctx)?;
+    for (i, name) in st.adapters.iter().enumerate() {
         let key = format!("{prefix}.adapters[{i}]");
-        volume = match adapter.as_str() {
-            "loop" => Box::new(loop_adapter::LoopAdapter::new(&ctx, &key, volume)?),
-            "filesystem" => Box::new(fs_adapter::Filesystem::new(&ctx, &key, volume)?),
-            other => return Err(config.invalid(key, format!("unknown adapter {other:?} (known: {})", ADAPTERS.join(", "))).into()),
-        };
+        let adapter = ADAPTERS.iter().find(|a| a.name == name).ok_or_else(|| {
+            config.invalid(key.clone(), format!("unknown adapter {name:?} (known: {})", names(ADAPTERS, |a| a.name)))
+        })?;
+        volume = (adapter.wrap)(&ctx, &key, volume)?;
     }
-    // The dummy driver records whatever it is given.
-    if st.driver != "dummy" {
-        ctx.finish(&st.driver, &st.adapters)?;
-    }
+    ctx.finish(&st.driver, &st.adapters)?;
     Ok(volume)
 }
 
-/// The storage drivers [`open`] knows.
-pub const DRIVERS: [&str; 7] = ["dir", "dummy", "sparsefile", "qcow2", "btrfs", "overlay", "lvm"];
-/// The adapters [`open`] knows.
-pub const ADAPTERS: [&str; 2] = ["loop", "filesystem"];
-
-/// The default `root` of each driver that keeps its volumes under a
+/// The default `root` of a driver that keeps its volumes under a
 /// directory, relative to the config's root.
 pub fn default_root(driver: &str) -> Option<&'static str> {
-    match driver {
-        "dir" => Some("var/lib/geats/volumes"),
-        "sparsefile" | "qcow2" => Some("var/lib/geats/images"),
-        "btrfs" => Some("var/lib/geats/btrfs"),
-        "overlay" => Some("var/lib/geats/overlay"),
-        _ => None,
-    }
+    DRIVERS.iter().find(|d| d.name == driver).and_then(|d| d.default_root)
 }
 
 /// The directories whose free space `status` reports, one per storage type
@@ -325,6 +397,13 @@ impl VolumeCtx<'_> {
     pub fn only_options(&self, allowed: &[&str]) -> Result<(), StorageError> {
         self.claimed_options.borrow_mut().extend(allowed.iter().map(|s| s.to_string()));
         Ok(())
+    }
+
+    /// Claim every setting and option there is: for a driver that only
+    /// records what it is given (`dummy`).
+    pub fn claim_everything(&self) {
+        self.claimed_settings.borrow_mut().extend(self.settings.keys().cloned());
+        self.claimed_options.borrow_mut().extend(self.spec.options.keys().cloned());
     }
 
     /// Take the setting keys this component knows out of the shared

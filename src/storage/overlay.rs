@@ -163,7 +163,7 @@ impl Volume for Overlay {
     }
 
     fn provides(&self) -> Provides {
-        Provides { directory: Some(self.merged()), ..Provides::default() }
+        Provides::directory(self.merged())
     }
 
     fn exists(&self) -> bool {
@@ -197,5 +197,14 @@ impl Volume for Overlay {
             self.activate()?;
         }
         Ok(true)
+    }
+}
+
+impl super::Driver for Overlay {
+    const NAME: &'static str = "overlay";
+    const DEFAULT_ROOT: Option<&'static str> = Some("var/lib/geats/overlay");
+
+    fn open(ctx: &VolumeCtx<'_>) -> Result<Self, StorageError> {
+        Overlay::new(ctx)
     }
 }

@@ -5,6 +5,7 @@
 //! `PATH`), a defined stdin, and a timeout after which it is killed. A failure
 //! carries the argv, the exit status and both output streams.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -80,20 +81,27 @@ impl ExecError {
 /// How to run a command.
 #[derive(Debug, Clone)]
 pub struct Cmd {
-    argv: Vec<String>,
+    argv: Vec<OsString>,
     stdin: Option<Vec<u8>>,
     timeout: Duration,
-    env: Vec<(String, String)>,
 }
 
 impl Cmd {
     /// A command from an argv; the timeout defaults to 60 s.
+    /// Arguments are passed as they are, paths included: a non-UTF-8 path
+    /// reaches the tool unchanged.
     pub fn new<I, S>(argv: I) -> Cmd
     where
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: AsRef<OsStr>,
     {
-        Cmd { argv: argv.into_iter().map(Into::into).collect(), stdin: None, timeout: Duration::from_secs(60), env: Vec::new() }
+        Cmd { argv: argv.into_iter().map(|a| a.as_ref().to_os_string()).collect(), stdin: None, timeout: Duration::from_secs(60) }
+    }
+
+    /// Append one argument.
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Cmd {
+        self.argv.push(a.as_ref().to_os_string());
+        self
     }
 
     /// Feed these bytes on stdin (otherwise stdin is /dev/null).
@@ -108,15 +116,20 @@ impl Cmd {
         self
     }
 
-    /// Add an environment variable.
-    pub fn env(mut self, k: &str, v: &str) -> Cmd {
-        self.env.push((k.into(), v.into()));
-        self
-    }
-
     /// The command line for messages.
     pub fn shown(&self) -> String {
-        self.argv.join(" ")
+        self.argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+    }
+
+    fn program(&self) -> String {
+        self.argv.first().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    /// The error for this command having finished with `out` when that is
+    /// not success: `status` says how (`exit status 3`, `unexpected
+    /// output`).
+    pub fn failure(&self, status: impl Into<String>, out: Output) -> ExecError {
+        ExecError::Failed { argv: self.shown(), status: status.into(), stdout: out.stdout, stderr: out.stderr }
     }
 
     fn command(&self) -> Result<Command, ExecError> {
@@ -127,27 +140,16 @@ impl Cmd {
         #[allow(clippy::disallowed_methods)]
         let mut c = Command::new(program);
         c.args(&self.argv[1..]).env_clear().env("LC_ALL", "C").env("PATH", CHILD_PATH);
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
         Ok(c)
     }
 
     /// Run to completion; a non-zero exit is an error.
     pub fn run(&self) -> Result<Output, ExecError> {
         let out = self.output()?;
-        if out.code == Some(0) {
-            Ok(out)
-        } else {
-            Err(ExecError::Failed {
-                argv: self.shown(),
-                status: match out.code {
-                    Some(c) => format!("exit status {c}"),
-                    None => "killed by a signal".into(),
-                },
-                stdout: out.stdout,
-                stderr: out.stderr,
-            })
+        match out.code {
+            Some(0) => Ok(out),
+            Some(c) => Err(self.failure(format!("exit status {c}"), out)),
+            None => Err(self.failure("killed by a signal", out)),
         }
     }
 
@@ -157,8 +159,7 @@ impl Cmd {
         c.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let program = self.argv[0].clone();
-        let mut child = c.spawn().map_err(|source| ExecError::Spawn { program, source })?;
+        let mut child = c.spawn().map_err(|source| ExecError::Spawn { program: self.program(), source })?;
         if let (Some(data), Some(mut sin)) = (self.stdin.clone(), child.stdin.take()) {
             std::thread::spawn(move || {
                 let _ = sin.write_all(&data);
@@ -195,7 +196,7 @@ impl Cmd {
                     std::thread::sleep(sleep);
                     sleep = (sleep * 2).min(Duration::from_millis(20));
                 }
-                Err(source) => return Err(ExecError::Spawn { program: self.argv[0].clone(), source }),
+                Err(source) => return Err(ExecError::Spawn { program: self.program(), source }),
             }
         };
         let stdout = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
@@ -210,8 +211,7 @@ impl Cmd {
         if let Ok(term) = std::env::var("TERM") {
             c.env("TERM", term);
         }
-        let program = self.argv[0].clone();
-        let st = c.status().map_err(|source| ExecError::Spawn { program, source })?;
+        let st = c.status().map_err(|source| ExecError::Spawn { program: self.program(), source })?;
         Ok(st.code().unwrap_or(128 + 9))
     }
 }

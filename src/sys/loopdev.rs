@@ -59,7 +59,8 @@ pub fn attach(file: &Path) -> Result<PathBuf, ExecError> {
     if dev.starts_with("/dev/") {
         Ok(PathBuf::from(dev))
     } else {
-        Err(ExecError::Failed { argv: cmd.shown(), status: "unexpected output".into(), stdout: out.stdout.clone(), stderr: out.stderr })
+        let out = out.clone();
+        Err(cmd.failure("unexpected output", out))
     }
 }
 

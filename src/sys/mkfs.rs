@@ -49,16 +49,12 @@ fn trim_usage(e: ExecError) -> ExecError {
 // and exits 2 with no output when the device holds no known signature.
 /// The file-system type on `dev`, or `None` when it holds none.
 pub fn probe(dev: &Path) -> Result<Option<String>, ExecError> {
-    let out = Cmd::new(["blkid".to_string(), "-p".into(), "-o".into(), "value".into(), "-s".into(), "TYPE".into(), dev.to_string_lossy().into_owned()]).output()?;
+    let cmd = Cmd::new(["blkid", "-p", "-o", "value", "-s", "TYPE"]).arg(dev);
+    let out = cmd.output()?;
     match out.code {
         Some(0) => Ok(Some(out.stdout.trim().to_string()).filter(|s| !s.is_empty())),
         Some(2) => Ok(None),
-        _ => Err(ExecError::Failed {
-            argv: format!("blkid -p -o value -s TYPE {}", dev.display()),
-            status: format!("exit status {:?}", out.code),
-            stdout: out.stdout,
-            stderr: out.stderr,
-        }),
+        code => Err(cmd.failure(format!("exit status {code:?}"), out)),
     }
 }
 

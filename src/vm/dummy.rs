@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{Accepts, AttachedVolume, Usage, VmError, VmType};
+use super::{AttachedVolume, Usage, VmError, VmType};
+use crate::storage::Kind;
 use crate::config::{Config, ConfigError};
 use crate::definition::Definition;
 use crate::names::VmName;
@@ -77,8 +78,8 @@ impl Dummy {
 }
 
 impl VmType for Dummy {
-    fn accepts(&self) -> Accepts {
-        Accepts::Anything
+    fn accepts(&self) -> &'static [Kind] {
+        &[Kind::Directory, Kind::BlockDevice, Kind::File, Kind::Nothing]
     }
 
     fn installs_templates(&self) -> bool {
@@ -160,5 +161,13 @@ impl VmType for Dummy {
 
     fn primary_ip(&self, _vm: &VmName, def: &Definition) -> Option<String> {
         def.network.iter().find_map(|n| n.cidr().ok().flatten()).map(|c| c.addr.to_string())
+    }
+}
+
+impl super::VmDriver for Dummy {
+    const NAME: &'static str = "dummy";
+
+    fn build(config: &Config, prefix: &str, settings: &toml::Table) -> Result<Self, ConfigError> {
+        Dummy::new(config, prefix, settings)
     }
 }

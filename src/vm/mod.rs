@@ -1,16 +1,54 @@
 //! VM types: the [`VmType`] trait and the factory that builds the
 //! configured ones.
 //!
-//! A new VM type is one file implementing [`VmType`] plus one arm in
-//! [`build`]. The manager calls a VM type only while it holds the VM's
-//! operation lock, and only with a name and definition that passed
-//! validation.
+//! A new VM type is one file (or directory) implementing [`VmType`] and
+//! [`VmDriver`] plus its line in the [`vm_types!`] registry below. The
+//! manager calls a VM type only while it holds the VM's operation lease,
+//! and only with a name and definition that passed validation.
 
-pub mod dummy;
-pub mod lxc;
+/// Declares the VM type modules and the table [`build`] looks names up
+/// in: one line per VM type.
+macro_rules! vm_types {
+    ($($m:ident::$t:ident),* $(,)?) => {
+        $(pub mod $m;)*
+        /// Every VM type driver, by its config name.
+        pub const VM_DRIVERS: &[VmDriverEntry] = &[$(VmDriverEntry::of::<$m::$t>()),*];
+    };
+}
+
+vm_types!(dummy::Dummy, lxc::Lxc);
+
+/// How the registry builds a VM type from its `[vm_types.NAME]` table.
+pub trait VmDriver: VmType + Sized + 'static {
+    /// Its name in the config: `driver = "NAME"`.
+    const NAME: &'static str;
+    /// Build it from its settings (`prefix` is `vm_types.NAME`, for
+    /// errors); no disk access.
+    fn build(config: &Config, prefix: &str, settings: &toml::Table) -> Result<Self, ConfigError>;
+}
+
+/// A row of [`VM_DRIVERS`].
+#[derive(Debug, Clone, Copy)]
+pub struct VmDriverEntry {
+    /// [`VmDriver::NAME`].
+    pub name: &'static str,
+    build: BuildFn,
+}
+
+type BuildFn = fn(&Config, &str, &toml::Table) -> Result<Box<dyn VmType>, ConfigError>;
+
+impl VmDriverEntry {
+    const fn of<T: VmDriver>() -> VmDriverEntry {
+        VmDriverEntry { name: T::NAME, build: build_boxed::<T> }
+    }
+}
+
+fn build_boxed<T: VmDriver>(config: &Config, prefix: &str, settings: &toml::Table) -> Result<Box<dyn VmType>, ConfigError> {
+    Ok(Box::new(T::build(config, prefix, settings)?))
+}
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -18,6 +56,7 @@ use crate::config::{Config, ConfigError};
 use crate::definition::Definition;
 use crate::names::{TypeName, VmName, VolumeName};
 use crate::state::VmState;
+use crate::storage::{Kind, Provides};
 use crate::sys::exec::ExecError;
 
 /// A VM type's failure.
@@ -75,25 +114,25 @@ pub enum VmError {
     /// The operation is not available for this VM type.
     #[error("{0}")]
     NotSupported(String),
-    /// Installing the OS template (by a VM type that keeps its own root
-    /// directory) failed.
-    #[error(transparent)]
-    Template(#[from] crate::template::TemplateError),
 }
 
-/// What a storage volume looks like to the VM type.
+/// A volume as the VM type sees it: its name, where the VM mounts it, and
+/// what it provides (a directory for LXC), its path valid while active.
 #[derive(Debug, Clone, Serialize)]
 pub struct AttachedVolume {
     /// The volume's name.
     pub name: VolumeName,
-    /// Its directory when active, if it provides one.
-    pub directory: Option<PathBuf>,
-    /// Its block device when active, if it provides one.
-    pub block_device: Option<PathBuf>,
-    /// Its image file, if it provides one.
-    pub file: Option<PathBuf>,
     /// Where it is mounted in the VM (not for the root volume).
     pub mountpoint: Option<String>,
+    /// What it provides.
+    pub provides: Provides,
+}
+
+impl AttachedVolume {
+    /// Its directory, if it provides one and the path is known.
+    pub fn directory(&self) -> Option<&Path> {
+        self.provides.path_of(Kind::Directory)
+    }
 }
 
 /// Resource usage of a running VM; `None` where unknown.
@@ -109,34 +148,36 @@ pub struct Usage {
     pub pid: Option<i64>,
 }
 
-/// What a storage volume a VM type accepts must provide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accepts {
-    /// A directory (LXC).
-    Directory,
-    /// A block device or an image file (a future KVM type).
-    BlockOrFile,
-    /// Anything (dummy).
-    Anything,
-}
-
-/// One VM type. Every method may assume the VM's operation lock is held
+/// One VM type. Every method may assume the VM's operation lease is held
 /// (except the read-only ones: `state`, `states`, `usage`, `primary_ip`,
 /// `config_text`) and must be idempotent: doing it twice is doing it once.
 pub trait VmType: std::fmt::Debug {
-    /// What storage this VM type can use.
-    fn accepts(&self) -> Accepts;
+    /// What its volumes must provide: the manager refuses a definition
+    /// whose storage gives anything else, naming the volume.
+    fn accepts(&self) -> &'static [Kind];
 
-    /// Whether the manager installs `template` onto the root volume.
+    /// Whether the manager installs `template` onto the root volume (the
+    /// first volume, or [`VmType::own_root`]) and calls
+    /// [`VmType::write_guest_files`] there.
     fn installs_templates(&self) -> bool;
+
+    /// The directory this type keeps a VM's root in when its definition
+    /// names no volume (LXC: `default_rootfs_prefix/NAME`). The manager
+    /// treats it as an implicit `dir` volume: created, filled with the
+    /// template, emptied by provision and destroyed by deprovision (or by
+    /// undefine of a transient VM) like any other volume, so a VM type never
+    /// installs templates or destroys data itself. `None`: no implicit root.
+    fn own_root(&self, _vm: &VmName) -> Option<PathBuf> {
+        None
+    }
 
     /// Check a definition against what this type can run (NIC types,
     /// limits); no disk access.
     fn check(&self, vm: &VmName, def: &Definition) -> Result<(), VmError>;
 
     /// Write the guest's own configuration (hostname, firstboot config)
-    /// into its root directory, which is active. Only called when
-    /// [`VmType::installs_templates`] is true.
+    /// into its root directory, which is active, after the template.
+    /// Only called when [`VmType::installs_templates`] is true.
     fn write_guest_files(&self, _vm: &VmName, _def: &Definition, _root: &std::path::Path) -> Result<(), VmError> {
         Ok(())
     }
@@ -148,14 +189,6 @@ pub trait VmType: std::fmt::Debug {
     /// Remove the VM from the hypervisor (it is stopped). Its volumes are
     /// the storage layer's business.
     fn undefine(&self, vm: &VmName) -> Result<(), VmError>;
-
-    /// Destroy data the VM type keeps itself, outside any storage volume
-    /// (LXC's rootfs under `default_rootfs_prefix` for a VM without a
-    /// volume). For deprovision, after undefine, also of a VM an earlier
-    /// undefine kept; idempotent.
-    fn destroy_data(&self, _vm: &VmName) -> Result<(), VmError> {
-        Ok(())
-    }
 
     /// Does the hypervisor know this VM?
     fn exists(&self, vm: &VmName) -> bool;
@@ -218,9 +251,11 @@ pub fn build(config: &Config, name: &TypeName) -> Result<Box<dyn VmType>, Config
         .get(name)
         .ok_or_else(|| config.invalid(format!("vm_types.{name}"), "no such VM type"))?;
     let prefix = format!("vm_types.{name}");
-    match t.driver.as_str() {
-        "dummy" => Ok(Box::new(dummy::Dummy::new(config, &prefix, &t.settings)?)),
-        "lxc" => Ok(Box::new(lxc::Lxc::new(config, &prefix, &t.settings)?)),
-        other => Err(config.invalid(format!("{prefix}.driver"), format!("unknown VM driver {other:?} (known: lxc, dummy)"))),
+    match VM_DRIVERS.iter().find(|d| d.name == t.driver) {
+        Some(d) => (d.build)(config, &prefix, &t.settings),
+        None => {
+            let known: Vec<&str> = VM_DRIVERS.iter().map(|d| d.name).collect();
+            Err(config.invalid(format!("{prefix}.driver"), format!("unknown VM driver {:?} (known: {})", t.driver, known.join(", "))))
+        }
     }
 }

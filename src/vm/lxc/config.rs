@@ -153,7 +153,7 @@ pub fn render(vm: &VmName, def: &Definition, inp: &Inputs<'_>) -> Result<String,
     }
     for (i, v) in inp.volumes.iter().enumerate().skip(1) {
         let ptr = format!("/definition/storage/{i}");
-        let (Some(dir), Some(mp)) = (&v.directory, &v.mountpoint) else { continue };
+        let (Some(dir), Some(mp)) = (v.directory(), &v.mountpoint) else { continue };
         check_mountpoint(mp).map_err(|problem| VmError::Invalid { pointer: format!("{ptr}/mountpoint"), problem })?;
         let host = path_value(dir, &ptr)?;
         w.set("lxc.mount.entry", &format!("{host} {} none bind,create=dir 0 0", mp.trim_start_matches('/')), &ptr)?;
@@ -179,10 +179,8 @@ mod tests {
     fn vol(name: &str, dir: &str, mp: Option<&str>) -> AttachedVolume {
         AttachedVolume {
             name: crate::names::VolumeName::new(name).unwrap(),
-            directory: Some(dir.into()),
-            block_device: None,
-            file: None,
             mountpoint: mp.map(str::to_string),
+            provides: crate::storage::Provides::directory(dir.into()),
         }
     }
 

@@ -26,9 +26,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::{Accepts, AttachedVolume, Usage, VmError, VmType};
+use super::{AttachedVolume, Usage, VmError, VmType};
+use crate::storage::Kind;
 use crate::config::{Config, ConfigError};
 use crate::definition::{Definition, NicType};
 use crate::names::VmName;
@@ -47,15 +48,6 @@ struct Settings {
     config: BTreeMap<String, String>,
 }
 
-/// What geats remembers beside the LXC config.
-#[derive(Debug, Serialize, Deserialize)]
-struct Meta {
-    rootfs: PathBuf,
-    /// The rootfs is `default_rootfs_prefix/NAME`, not a storage volume.
-    owned: bool,
-    transient: bool,
-}
-
 /// The LXC VM type.
 #[derive(Debug)]
 pub struct Lxc {
@@ -64,7 +56,6 @@ pub struct Lxc {
     rootfs_prefix: PathBuf,
     log_level: String,
     extra: BTreeMap<String, String>,
-    template_dir: PathBuf,
 }
 
 const LOG_LEVELS: [&str; 9] = ["TRACE", "DEBUG", "INFO", "NOTICE", "WARN", "ERROR", "CRIT", "ALERT", "FATAL"];
@@ -95,7 +86,7 @@ impl Lxc {
                 return Err(config.invalid(format!("{prefix}.config.{k}"), format!("value {v:?} contains a control character or surrounding whitespace")));
             }
         }
-        Ok(Lxc { lxcpath, shutdown_timeout: Duration::from_secs(timeout), rootfs_prefix, log_level, extra: s.config, template_dir: config.template_dir.clone() })
+        Ok(Lxc { lxcpath, shutdown_timeout: Duration::from_secs(timeout), rootfs_prefix, log_level, extra: s.config })
     }
 
     fn dir(&self, vm: &VmName) -> PathBuf {
@@ -117,10 +108,12 @@ impl Lxc {
         Cmd::new(argv)
     }
 
-    fn rootfs_of(&self, vm: &VmName, volumes: &[AttachedVolume]) -> (PathBuf, bool) {
-        match volumes.first().and_then(|v| v.directory.clone()) {
-            Some(d) => (d, false),
-            None => (self.rootfs_prefix.join(vm.as_str()), true),
+    /// The root volume's directory (the manager passes [`VmType::own_root`]
+    /// as the root volume of a definition without volumes).
+    fn rootfs_of(&self, vm: &VmName, volumes: &[AttachedVolume]) -> PathBuf {
+        match volumes.first().and_then(AttachedVolume::directory) {
+            Some(d) => d.to_path_buf(),
+            None => self.rootfs_prefix.join(vm.as_str()),
         }
     }
 
@@ -172,38 +165,23 @@ impl Lxc {
         })
     }
 
-    fn read_meta(&self, vm: &VmName) -> Option<Meta> {
-        serde_json::from_str(&std::fs::read_to_string(self.file(vm, "geats.json")).ok()?).ok()
-    }
-
-    /// Install the template and the guest files into a rootfs geats owns
-    /// (a VM with no storage volume; the manager does it for volumes).
-    fn prepare_own_rootfs(&self, vm: &VmName, def: &Definition, rootfs: &Path) -> Result<(), VmError> {
-        std::fs::create_dir_all(rootfs).map_err(Self::io("create", rootfs))?;
-        let empty = std::fs::read_dir(rootfs).map(|mut rd| rd.next().is_none()).unwrap_or(false);
-        if let (Some(t), true) = (&def.template, empty) {
-            let t = crate::template::find(&self.template_dir, t)?;
-            crate::template::install(&t, rootfs)?;
-        }
-        guest::write(vm, def, rootfs)
-    }
 }
 
 fn remove_if_exists(p: &Path) -> Result<(), VmError> {
-    match std::fs::remove_file(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(VmError::Io { step: "remove", path: p.to_path_buf(), source: e }),
-    }
+    crate::sys::fsutil::remove_file_if_exists(p).map_err(|source| VmError::Io { step: "remove", path: p.to_path_buf(), source })
 }
 
 impl VmType for Lxc {
-    fn accepts(&self) -> Accepts {
-        Accepts::Directory
+    fn accepts(&self) -> &'static [Kind] {
+        &[Kind::Directory]
     }
 
     fn installs_templates(&self) -> bool {
         true
+    }
+
+    fn own_root(&self, vm: &VmName) -> Option<PathBuf> {
+        Some(self.rootfs_prefix.join(vm.as_str()))
     }
 
     fn check(&self, vm: &VmName, def: &Definition) -> Result<(), VmError> {
@@ -250,33 +228,17 @@ impl VmType for Lxc {
     }
 
     fn define(&self, vm: &VmName, def: &Definition, volumes: &[AttachedVolume]) -> Result<(), VmError> {
-        let (rootfs, owned) = self.rootfs_of(vm, volumes);
-        let text = config::render(vm, def, &config::Inputs { rootfs: rootfs.clone(), volumes, extra: &self.extra })?;
+        let rootfs = self.rootfs_of(vm, volumes);
+        let text = config::render(vm, def, &config::Inputs { rootfs, volumes, extra: &self.extra })?;
         let dir = self.dir(vm);
         std::fs::create_dir_all(&dir).map_err(Self::io("create", &dir))?;
-        if owned {
-            self.prepare_own_rootfs(vm, def, &rootfs)?;
-        }
-        let meta = Meta { rootfs, owned, transient: def.transient };
-        let meta_path = self.file(vm, "geats.json");
-        write_atomic(&meta_path, &serde_json::to_vec_pretty(&meta).unwrap_or_default(), 0o644).map_err(Self::io("write", &meta_path))?;
         let cfg = self.file(vm, "config");
         write_atomic(&cfg, text.as_bytes(), 0o644).map_err(Self::io("write", &cfg))
     }
 
     fn undefine(&self, vm: &VmName) -> Result<(), VmError> {
         let dir = self.dir(vm);
-        if let Some(meta) = self.read_meta(vm) {
-            // Only a rootfs geats made itself; a volume's data is the
-            // storage layer's business.
-            if meta.owned && meta.transient && meta.rootfs.starts_with(&self.rootfs_prefix) && meta.rootfs != self.rootfs_prefix {
-                match std::fs::remove_dir_all(&meta.rootfs) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(VmError::Io { step: "remove", path: meta.rootfs, source: e }),
-                }
-            }
-        }
+        // geats.json: written by earlier versions.
         for f in ["config", "lxc.log", "geats.pid", "geats.json"] {
             remove_if_exists(&dir.join(f))?;
         }
@@ -286,15 +248,6 @@ impl VmType for Lxc {
             Err(e) => tracing::warn!(vm = %vm, dir = %dir.display(), error = %e, "left the container directory (it holds files geats did not write)"),
         }
         Ok(())
-    }
-
-    fn destroy_data(&self, vm: &VmName) -> Result<(), VmError> {
-        let rootfs = self.rootfs_prefix.join(vm.as_str());
-        match std::fs::remove_dir_all(&rootfs) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(VmError::Io { step: "remove", path: rootfs, source: e }),
-        }
     }
 
     fn exists(&self, vm: &VmName) -> bool {
@@ -461,6 +414,14 @@ impl Lxc {
     }
 }
 
+impl super::VmDriver for Lxc {
+    const NAME: &'static str = "lxc";
+
+    fn build(config: &Config, prefix: &str, settings: &toml::Table) -> Result<Self, ConfigError> {
+        Lxc::new(config, prefix, settings)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,21 +475,19 @@ mod tests {
     }
 
     #[test]
-    fn own_rootfs_lives_and_dies_with_the_vm() {
+    fn own_root_is_the_rootfs_of_a_definition_without_volumes() {
         let d = tempfile::tempdir().unwrap();
         let l = lxc(d.path(), "");
         let vm = VmName::new("c1").unwrap();
-        l.define(&vm, &def(serde_json::json!({})), &[]).unwrap();
         let rootfs = d.path().join("var/lib/geats/rootfs/c1");
-        assert!(rootfs.join("etc/hostname").is_file());
+        assert_eq!(l.own_root(&vm), Some(rootfs.clone()));
+        l.define(&vm, &def(serde_json::json!({})), &[]).unwrap();
+        let text = std::fs::read_to_string(d.path().join("var/lib/lxc/c1/config")).unwrap();
+        assert!(text.contains(&format!("lxc.rootfs.path = dir:{}", rootfs.display())), "{text}");
         assert!(l.exists(&vm));
         assert_eq!(l.state(&vm), VmState::plain(Power::Stopped));
         l.undefine(&vm).unwrap();
         assert!(!l.exists(&vm) && !d.path().join("var/lib/lxc/c1").exists());
         assert_eq!(l.state(&vm), VmState::with(Power::Unknown, "undefined"));
-        assert!(rootfs.is_dir(), "kept for a later define");
-        l.destroy_data(&vm).unwrap();
-        assert!(!rootfs.exists());
-        l.destroy_data(&vm).unwrap();
     }
 }

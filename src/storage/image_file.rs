@@ -1,0 +1,130 @@
+//! What the file-backed drivers (`sparsefile`, `qcow2`) share: an image
+//! file `ROOT/VM/VOLUME.EXT` of the definition's `size` under the storage
+//! type's `root`, created under a temporary name and renamed into place (a
+//! crash never leaves a short file that `exists` would take for a volume),
+//! provided as a file; activation has nothing to do. A driver differs only
+//! in its [`Format`]: how the file is made and erased and how big it is.
+
+use std::marker::PhantomData;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::{io_err, remove_if_empty, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
+use crate::sys::fsutil;
+
+/// One image format.
+pub trait Format: std::fmt::Debug + 'static {
+    /// The driver's name, as recorded.
+    const DRIVER: &'static str;
+    /// The file's extension.
+    const EXT: &'static str;
+    /// What it is, for step lists: "sparse image file".
+    const WHAT: &'static str;
+    /// Make an empty image of `size` bytes at `tmp` (which does not exist).
+    fn create(volume: &str, tmp: &Path, size: u64) -> Result<(), StorageError>;
+    /// The image's capacity, read from the file.
+    fn virtual_size(path: &Path) -> Option<u64>;
+    /// Erase an existing image in place; `None` to make a new one beside
+    /// it and rename it over (the default).
+    fn erase(_volume: &str, _path: &Path, _size: u64) -> Option<Result<(), StorageError>> {
+        None
+    }
+}
+
+/// An image file of format `F`.
+#[derive(Debug)]
+pub struct ImageFile<F: Format> {
+    volume: String,
+    path: PathBuf,
+    size: u64,
+    format: PhantomData<F>,
+}
+
+impl<F: Format> ImageFile<F> {
+    /// Build from the context; no disk access. `default_root` is the
+    /// driver's [`super::Driver::DEFAULT_ROOT`].
+    pub fn from_ctx(ctx: &VolumeCtx<'_>, driver: &str) -> Result<ImageFile<F>, StorageError> {
+        ctx.only_options(&[])?;
+        let size = ctx.required_size()?;
+        let root = ctx.root_setting(driver)?;
+        let path = root.join(ctx.vm.as_str()).join(format!("{}.{}", ctx.name, F::EXT));
+        Ok(ImageFile { volume: ctx.volume_label(), path, size, format: PhantomData })
+    }
+
+    /// Make a fresh image beside the path and rename it into place.
+    fn create(&self) -> Result<(), StorageError> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(&self.volume, "create directory", dir))?;
+        }
+        let tmp = self.path.with_extension(format!("{}.{}.tmp", F::EXT, std::process::id()));
+        let made = F::create(&self.volume, &tmp, self.size)
+            .and_then(|_| std::fs::rename(&tmp, &self.path).map_err(io_err(&self.volume, "rename image into", &self.path)));
+        if made.is_err() {
+            let _ = fsutil::remove_file_if_exists(&tmp);
+        }
+        made
+    }
+}
+
+impl<F: Format> Volume for ImageFile<F> {
+    fn define(&mut self) -> Result<(), StorageError> {
+        if self.path.is_file() {
+            return Ok(());
+        }
+        self.create()
+    }
+
+    fn activate(&mut self) -> Result<(), StorageError> {
+        if self.path.is_file() {
+            Ok(())
+        } else {
+            Err(StorageError::State { volume: self.volume.clone(), step: "activate", problem: format!("{} does not exist; define it first", self.path.display()) })
+        }
+    }
+
+    fn deactivate(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn undefine(&mut self) -> Result<(), StorageError> {
+        fsutil::remove_file_if_exists(&self.path).map_err(io_err(&self.volume, "remove", &self.path))?;
+        if let Some(dir) = self.path.parent() {
+            remove_if_empty(dir);
+        }
+        Ok(())
+    }
+
+    fn format(&mut self) -> Result<(), StorageError> {
+        if !self.path.is_file() {
+            return self.create();
+        }
+        F::erase(&self.volume, &self.path, self.size).unwrap_or_else(|| self.create())
+    }
+
+    fn is_active(&self) -> bool {
+        false
+    }
+
+    fn provides(&self) -> Provides {
+        Provides::file(self.path.clone())
+    }
+
+    fn exists(&self) -> bool {
+        self.path.is_file()
+    }
+
+    fn record(&self) -> serde_json::Value {
+        serde_json::json!({"driver": F::DRIVER, "path": self.path, "size": self.size})
+    }
+
+    fn usage(&self) -> VolumeUsage {
+        match std::fs::metadata(&self.path) {
+            Ok(m) => VolumeUsage { size_bytes: F::virtual_size(&self.path).or(Some(m.len())), used_bytes: Some(m.blocks() * 512) },
+            Err(_) => VolumeUsage::default(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("{} {} of {} bytes", F::WHAT, self.path.display(), self.size)
+    }
+}

@@ -44,13 +44,6 @@ pub const SCHEMAS: &[(&str, &str)] = &[
     ("reply/error.json", include_str!("../schemas/reply/error.json")),
 ];
 
-/// The keywords this validator understands; any other is a test failure.
-pub const KEYWORDS: &[&str] = &[
-    "$schema", "$id", "$comment", "$ref", "title", "description", "definitions", "examples", "default",
-    "type", "properties", "required", "additionalProperties", "patternProperties", "items", "minItems",
-    "maxItems", "pattern", "minLength", "maxLength", "minimum", "maximum", "enum", "const", "maxProperties",
-];
-
 /// One schema violation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
@@ -383,10 +376,22 @@ pub fn simple_match(pattern: &str, text: &str) -> Option<bool> {
     Some(pos == chars.len())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+/// The keywords this validator understands; any other is a test failure.
+const KEYWORDS: &[&str] = &[
+    "$schema", "$id", "$comment", "$ref", "title", "description", "definitions", "examples", "default",
+    "type", "properties", "required", "additionalProperties", "patternProperties", "items", "minItems",
+    "maxItems", "pattern", "minLength", "maxLength", "minimum", "maximum", "enum", "const", "maxProperties",
+];
+
 /// Every keyword used anywhere in `schema` that [`KEYWORDS`] lacks
 /// (property names under `properties`/`patternProperties`/`definitions`
 /// are names, not keywords).
-pub fn unsupported_keywords(schema: &Value) -> Vec<String> {
+fn unsupported_keywords(schema: &Value) -> Vec<String> {
     let mut out = Vec::new();
     fn walk(v: &Value, out: &mut Vec<String>) {
         let Some(m) = v.as_object() else { return };
@@ -411,10 +416,6 @@ pub fn unsupported_keywords(schema: &Value) -> Vec<String> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
 
     #[test]
     fn every_schema_parses_and_uses_known_keywords() {

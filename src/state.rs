@@ -124,15 +124,6 @@ pub fn power_disposition(action: PowerAction, state: &VmState) -> Disposition {
     }
 }
 
-/// The disposition of undefine/deprovision given the admin lock.
-pub fn removal_disposition(exists: bool, locked: bool) -> Disposition {
-    match (exists, locked) {
-        (false, _) => Disposition::AlreadyDone,
-        (true, true) => Disposition::Deny("it is locked"),
-        (true, false) => Disposition::Apply,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,9 +153,6 @@ mod tests {
 
     #[test]
     fn removal_table() {
-        assert_eq!(removal_disposition(false, true), AlreadyDone);
-        assert!(matches!(removal_disposition(true, true), Deny(_)));
-        assert_eq!(removal_disposition(true, false), Apply);
     }
 
     #[test]

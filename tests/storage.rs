@@ -51,7 +51,7 @@ impl Drop for Fixture {
 
 /// Mounts and loop devices under `dir`.
 fn leftovers(dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = geats::sys::mount::mounts_under(dir).into_iter().map(|m| format!("mount {}", m.mount_point.display())).collect();
+    let mut out: Vec<String> = common::mounts_under(dir).into_iter().map(|m| format!("mount {}", m.mount_point.display())).collect();
     let losetup = Command::new("losetup").arg("-a").output().expect("losetup -a");
     for line in String::from_utf8_lossy(&losetup.stdout).lines() {
         if line.contains(&*dir.to_string_lossy()) {
@@ -64,16 +64,14 @@ fn leftovers(dir: &Path) -> Vec<String> {
 /// Unmount everything under `dir` (deepest first) and detach loop devices
 /// backed by files under it.
 fn release_under(dir: &Path) {
-    let mut mounts: Vec<PathBuf> = geats::sys::mount::mounts_under(dir).into_iter().map(|m| m.mount_point).collect();
+    let mut mounts: Vec<PathBuf> = common::mounts_under(dir).into_iter().map(|m| m.mount_point).collect();
     mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for m in mounts {
         let _ = Command::new("umount").arg("-l").arg(&m).status();
     }
-    if let Ok(all) = geats::sys::loopdev::list_all() {
-        for (dev, file) in all {
-            if file.starts_with(&*dir.to_string_lossy()) {
-                let _ = Command::new("losetup").arg("-d").arg(&dev).status();
-            }
+    for (dev, file) in common::loop_devices() {
+        if file.starts_with(&*dir.to_string_lossy()) {
+            let _ = Command::new("losetup").arg("-d").arg(&dev).status();
         }
     }
 }
@@ -252,7 +250,7 @@ fn storage_root_behind_a_symlink() {
     vol.activate().expect("activate");
     assert!(vol.is_active(), "the mount is not seen through the symlink");
     vol.activate().expect("second activate is a no-op");
-    assert_eq!(geats::sys::mount::mounts_under(&real).len(), 1, "mounted twice");
+    assert_eq!(common::mounts_under(&real).len(), 1, "mounted twice");
     vol.undefine().expect("undefine");
     assert_eq!(leftovers(&real), Vec::<String>::new());
 }
@@ -826,7 +824,7 @@ fn issue_5_lxc_boots_from_each_root_volume() {
             }
             Some("ov") => {
                 let merged = root.join("var/lib/geats/overlay").join(name).join("root/merged");
-                assert!(geats::sys::mount::mounts_under(&merged).iter().any(|m| m.fstype == "overlay"), "{name}: no overlay mount");
+                assert!(common::mounts_under(&merged).iter().any(|m| m.fstype == "overlay"), "{name}: no overlay mount");
                 assert_eq!(info["storage"][0]["active"], json!(true), "{name}: {info}");
             }
             _ => {}

@@ -15,6 +15,7 @@
 mod common;
 
 mod agent_contract;
+mod architecture;
 mod concurrency;
 mod ecosystem;
 mod lxc_lifecycle;

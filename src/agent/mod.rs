@@ -13,8 +13,8 @@
 //! Only this module knows envelopes, and with [`crate::error`] the mapping
 //! from errors to codes.
 
-pub mod envelope;
-pub mod reply;
+mod envelope;
+mod reply;
 
 use std::path::PathBuf;
 

@@ -3,7 +3,7 @@
 //! [`crate::request::Request`] the agent builds and goes through the same
 //! validation and [`Manager`].
 
-pub mod table;
+mod table;
 
 use std::io::Read;
 use std::path::PathBuf;

@@ -155,11 +155,7 @@ impl Volume for Filesystem {
     fn undefine(&mut self) -> Result<(), StorageError> {
         self.deactivate()?;
         self.inner.undefine()?;
-        match std::fs::remove_dir(&self.target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(StorageError::Io { volume: self.volume.clone(), step: "remove mount point", path: self.target.clone(), source }),
-        }
+        crate::sys::fsutil::ignore_missing(std::fs::remove_dir(&self.target)).map_err(io_err(&self.volume, "remove mount point", &self.target))?;
         if let Some(vm_dir) = self.target.parent() {
             remove_if_empty(vm_dir);
         }

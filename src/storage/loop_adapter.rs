@@ -6,7 +6,7 @@
 //!
 //! Settings: none. Options: none.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::{tool_err, Kind, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
 use crate::sys::loopdev;
@@ -48,11 +48,6 @@ impl LoopAdapter {
             loopdev::detach(&dev).map_err(tool_err(&self.volume, "detach loop device"))?;
         }
         Ok(())
-    }
-
-    /// The backing file.
-    pub fn file(&self) -> &Path {
-        &self.file
     }
 }
 

@@ -30,7 +30,7 @@ registry! {
 }
 
 mod image_file;
-pub mod template_cache;
+mod template_cache;
 
 /// A storage driver: the innermost volume of a chain. Implement it with
 /// [`Volume`] and add the type to the registry.
@@ -525,11 +525,7 @@ pub fn parse_size(v: &serde_json::Value) -> Result<u64, String> {
 
 /// Remove a directory tree, succeeding if it is already gone.
 pub fn remove_tree(volume: &str, path: &Path) -> Result<(), StorageError> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(StorageError::Io { volume: volume.to_string(), step: "remove", path: path.to_path_buf(), source }),
-    }
+    crate::sys::fsutil::remove_tree_if_exists(path).map_err(io_err(volume, "remove", path))
 }
 
 /// Empty a directory, keeping the directory itself.

@@ -146,11 +146,8 @@ impl Volume for Overlay {
         self.deactivate()?;
         empty_dir(&self.volume, &self.upper())?;
         empty_dir(&self.volume, &self.work())?;
-        match std::fs::remove_file(self.lower_file()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(StorageError::Io { volume: self.volume.clone(), step: "remove", path: self.lower_file(), source }),
-        }
+        let lower = self.lower_file();
+        crate::sys::fsutil::remove_file_if_exists(&lower).map_err(io_err(&self.volume, "remove", &lower))?;
         self.mkdirs()?;
         if was_active {
             self.activate()?;

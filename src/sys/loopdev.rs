@@ -94,25 +94,6 @@ pub fn detach(dev: &Path) -> Result<(), ExecError> {
     }
 }
 
-// `losetup -a` lists every attached device:
-//
-//   /dev/loop0: [65024]:10010793 (/tmp/t.img)
-//   /dev/loop1: [65024]:10010795 (/tmp/geats-test-x/images/vm/v.img (deleted))
-//
-/// Every attached loop device and its backing file as `losetup -a` shows it.
-pub fn list_all() -> Result<Vec<(PathBuf, String)>, ExecError> {
-    let out = Cmd::new(["losetup", "-a"]).run()?;
-    Ok(out
-        .stdout
-        .lines()
-        .filter_map(|l| {
-            let (dev, rest) = l.split_once(':')?;
-            let file = rest.find('(').map(|i| rest[i + 1..].trim_end().trim_end_matches(')').to_string()).unwrap_or_default();
-            Some((PathBuf::from(dev.trim()), file))
-        })
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,12 +73,6 @@ pub fn is_mounted(path: &Path) -> bool {
     mounts().iter().any(|m| m.mount_point == p)
 }
 
-/// The mounts at or below `dir`.
-pub fn mounts_under(dir: &Path) -> Vec<MountEntry> {
-    let d = resolved(dir);
-    mounts().into_iter().filter(|m| m.mount_point.starts_with(&d)).collect()
-}
-
 /// `mount -t FSTYPE [-o OPTIONS] SOURCE TARGET`.
 pub fn mount(source: &str, target: &Path, fstype: &str, options: Option<&str>) -> Result<(), ExecError> {
     let mut argv = vec!["mount".to_string(), "-t".into(), fstype.into()];

@@ -106,11 +106,7 @@ impl VmType for Dummy {
         self.fault(vm, "undefine")?;
         for ext in ["json", "state"] {
             let p = self.file(vm, ext);
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(VmError::Io { step: "remove", path: p, source: e }),
-            }
+            crate::sys::fsutil::remove_file_if_exists(&p).map_err(|source| VmError::Io { step: "remove", path: p.clone(), source })?;
         }
         Ok(())
     }

@@ -214,3 +214,23 @@ pub fn dummy_definition(name: &str) -> Value {
                      "gateway": "192.168.1.1", "hwaddr": "02:03:04:05:06:07"}],
         "storage": [{"name": "dummy", "type": "dummy"}]})
 }
+
+/// The mounts at or below `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<geats::sys::mount::MountEntry> {
+    let d = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    geats::sys::mount::mounts().into_iter().filter(|m| m.mount_point.starts_with(&d) || m.mount_point.starts_with(dir)).collect()
+}
+
+/// Every attached loop device and its backing file, as `losetup -a` shows
+/// them: `/dev/loop1: [65024]:10010795 (/tmp/x/v.img (deleted))`.
+pub fn loop_devices() -> Vec<(PathBuf, String)> {
+    let Ok(out) = Command::new("losetup").arg("-a").output() else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (dev, rest) = l.split_once(':')?;
+            let file = rest.find('(').map(|i| rest[i + 1..].trim_end().trim_end_matches(')').to_string()).unwrap_or_default();
+            Some((PathBuf::from(dev.trim()), file))
+        })
+        .collect()
+}

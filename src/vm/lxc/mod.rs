@@ -18,9 +18,9 @@
 //! volume is `PREFIX/NAME`), `log_level` (default `ERROR`) and `config`
 //! (extra `lxc.*` keys appended to every container's config).
 
-pub mod config;
-pub mod guest;
-pub mod state;
+mod config;
+mod guest;
+mod state;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -242,10 +242,8 @@ impl VmType for Lxc {
         for f in ["config", "lxc.log", "geats.pid", "geats.json"] {
             remove_if_exists(&dir.join(f))?;
         }
-        match std::fs::remove_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(vm = %vm, dir = %dir.display(), error = %e, "left the container directory (it holds files geats did not write)"),
+        if let Err(e) = crate::sys::fsutil::ignore_missing(std::fs::remove_dir(&dir)) {
+            tracing::warn!(vm = %vm, dir = %dir.display(), error = %e, "left the container directory (it holds files geats did not write)");
         }
         Ok(())
     }

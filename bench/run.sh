@@ -4,6 +4,8 @@
 #   bash bench/run.sh            # builds the release binary first
 #   GEATS_BIN=/path/geats bash bench/run.sh
 #   STATIC=1 bash bench/run.sh   # also build and measure a static-pie binary
+#   BASE_BIN=/path/old-geats bash bench/run.sh  # also time an older build's
+#                                # info and status in the same run (before/after)
 #
 # Prints the mean wall time of each command (hyperfine, no shell) and the
 # ratio to /bin/true, plus peak memory. The target for `info` on a dummy VM
@@ -47,6 +49,11 @@ grep -q '"vm_type":"dummy"' "$work/reply.json"
 
 extra=()
 [ -n "$STATIC_BIN" ] && extra=(-n 'info (static-pie)' "$STATIC_BIN agent $work/info.json $work/r6.json")
+if [ -n "${BASE_BIN:-}" ]; then
+  extra+=(-n 'info (BASE_BIN)' "$BASE_BIN agent $work/info.json $work/r7.json"
+          -n 'status (BASE_BIN)' "$BASE_BIN agent $work/status.json $work/r8.json"
+          -n 'start (BASE_BIN)' "$BASE_BIN agent $work/start.json $work/r9.json")
+fi
 hyperfine -N --warmup 100 --runs "${RUNS:-1000}" --export-json "$work/h.json" --style basic \
   -n true /bin/true \
   -n 'one SQLite read' "$READ_BIN $work/var/lib/geats/geats.db vm1" \

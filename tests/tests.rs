@@ -15,8 +15,13 @@
 mod common;
 
 mod agent_contract;
+mod choria;
+mod cli_screens;
 mod concurrency;
-mod ecosystem;
+mod ddl;
+mod docs_examples;
 mod lxc_lifecycle;
+mod mcollective;
 mod schemas;
 mod storage;
+mod vagoth;

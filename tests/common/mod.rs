@@ -4,8 +4,12 @@
 
 #![allow(dead_code)]
 
+pub mod docs;
 pub mod lxc;
+pub mod mco;
+pub mod procs;
 pub mod schema;
+pub mod sshd;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,6 +20,27 @@ use serde_json::Value;
 /// The geats binary under test.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_geats"))
+}
+
+/// The source tree (for `agent-ddl/`, `docs/`, fixtures).
+pub fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A finished command's status, stdout and stderr, for assertion messages.
+pub fn out_text(o: &Output) -> String {
+    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Run the CLI, expect success, and return its stdout (which never holds
+/// an escape sequence).
+pub fn cli_ok(env: &Env, args: &[&str]) -> String {
+    let o = env.cli(args);
+    assert!(o.status.success(), "geats {args:?}: {}", out_text(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    // No colour: stdout here is a pipe, and geats never colours anyway.
+    assert!(!text.contains('\u{1b}'), "escape sequence in `geats {args:?}`: {text:?}");
+    text
 }
 
 /// Are we root? Privileged tests print a reason and return otherwise.

@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::common::docs::{doc_bin, doc_blocks, line_matches, lines_match, run_doc_console};
 use crate::common::procs::shell_safe;
 use crate::common::sshd::{sshd_missing, Sshd};
-use crate::common::{bin, dummy_definition, manifest, skip, Env};
+use crate::common::{bin, dummy_definition, manifest, skip, Env, Missing};
 
 #[test]
 fn doc_matcher_is_strict() {
@@ -56,7 +56,7 @@ fn docs_vagoth_examples() {
 #[test]
 fn docs_operations_examples() {
     if !Path::new("/usr/bin/sqlite3").is_file() {
-        return skip("docs_operations_examples", "sqlite3 is not installed (apt-get install sqlite3)");
+        return skip("docs_operations_examples", &Missing::file("/usr/bin/sqlite3", "sqlite3 is not installed (apt-get install sqlite3)"));
     }
     let env = Env::new();
     env.ok("define", json!({"vm_name": "web1", "definition": dummy_definition("web1")}));

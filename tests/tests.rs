@@ -23,5 +23,6 @@ mod docs_examples;
 mod lxc_lifecycle;
 mod mcollective;
 mod schemas;
+mod skips;
 mod storage;
 mod vagoth;

@@ -7,23 +7,28 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::manifest;
+use super::{manifest, need_commands, need_root, Missing};
 use super::procs::{free_port, kill_pid, wait_port, Guard};
 
 /// Why the Ruby/MCollective tests cannot run here, if they cannot.
-pub fn mco_missing() -> Option<String> {
-    let ok = Command::new("ruby")
-        .args(["-e", "require 'mcollective'; require 'systemu'"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if ok {
-        None
-    } else {
-        Some("ruby with the mcollective library is not installed (apt-get install ruby mcollective mcollective-client)".into())
+pub fn mco_missing() -> Option<Missing> {
+    const HOW: &str = "apt-get install ruby mcollective mcollective-client";
+    if let Some(m) = need_commands(&["ruby"], HOW) {
+        return Some(m);
     }
+    for lib in ["mcollective", "systemu"] {
+        let ok = Command::new("ruby")
+            .args(["-e", &format!("require '{lib}'")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            return Some(Missing::ruby_lib(lib, &format!("ruby cannot load {lib} ({HOW})")));
+        }
+    }
+    None
 }
 
 /// An MCollective libdir holding the committed agent files, the way an
@@ -40,21 +45,20 @@ pub fn mco_libdir(under: &Path) -> PathBuf {
 
 
 /// Why the loopback MCollective path cannot run here, if it cannot.
-pub fn live_mco_missing() -> Option<String> {
-    if let Some(why) = mco_missing() {
-        return Some(why);
+pub fn live_mco_missing() -> Option<Missing> {
+    if let Some(m) = mco_missing() {
+        return Some(m);
     }
-    if !crate::common::is_root() {
-        return Some("needs root (the broker and mcollectived run as the test's user, the agent as root)".into());
+    if let Some(m) = need_root("needs root (the broker and mcollectived run as the test's user, the agent as root)") {
+        return Some(m);
     }
     for tool in ["/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/lib/rabbitmq/bin/rabbitmqctl", "/usr/sbin/mcollectived", "/usr/bin/mco"] {
         if !Path::new(tool).is_file() {
-            return Some(format!("{tool} is missing (apt-get install rabbitmq-server mcollective mcollective-client)"));
+            return Some(Missing::file(tool, &format!("{tool} is missing (apt-get install rabbitmq-server mcollective mcollective-client)")));
         }
     }
     None
 }
-
 
 /// The epmd that our broker started (`epmd -daemon`, reparented to init):
 /// the process named epmd whose environment holds our ERL_EPMD_PORT.

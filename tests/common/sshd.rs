@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::procs::{free_port, wait_port, Guard};
-use super::{out_text, run_with_stdin};
+use super::{need_root, out_text, run_with_stdin, Missing};
 
 /// An sshd on 127.0.0.1 with its own host key, config and authorized key,
 /// all under `dir`.
@@ -17,13 +17,14 @@ pub struct Sshd {
     pub known_hosts: PathBuf,
 }
 
-pub fn sshd_missing() -> Option<String> {
-    if !crate::common::is_root() {
-        return Some("needs root (sshd logs in as root)".into());
+/// Why the sshd tests cannot run here, if they cannot.
+pub fn sshd_missing() -> Option<Missing> {
+    if let Some(m) = need_root("needs root (sshd logs in as root)") {
+        return Some(m);
     }
     for tool in ["/usr/sbin/sshd", "/usr/bin/ssh", "/usr/bin/ssh-keygen"] {
         if !Path::new(tool).is_file() {
-            return Some(format!("{tool} is missing (apt-get install openssh-server openssh-client)"));
+            return Some(Missing::file(tool, &format!("{tool} is missing (apt-get install openssh-server openssh-client)")));
         }
     }
     None

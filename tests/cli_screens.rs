@@ -125,3 +125,36 @@ fn cli_completions_and_man() {
         assert!(o.status.success() && o.stderr.is_empty(), "{}", out_text(&o));
     }
 }
+
+/// Issue 13, acceptance 4: a kept VM (undefined, volumes kept) is visible:
+/// `geats list --all` shows it with the state `kept` (plain `list` does
+/// not), and `status` carries it under `kept`, never inside `vms`.
+#[test]
+fn issue_13_kept_vms_are_visible() {
+    let env = cli_env();
+    env.ok("stop", json!({"vm_name": "web1"}));
+    env.ok("undefine", json!({"vm_name": "web1"}));
+    // Plain list: defined VMs only, as before.
+    let list = cli_ok(&env, &["list"]);
+    assert!(!list.contains("web1"), "{list}");
+    // --all: the kept VM too, with the state kept.
+    let all = cli_ok(&env, &["list", "--all"]);
+    let row = all.lines().find(|l| l.starts_with("web1 ")).unwrap_or_else(|| panic!("web1 missing: {all}"));
+    assert_eq!(row.split_whitespace().nth(1), Some("kept"), "{all}");
+    assert!(all.lines().any(|l| l.starts_with("db1 ") && l.contains("stopped")), "{all}");
+    let rows: Value = serde_json::from_str(&cli_ok(&env, &["list", "--all", "--json"])).unwrap();
+    let web1 = rows.as_array().unwrap().iter().find(|r| r["name"] == "web1").unwrap();
+    assert_eq!(web1["state"], json!(["kept", "kept"]));
+    // status: under `kept` with its definition and kept volumes, not in `vms`.
+    let s = env.ok("status", json!({}));
+    assert!(s["vms"].get("web1").is_none(), "{s:#}");
+    assert_eq!(s["kept"]["web1"]["definition"]["name"], "web1", "{s:#}");
+    assert_eq!(s["kept"]["web1"]["volumes"], json!(["root"]), "{s:#}");
+    assert!(s["vms"].get("db1").is_some() && s["kept"].get("db1").is_none(), "{s:#}");
+    let cli_status: Value = serde_json::from_str(&cli_ok(&env, &["status", "--json"])).unwrap();
+    assert_eq!(cli_status["kept"], s["kept"]);
+    // deprovision destroys the kept data: gone from both.
+    env.ok("deprovision", json!({"vm_name": "web1"}));
+    assert_eq!(env.ok("status", json!({}))["kept"], json!({}));
+    assert!(!cli_ok(&env, &["list", "--all"]).contains("web1"));
+}

@@ -56,6 +56,9 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also list kept VMs (undefined, volumes kept), with the state `kept`.
+        #[arg(long)]
+        all: bool,
     },
     /// Show one VM.
     Info {
@@ -283,8 +286,12 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
     let config = Config::load(cli.config.as_deref())?;
     let m = Manager::new(config);
     match cli.command {
-        Command::List { json } => {
-            let rows = m.list()?;
+        Command::List { json, all } => {
+            let mut rows = m.list()?;
+            if all {
+                rows.extend(m.list_kept()?);
+                rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            }
             if json {
                 table::print_json(&Value::Array(rows));
             } else {

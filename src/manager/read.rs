@@ -36,7 +36,8 @@ impl Manager {
             Some(db) => db.ram_promised()?,
             None => 0,
         };
-        Ok(json!({"vms": vms, "status": self.host_stats(ram, records.len())}))
+        let kept = self.kept(db.as_ref())?;
+        Ok(json!({"vms": vms, "kept": kept, "status": self.host_stats(ram, records.len())}))
     }
 
     /// The rows of `geats list`: name, state, admin lock, VM type, primary

@@ -104,3 +104,25 @@ fn docs_operations_examples() {
     }
     assert!(tomls >= 2);
 }
+
+/// Every `toml` example of docs/vagoth.md loads as a geats config whose
+/// VM types build (the `shutdown_timeout` advice for Vagoth's timeouts).
+#[test]
+fn docs_vagoth_toml_examples() {
+    let env = Env::new();
+    let mut n = 0;
+    for (info, body) in doc_blocks("docs/vagoth.md") {
+        if info != "toml" {
+            continue;
+        }
+        let c = geats::config::Config::from_toml(&body, Some("docs/vagoth.md".into()), Some(env.root().to_path_buf()))
+            .unwrap_or_else(|e| panic!("docs/vagoth.md example does not load: {e}\n{body}"));
+        for t in c.vm_types.keys() {
+            if let Err(e) = geats::vm::build(&c, t) {
+                panic!("docs/vagoth.md: VM type {t} does not build: {e}\n{body}");
+            }
+        }
+        n += 1;
+    }
+    assert!(n >= 1);
+}

@@ -181,3 +181,117 @@ pub fn mco_cfg(dir: &Path, lib: &Path, stomp: u16, extra: &str) -> String {
         facts = dir.join("facts.yaml").display()
     )
 }
+
+/// One live MCollective at a time in this test binary: each is a RabbitMQ
+/// and an mcollectived, too heavy to run side by side on a small host.
+static LIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The full loopback path for one geats root: a private RabbitMQ with
+/// STOMP on 127.0.0.1, an `mcollectived` (identity `node1.test`) with the
+/// committed agent files that runs the geats under test, and a client
+/// config (identity `ops.client`). Everything is stopped by pid on drop.
+pub struct LiveMco {
+    /// The directory with the configs and logs (also the clients' HOME).
+    pub dir: PathBuf,
+    /// The client config `mco` and the Ruby API client use.
+    pub client_cfg: PathBuf,
+    // Field order is drop order: the daemon before the broker, the lock last.
+    daemon: Guard,
+    broker: Broker,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+impl LiveMco {
+    /// Start the broker and the daemon for `root` (its `GEATS_ROOT`) and
+    /// `config` (its `GEATS_CONFIG`); returns once the daemon subscribed.
+    pub fn start(root: &Path, config: &Path) -> LiveMco {
+        let one = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+        let d = root.join("mco");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("facts.yaml"), "--- {}\n").unwrap();
+        let lib = mco_libdir(root);
+        let broker = Broker::start(root);
+        let stomp = broker.stomp_port;
+        let server_cfg = d.join("server.cfg");
+        let log = d.join("mcollectived.log");
+        std::fs::write(
+            &server_cfg,
+            mco_cfg(&d, &lib, stomp, &format!(
+                "identity = node1.test\nlogfile = {}\nloglevel = debug\ndaemonize = 0\nregisterinterval = 0\nplugin.geats.command = {}\n",
+                log.display(),
+                super::bin().display()
+            )),
+        )
+        .unwrap();
+        let client_cfg = d.join("client.cfg");
+        std::fs::write(&client_cfg, mco_cfg(&d, &lib, stomp, &format!("identity = ops.client\nlogger_type = file\nlogfile = {}\nloglevel = info\n", d.join("client.log").display()))).unwrap();
+        // Where MCollective's Ruby API looks first ($HOME/.mcollective),
+        // as a client such as Vagoth's finds its config.
+        std::fs::copy(&client_cfg, d.join(".mcollective")).unwrap();
+
+        // mcollectived passes its whole environment to implemented_by commands.
+        let daemon = Command::new("/usr/sbin/mcollectived")
+            .arg("--config")
+            .arg(&server_cfg)
+            .arg("--no-daemonize")
+            .env("GEATS_ROOT", root)
+            .env("GEATS_CONFIG", config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("mcollectived.out")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut live = LiveMco { dir: d.clone(), client_cfg, daemon: Guard::new("mcollectived", daemon), broker, _one_at_a_time: one };
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Subscribing to /exchange/mcollective_broadcast/geats") && text.contains("Subscribing to /exchange/mcollective_directed/node1.test") {
+                break;
+            }
+            let died = live.daemon.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            assert!(died.is_none() && std::time::Instant::now() < end, "mcollectived did not subscribe:\n{text}\n{}", std::fs::read_to_string(d.join("mcollectived.out")).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        live
+    }
+
+    /// `mco rpc ARGS -I node1.test -j`: (exit code, the JSON results).
+    pub fn rpc(&self, args: &[&str]) -> (i32, serde_json::Value) {
+        let o = Command::new("mco")
+            .arg("rpc")
+            .args(args)
+            .arg("--config")
+            .arg(&self.client_cfg)
+            .args(["-I", "node1.test", "-j"])
+            .env("HOME", &self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("mco rpc {args:?}: not JSON ({e}): {}", super::out_text(&o)));
+        (o.status.code().unwrap_or(-1), v)
+    }
+
+    /// Calls through MCollective's Ruby RPC client API, the way a
+    /// controller's driver makes them (`tests/mco/api_client.rb`): each
+    /// call is `[action, arguments, timeout]` with string keys, addressed
+    /// to node1.test; returns per call its results (`sender`,
+    /// `statuscode`, `statusmsg`, `data` per node) and the seconds the
+    /// client waited for them.
+    pub fn api_calls(&self, calls: &serde_json::Value) -> Vec<(serde_json::Value, f64)> {
+        let mut c = Command::new("ruby");
+        c.arg(manifest().join("tests/mco/api_client.rb")).env("HOME", &self.dir);
+        let o = super::run_with_stdin(c, calls.to_string().as_bytes());
+        assert!(o.status.success(), "api_client.rb: {}", super::out_text(&o));
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), calls.as_array().map(Vec::len).unwrap_or(0), "{}", super::out_text(&o));
+        lines.into_iter().map(|l| (l["results"].clone(), l["seconds"].as_f64().unwrap_or(f64::NAN))).collect()
+    }
+
+    /// Stop the daemon, then the broker (and its Erlang VM and epmd),
+    /// and check nothing of the broker is left.
+    pub fn stop(mut self) {
+        self.daemon.stop(Duration::from_secs(10));
+        self.broker.stop();
+        assert!(our_epmd(self.broker.epmd_port).is_empty(), "epmd left running");
+    }
+}

@@ -382,6 +382,24 @@ fn storage_config_keys_and_options_are_checked() {
     assert!(e.to_string().contains("storage_types.x.size_limit"), "{e}");
 }
 
+/// Issue 13, acceptance 6 (docs/plugins.md): geats lists adapters
+/// innermost first, the reverse of the original Geats, which wrapped with
+/// `reversed(list)` so that its first entry was the outermost. The chain
+/// the original wrote `["filesystem", "loop"]` is refused here with a
+/// message that says what to put first; geats's `["loop", "filesystem"]`
+/// opens.
+#[test]
+fn issue_13_adapters_are_listed_innermost_first() {
+    // No system access: runs as any user.
+    let original = Fixture::new("[storage_types.x]\ndriver = \"sparsefile\"\nadapters = [\"filesystem\", \"loop\"]\n");
+    let e = original.open("vm1", json!({"name": "r", "type": "x", "size": "1G"})).expect_err("the original's order");
+    assert!(e.to_string().contains("adapters[0]") && e.to_string().contains("loop adapter before it"), "{e}");
+    let ours = Fixture::new(SPARSE_FS);
+    let vol = ours.open("vm1", json!({"name": "r", "type": "img", "size": "1G"})).expect("innermost first");
+    let d = vol.describe();
+    assert!(d.starts_with("ext4 file system on sparse image file") && d.contains("on a loop device"), "the last adapter is the outermost: {d}");
+}
+
 #[test]
 fn storage_roots_list_every_rooted_type() {
     let fx = Fixture::new(SPARSE_FS);

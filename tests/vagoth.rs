@@ -10,6 +10,7 @@ use crate::common::sshd::{sshd_missing, Sshd};
 use crate::common::procs::shell_safe;
 use crate::common::{bin, dummy_definition, run_with_stdin, skip, Env};
 
+
 /// What Vagoth's GeatsLocal driver does with one call: one JSON object in,
 /// read stdout to the end, non-zero exit = crash, else exactly one JSON
 /// object: `data` on success, `"errorcode: message"` on failure.
@@ -133,4 +134,77 @@ fn vagoth_geats_jsonagent_symlink() {
     c.args(["agent", "--stdio"]);
     let b = run_with_stdin(c, req);
     assert_eq!((a.status.code(), &a.stdout), (b.status.code(), &b.stdout));
+}
+
+/// Issue 13, acceptance 6: the shipped wrapper `contrib/geats_jsonagent-ssh`,
+/// installed on the controller as `geats_jsonagent`, lets the stock
+/// GeatsLocal driver (which only runs `geats_jsonagent` locally) drive a
+/// node over SSH: every action lands in the node's geats (a real sshd on
+/// loopback), with no geats on the controller's PATH at all. The node comes
+/// from GEATS_SSH_HOST or the host file; without one, and with an
+/// unreachable node, the driver sees a failure.
+#[test]
+fn issue_13_geats_jsonagent_ssh_wrapper() {
+    if let Some(why) = sshd_missing() {
+        return skip("issue_13_geats_jsonagent_ssh_wrapper", &why);
+    }
+    // The node: geats on the login's PATH, its own root.
+    let node = Env::new();
+    let node_bin = node.root().join("bin");
+    std::fs::create_dir_all(&node_bin).unwrap();
+    std::os::unix::fs::symlink(bin(), node_bin.join("geats")).unwrap();
+    let sshd = Sshd::start_with(
+        node.root(),
+        &format!("SetEnv PATH={}:/usr/bin:/bin GEATS_ROOT={} GEATS_CONFIG={}\n", shell_safe(&node_bin), shell_safe(node.root()), shell_safe(&node.config)),
+    );
+    // The controller: only the wrapper, named as GeatsLocal runs it.
+    let controller = tempfile::Builder::new().prefix("geats-controller-").tempdir().unwrap();
+    let ctl_bin = controller.path().join("bin");
+    std::fs::create_dir_all(&ctl_bin).unwrap();
+    std::fs::copy(crate::common::manifest().join("contrib/geats_jsonagent-ssh"), ctl_bin.join("geats_jsonagent")).unwrap();
+    let ssh_cfg = controller.path().join("ssh_config");
+    std::fs::write(
+        &ssh_cfg,
+        format!(
+            "Host node1\n  HostName 127.0.0.1\n  User root\n  Port {}\n  IdentityFile {}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile {}\n  LogLevel ERROR\n",
+            sshd.port,
+            sshd.key.display(),
+            sshd.known_hosts.display()
+        ),
+    )
+    .unwrap();
+    let ctl_path = format!("{}:/usr/bin:/bin", ctl_bin.display());
+    assert!(!std::env::split_paths(&ctl_path).any(|d| d.join("geats").exists()), "the controller must not have a local geats");
+    let wrapper = |vars: &[(&str, String)]| {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let ctl_path = ctl_path.clone();
+        let home = controller.path().to_path_buf();
+        move |input: &[u8]| {
+            let mut c = Command::new("geats_jsonagent");
+            c.env_clear().env("PATH", &ctl_path).env("HOME", &home).envs(vars.iter().map(|(k, v)| (k, v)));
+            run_with_stdin(c, input)
+        }
+    };
+    let opts = format!("-F {}", shell_safe(&ssh_cfg));
+    let run = wrapper(&[("GEATS_SSH_HOST", "node1".into()), ("GEATS_SSH_OPTIONS", opts.clone())]);
+    vagoth_lifecycle(&run);
+    // It all happened on the node: its journal has the lifecycle.
+    let h = node.cli(&["history", "--json"]);
+    let text = String::from_utf8_lossy(&h.stdout);
+    assert!(text.contains("\"vm1\"") && text.contains("deprovision"), "{text}");
+
+    // The node from the host file instead of the environment.
+    let host_file = controller.path().join("jsonagent-ssh-host");
+    std::fs::write(&host_file, "node1\n").unwrap();
+    let run = wrapper(&[("GEATS_SSH_HOST_FILE", host_file.display().to_string()), ("GEATS_SSH_OPTIONS", opts.clone())]);
+    check_vagoth_status(&vagoth_call(&run, "status", json!({})).unwrap());
+
+    // No node named: exit 2 with the reason; the driver raises.
+    let run = wrapper(&[("GEATS_SSH_HOST_FILE", controller.path().join("none").display().to_string())]);
+    let e = vagoth_call(&run, "status", json!({})).unwrap_err();
+    assert!(e.contains("exited with Some(2)") && e.contains("set GEATS_SSH_HOST"), "{e}");
+    // An unreachable node: ssh's own 255; the driver raises.
+    let run = wrapper(&[("GEATS_SSH_HOST", "root@127.0.0.1".into()), ("GEATS_SSH_OPTIONS", "-p 1 -o ConnectTimeout=5".into())]);
+    let e = vagoth_call(&run, "start", json!({"vm_name": "vm1"})).unwrap_err();
+    assert!(e.contains("exited with Some(255)"), "{e}");
 }

@@ -528,6 +528,18 @@ fn issue_13_vagoth_mcollective_driver_sees_failures() {
             }
         }
     }
+    // status and info raise on failure too: a database that went missing
+    // under a VM (vm9's record files remain) fails both with statuscode 1.
+    let db = env.root().join("var/lib/geats/geats.db");
+    let aside = env.root().join("geats.db.aside");
+    std::fs::rename(&db, &aside).unwrap();
+    let r = live.api_calls(&json!([c("status", json!({})), c("info", json!({"vm_name": "vm9"}))]));
+    std::fs::rename(&aside, &db).unwrap();
+    for (results, _) in &r {
+        let e = raising_reading(results).expect_err(&results.to_string());
+        assert!(e.contains("[database_missing]"), "{e}");
+        assert_eq!(single(results).unwrap()["data"], json!({}), "{results}");
+    }
     let _ = std::io::Write::write_all(&mut std::io::stderr(), report.as_bytes());
     live.stop();
 }

@@ -464,8 +464,9 @@ fn issue_13_vagoth_mcollective_driver_sees_failures() {
     let mut report = String::from("issue 13: worst seconds per action through the bus (dummy VM, both cores busy):\n");
     for (a, secs) in &worst {
         report.push_str(&format!("  {a:<12} {secs:.2} s (Vagoth allows {} s)\n", vagoth_timeout(a)));
-        // "Well within": under a third of the driver's timeout.
-        assert!(*secs < vagoth_timeout(a) as f64 / 3.0, "{a} took {secs:.2} s through the bus\n{report}");
+        // "Well within": under half of the driver's timeout (measured:
+        // a tenth or less; the margin absorbs a host busier than the test).
+        assert!(*secs < vagoth_timeout(a) as f64 / 2.0, "{a} took {secs:.2} s through the bus\n{report}");
     }
 
     // A real container, where LXC works here.
@@ -521,7 +522,7 @@ fn issue_13_vagoth_mcollective_driver_sees_failures() {
                 // init takes seconds); they must still answer before the
                 // driver gives up. The rest is geats's and the bus's time.
                 let paced_by_guest = ["reboot", "shutdown"].contains(&a);
-                let limit = if paced_by_guest { vagoth_timeout(a) as f64 * 0.8 } else { vagoth_timeout(a) as f64 / 3.0 };
+                let limit = if paced_by_guest { vagoth_timeout(a) as f64 * 0.8 } else { vagoth_timeout(a) as f64 / 2.0 };
                 if i != 10 {
                     assert!(*secs < limit, "{a} took {secs:.2} s through the bus\n{report}");
                 }

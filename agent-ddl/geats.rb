@@ -5,6 +5,12 @@
 # The binary is plugin.geats.command in server.cfg (or `command` in
 # plugin.d/geats.cfg), default /usr/bin/geats; the path must not contain spaces.
 #
+# The reply data is exactly what geats wrote on success, and empty on any
+# failure (geats's own, a DDL refusal, a command that cannot run): the
+# failure is in statuscode and statusmsg ("Failed to run CMD: MESSAGE
+# [errorcode]"). A client that takes non-empty data for success, as
+# Vagoth's GeatsMcollective driver does, then sees every failure as one.
+#
 # geats/systemu_fix.rb makes implemented_by work on Ruby 3 (Debian 12): see
 # docs/operations.md. It lives in a subdirectory because mcollectived loads
 # every agent/*.rb as an agent.
@@ -21,6 +27,16 @@ module MCollective
 
       %w[status info define provision start stop shutdown reboot undefine deprovision lock unlock migrate].each do |name|
         action(name) { implemented_by(Geats.command) }
+      end
+
+      # Drop the DDL's nil pre-fill: the data is what geats writes.
+      def before_processing_hook(msg, connection)
+        reply.data.clear
+      end
+
+      # Runs after every request, also one the DDL refused.
+      def after_processing_hook
+        reply.data.clear unless reply.statuscode == 0
       end
     end
   end

@@ -183,17 +183,19 @@ fn outputs(action: &str, reply: &Value) -> Vec<Output> {
             out.push(Output { name: key.clone(), description: output_description(action, key, p), display_as: prompt(key) });
         }
     }
-    // The error object's keys: MCollective merges it into the data even on
-    // a failure, so a client can read them.
-    for (key, desc, shown) in [
-        ("errorcode", "Stable error code when the action failed", "Error code"),
-        ("message", "What went wrong and what to fix", "Message"),
-        ("retryable", "Whether trying again may succeed", "Retryable"),
-    ] {
-        out.push(Output { name: key.into(), description: desc.into(), display_as: shown.into() });
-    }
     out
 }
+
+/// The error object's keys, declared as outputs in the Choria DDL only:
+/// under Choria a failed reply's `data` is that object. Under MCollective
+/// the agent stub sends a failed reply with empty data (see
+/// [`ruby_agent`]), so the Ruby DDL does not declare them, and MCollective
+/// does not pre-fill them with nil into every reply.
+const ERROR_OUTPUTS: [(&str, &str, &str); 3] = [
+    ("errorcode", "Stable error code when the action failed", "Error code"),
+    ("message", "What went wrong and what to fix", "Message"),
+    ("retryable", "Whether trying again may succeed", "Retryable"),
+];
 
 fn actions() -> Result<Vec<ActionDdl>, DdlError> {
     let mut out = Vec::new();
@@ -277,11 +279,6 @@ fn ruby_ddl(actions: &[ActionDdl]) -> String {
             s.push_str(&format!("         :description => {},\n", rdq(&o.description)));
             s.push_str(&format!("         :display_as  => {}\n", rdq(&o.display_as)));
         }
-        if a.name == "status" {
-            // The status reply has no top-level scalar: count the failures
-            // by error code across nodes.
-            s.push_str("\n  summarize do\n    aggregate summary(:errorcode)\n  end\n");
-        }
         if a.outputs.iter().any(|o| o.name == "changed") {
             s.push_str("\n  summarize do\n    aggregate summary(:changed)\n  end\n");
         }
@@ -319,6 +316,9 @@ fn choria_ddl(actions: &[ActionDdl]) -> String {
             for o in &a.outputs {
                 output.insert(o.name.clone(), json!({"description": o.description, "display_as": o.display_as}));
             }
+            for (key, description, display_as) in ERROR_OUTPUTS {
+                output.insert(key.into(), json!({"description": description, "display_as": display_as}));
+            }
             let mut v = json!({
                 "action": a.name,
                 "description": a.description,
@@ -350,6 +350,15 @@ fn choria_ddl(actions: &[ActionDdl]) -> String {
 }
 
 /// The Ruby agent stub (`agent/geats.rb`).
+///
+/// Its two hooks make the reply data exactly what geats wrote on success
+/// and empty on any failure (geats's own, a DDL refusal, a command that
+/// cannot run). Vagoth's stock `GeatsMcollective` driver takes a reply
+/// whose `data` is non-empty for a success before it looks at
+/// `statuscode`; MCollective pre-fills every declared output with nil, and
+/// geats used to add the error object, so a failed `start` read as a
+/// success there. `mco rpc` users keep `statuscode` and `statusmsg`
+/// (`Failed to run CMD: MESSAGE [errorcode]`).
 fn ruby_agent(actions: &[ActionDdl]) -> String {
     let names: Vec<&str> = actions.iter().map(|a| a.name).collect();
     format!(
@@ -358,6 +367,12 @@ fn ruby_agent(actions: &[ActionDdl]) -> String {
 # implemented_by (request and reply files, exit code = statuscode).
 # The binary is plugin.geats.command in server.cfg (or `command` in
 # plugin.d/geats.cfg), default {DEFAULT_COMMAND}; the path must not contain spaces.
+#
+# The reply data is exactly what geats wrote on success, and empty on any
+# failure (geats's own, a DDL refusal, a command that cannot run): the
+# failure is in statuscode and statusmsg ("Failed to run CMD: MESSAGE
+# [errorcode]"). A client that takes non-empty data for success, as
+# Vagoth's GeatsMcollective driver does, then sees every failure as one.
 #
 # geats/systemu_fix.rb makes implemented_by work on Ruby 3 (Debian 12): see
 # docs/operations.md. It lives in a subdirectory because mcollectived loads
@@ -375,6 +390,16 @@ module MCollective
 
       %w[{names}].each do |name|
         action(name) {{ implemented_by(Geats.command) }}
+      end
+
+      # Drop the DDL's nil pre-fill: the data is what geats writes.
+      def before_processing_hook(msg, connection)
+        reply.data.clear
+      end
+
+      # Runs after every request, also one the DDL refused.
+      def after_processing_hook
+        reply.data.clear unless reply.statuscode == 0
       end
     end
   end

@@ -197,6 +197,11 @@ impl Ipv4Cidr {
         let addr: Ipv4Addr = a.parse().map_err(|_| format!("ipaddr {s:?} is not an IPv4 address"))?;
         Ok(Ipv4Cidr { addr, prefix: p })
     }
+
+    /// The prefix as a dotted netmask (`/24` → `255.255.255.0`).
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix.min(32))).unwrap_or(0))
+    }
 }
 
 impl fmt::Display for Ipv4Cidr {
@@ -293,6 +298,12 @@ mod tests {
         assert!(Ipv4Cidr::parse("10.0.0.5/33", None).is_err());
         assert!(Ipv4Cidr::parse("10.0.0.5", Some("255.0.255.0".parse().unwrap())).is_err());
         assert!(Ipv4Cidr::parse("10.0.0.5\nlxc.x=1", None).is_err());
+        let mask = |s: &str, m: Option<&str>| Ipv4Cidr::parse(s, m.map(|m| m.parse().unwrap())).unwrap().netmask().to_string();
+        assert_eq!(mask("10.0.0.5/24", None), "255.255.255.0");
+        assert_eq!(mask("10.0.0.5/0", None), "0.0.0.0");
+        assert_eq!(mask("10.0.0.5/32", None), "255.255.255.255");
+        assert_eq!(mask("10.0.0.5/20", None), "255.255.240.0");
+        assert_eq!(mask("10.0.0.5", Some("255.255.254.0")), "255.255.254.0");
     }
 
     #[test]

@@ -70,7 +70,8 @@ fn main() -> ExitCode {
             }
         };
         if a.help {
-            eprintln!("{}", geats::agent::USAGE);
+            // Asked-for help is output, like `geats --help`: stdout, exit 0.
+            geats::cli::print_text(&format!("{}\n", geats::agent::USAGE));
             return ExitCode::SUCCESS;
         }
         if a.config.is_none() {

@@ -428,3 +428,21 @@ fn oversized_and_overflowing_requests_are_invalid() {
         assert_eq!((code, v["errorcode"].clone()), (0, json!("invalid_data")), "{raw}: {v}");
     }
 }
+
+/// Issue 13, acceptance 5: `geats agent --help` is asked-for output, like
+/// `geats --help`: usage on stdout, nothing on stderr, exit 0; a wrong
+/// option is still an error (usage on stderr, class 5).
+#[test]
+fn issue_13_agent_help_on_stdout() {
+    let env = Env::new();
+    for args in [&["agent", "--help"][..], &["agent", "-h"], &["--config", "/nonexistent.toml", "agent", "--help"]] {
+        let o = env.cli(args);
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(0), "geats {args:?}: {}", crate::common::out_text(&o));
+        assert!(stdout.starts_with("usage: geats agent") && stdout.contains("--stdio"), "geats {args:?}: {}", crate::common::out_text(&o));
+        assert!(o.stderr.is_empty(), "geats {args:?}: {}", crate::common::out_text(&o));
+    }
+    let o = env.cli(&["agent", "--bogus"]);
+    assert_eq!(o.status.code(), Some(5));
+    assert!(o.stdout.is_empty() && String::from_utf8_lossy(&o.stderr).contains("usage: geats agent"), "{}", crate::common::out_text(&o));
+}

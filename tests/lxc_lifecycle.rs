@@ -351,3 +351,34 @@ fn issue_4_template_symlinks_cannot_redirect_guest_files() {
     assert!(!hostname.is_symlink());
     assert_eq!(std::fs::read_to_string(hostname).unwrap(), "evil2\n");
 }
+
+/// Issue 13, acceptance 7: a definition in the original Geats's form
+/// (address plus dotted netmask) gives the guest the original's
+/// `IPADDRESS` and `NETMASK` beside geats's own keys, read back by a shell
+/// sourcing the file the way a guest's boot script does.
+#[test]
+fn issue_13_firstboot_carries_the_original_ipaddress_and_netmask() {
+    if let Some(why) = missing() {
+        return skip("issue_13_firstboot_carries_the_original_ipaddress_and_netmask", &why);
+    }
+    let name = unique("f");
+    let (env, _lxc) = lxc_env(&[&name]);
+    let rootfs = env.root().join("var/lib/geats/volumes").join(&name).join("root");
+    let fb = rootfs.join("etc/firstboot.config");
+    let read = |fb: &std::path::Path| {
+        let script = ". \"$1\"; printf '%s|%s|%s|%s' \"$IPADDRESS\" \"$NETMASK\" \"$IPV4\" \"$GATEWAY\"";
+        let o = std::process::Command::new("sh").args(["-c", script, "sh"]).arg(fb).output().unwrap();
+        assert!(o.status.success(), "{}", crate::common::out_text(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    // The original's form: ipaddr and netmask apart (no start: the bridge
+    // need not exist for define).
+    let nic = json!([{"name": "eth0", "bridge": "br0", "ipaddr": "192.168.1.200", "netmask": "255.255.255.0", "gateway": "192.168.1.1", "hwaddr": "02:03:04:05:06:07"}]);
+    env.ok("define", json!({"vm_name": name, "definition": definition(json!({"network": nic}))}));
+    assert_eq!(read(&fb), "192.168.1.200|255.255.255.0|192.168.1.200/24|192.168.1.1");
+    // geats's prefix form gives the same dotted netmask.
+    let nic = json!([{"name": "eth0", "bridge": "br0", "ipaddr": "10.1.2.3/20", "gateway": "10.1.0.1"}]);
+    env.ok("define", json!({"vm_name": name, "definition": definition(json!({"network": nic}))}));
+    assert_eq!(read(&fb), "10.1.2.3|255.255.240.0|10.1.2.3/20|10.1.0.1");
+    env.ok("deprovision", json!({"vm_name": name}));
+}

@@ -64,7 +64,7 @@ fn storage_kind_a_vm_type_cannot_use_is_refused_before_any_step() {
 #[test]
 fn tmpfs_driver_through_the_agent() {
     if !common::is_root() {
-        return common::skip("tmpfs_driver_through_the_agent", "mounting a tmpfs needs root");
+        return common::skip("tmpfs_driver_through_the_agent", &common::Missing::root("mounting a tmpfs needs root"));
     }
     let env = Env::with_config("[storage_types.scratch]\ndriver = \"tmpfs\"\nmode = \"0700\"\n");
     let def = json!({"vm_type": "dummy", "storage": [{"name": "scratch", "type": "scratch", "size": "16M"}]});

@@ -78,7 +78,7 @@ fn release_under(dir: &Path) {
 
 fn need_root(test: &str) -> bool {
     if !common::is_root() {
-        skip(test, "needs root for loop devices and mounts");
+        skip(test, &common::Missing::root("needs root for loop devices and mounts"));
         return false;
     }
     true
@@ -380,6 +380,24 @@ fn storage_config_keys_and_options_are_checked() {
     assert!(e.to_string().contains("storage_types.x.size_limit"), "{e}");
 }
 
+/// Issue 13, acceptance 6 (docs/plugins.md): geats lists adapters
+/// innermost first, the reverse of the original Geats, which wrapped with
+/// `reversed(list)` so that its first entry was the outermost. The chain
+/// the original wrote `["filesystem", "loop"]` is refused here with a
+/// message that says what to put first; geats's `["loop", "filesystem"]`
+/// opens.
+#[test]
+fn issue_13_adapters_are_listed_innermost_first() {
+    // No system access: runs as any user.
+    let original = Fixture::new("[storage_types.x]\ndriver = \"sparsefile\"\nadapters = [\"filesystem\", \"loop\"]\n");
+    let e = original.open("vm1", json!({"name": "r", "type": "x", "size": "1G"})).expect_err("the original's order");
+    assert!(e.to_string().contains("adapters[0]") && e.to_string().contains("loop adapter before it"), "{e}");
+    let ours = Fixture::new(SPARSE_FS);
+    let vol = ours.open("vm1", json!({"name": "r", "type": "img", "size": "1G"})).expect("innermost first");
+    let d = vol.describe();
+    assert!(d.starts_with("ext4 file system on sparse image file") && d.contains("on a loop device"), "the last adapter is the outermost: {d}");
+}
+
 #[test]
 fn storage_roots_list_every_rooted_type() {
     let fx = Fixture::new(SPARSE_FS);
@@ -520,18 +538,13 @@ fn run(c: &mut Command) {
     assert!(out.status.success(), "{c:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn have(tool: &str) -> bool {
-    geats::sys::exec::have(tool)
-}
-
 #[test]
 fn storage_btrfs_lifecycle_and_template_snapshot() {
     if !need_root("storage_btrfs_lifecycle_and_template_snapshot") {
         return;
     }
-    if !have("mkfs.btrfs") || !have("btrfs") {
-        skip("storage_btrfs_lifecycle_and_template_snapshot", "btrfs-progs is not installed");
-        return;
+    if let Some(m) = common::need_commands(&["mkfs.btrfs", "btrfs"], "apt-get install btrfs-progs") {
+        return skip("storage_btrfs_lifecycle_and_template_snapshot", &m);
     }
     let fs = BtrfsMount::new();
     let root = fs.mnt.join("vols");
@@ -552,7 +565,7 @@ fn storage_btrfs_lifecycle_and_template_snapshot() {
     a.activate().expect("activate");
     match a.clone_template(&t) {
         Err(e) if e.to_string().contains("not implemented") => {
-            skip("storage_btrfs_lifecycle_and_template_snapshot (template part)", "template::install is not implemented yet");
+            skip("storage_btrfs_lifecycle_and_template_snapshot (template part)", &common::Missing::unverifiable("template::install is not implemented yet"));
             a.undefine().expect("undefine");
             return;
         }
@@ -626,7 +639,7 @@ fn storage_overlay_lifecycle_and_shared_template() {
     a.activate().expect("activate");
     match a.clone_template(&t) {
         Err(e) if e.to_string().contains("not implemented") => {
-            skip("storage_overlay_lifecycle_and_shared_template (template part)", "template::install is not implemented yet");
+            skip("storage_overlay_lifecycle_and_shared_template (template part)", &common::Missing::unverifiable("template::install is not implemented yet"));
             a.undefine().expect("undefine");
             return;
         }
@@ -669,9 +682,8 @@ fn storage_qcow2_lifecycle() {
     if !need_root("storage_qcow2_lifecycle") {
         return;
     }
-    if !have("qemu-img") || !have("qemu-io") {
-        skip("storage_qcow2_lifecycle", "qemu-img or qemu-io is not installed");
-        return;
+    if let Some(m) = common::need_commands(&["qemu-img", "qemu-io"], "apt-get install qemu-utils") {
+        return skip("storage_qcow2_lifecycle", &m);
     }
     let fx = Fixture::new("[storage_types.q]\ndriver = \"qcow2\"\n");
     let mut vol = fx.open("vm1", json!({"name": "disk", "type": "q", "size": "8M"})).expect("open");
@@ -700,12 +712,13 @@ fn storage_lvm_filesystem_lifecycle() {
         return;
     }
     if !Path::new("/dev/mapper/control").exists() {
-        skip("storage_lvm_filesystem_lifecycle", "device-mapper is not available (no /dev/mapper/control), so LVM cannot work on this kernel");
-        return;
+        return skip(
+            "storage_lvm_filesystem_lifecycle",
+            &common::Missing::file("/dev/mapper/control", "device-mapper is not available (no /dev/mapper/control), so LVM cannot work on this kernel"),
+        );
     }
-    if !have("lvcreate") {
-        skip("storage_lvm_filesystem_lifecycle", "lvm2 is not installed");
-        return;
+    if let Some(m) = common::need_commands(&["lvcreate"], "apt-get install lvm2") {
+        return skip("storage_lvm_filesystem_lifecycle", &m);
     }
     let vg = VolumeGroup::new();
     let fx = Fixture::new(&format!("[storage_types.lv]\ndriver = \"lvm\"\nvolume_group = \"{}\"\nadapters = [\"filesystem\"]\n", vg.name));
@@ -756,8 +769,8 @@ fn issue_5_lxc_boots_from_each_root_volume() {
     if let Some(why) = common::lxc::missing() {
         return skip(TEST, &why);
     }
-    if !have("mkfs.btrfs") {
-        return skip(TEST, "btrfs-progs is not installed");
+    if let Some(m) = common::need_commands(&["mkfs.btrfs"], "apt-get install btrfs-progs") {
+        return skip(TEST, &m);
     }
     let fs = BtrfsMount::new();
     let btrfs_root = fs.mnt.join("vols");

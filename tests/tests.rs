@@ -16,9 +16,15 @@ mod common;
 
 mod agent_contract;
 mod architecture;
+mod choria;
+mod cli_screens;
 mod concurrency;
-mod ecosystem;
+mod ddl;
+mod docs_examples;
 mod lxc_lifecycle;
+mod mcollective;
 mod plugins;
 mod schemas;
+mod skips;
 mod storage;
+mod vagoth;

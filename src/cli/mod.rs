@@ -5,6 +5,9 @@
 
 mod table;
 
+/// Print text on stdout as is (for `geats agent --help`, answered before clap).
+pub use table::print_text;
+
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -56,6 +59,9 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also list kept VMs (undefined, volumes kept), with the state `kept`.
+        #[arg(long)]
+        all: bool,
     },
     /// Show one VM.
     Info {
@@ -283,8 +289,12 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
     let config = Config::load(cli.config.as_deref())?;
     let m = Manager::new(config);
     match cli.command {
-        Command::List { json } => {
-            let rows = m.list()?;
+        Command::List { json, all } => {
+            let mut rows = m.list()?;
+            if all {
+                rows.extend(m.list_kept()?);
+                rows.sort_by(|a, b| a.name.cmp(&b.name));
+            }
             if json {
                 table::print_json(&rows);
             } else {

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::manager::reply::{InfoReply, ListRow, Reply, StatusReply};
+use crate::manager::reply::{InfoReply, ListRow, Reply, RowState, StatusReply};
 use crate::names::VmName;
 use crate::state::VmState;
 
@@ -98,7 +98,10 @@ pub fn print_list(rows: &[ListRow]) {
         .map(|r| {
             vec![
                 r.name.to_string(),
-                state_str(&r.state),
+                match &r.state {
+                    RowState::Observed(s) => state_str(s),
+                    RowState::Kept => "kept".into(),
+                },
                 if r.locked { "yes".into() } else { "no".into() },
                 r.vm_type.to_string(),
                 r.ip.clone().unwrap_or_else(|| "-".into()),

@@ -10,6 +10,7 @@
 //! neither the lock table nor the journal.
 
 mod actions;
+mod kept;
 mod op;
 mod read;
 pub mod reply;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::volumes;
-use super::reply::{HostStats, InfoReply, ListRow, StatusReply, VmStatus, VolumeInfo};
+use super::reply::{HostStats, InfoReply, ListRow, RowState, StatusReply, VmStatus, VolumeInfo};
 use super::Manager;
 use crate::db::{Db, VmRecord};
 use crate::error::{Error, Result};
@@ -32,8 +32,9 @@ impl Manager {
             None => 0,
         };
         let status = self.host_stats(ram, records.len());
+        let kept = self.kept(db.as_ref())?;
         let vms = records.into_iter().map(|r| (r.name.clone(), VmStatus { state: state_of(&states, &r.name), definition: r.definition })).collect();
-        Ok(StatusReply { vms, status })
+        Ok(StatusReply { vms, kept, status })
     }
 
     /// The rows of `geats list`: name, state, admin lock, VM type, primary
@@ -46,7 +47,7 @@ impl Manager {
             .iter()
             .map(|r| ListRow {
                 name: r.name.clone(),
-                state: state_of(&states, &r.name),
+                state: RowState::Observed(state_of(&states, &r.name)),
                 locked: r.locked,
                 vm_type: r.vm_type.clone(),
                 ip: types.get(&r.vm_type).and_then(|t| t.primary_ip(&r.name, &r.definition)),

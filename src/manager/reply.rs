@@ -61,13 +61,25 @@ impl Reply {
     }
 }
 
-/// `status`: every defined VM, and the host's figures.
+/// `status`: every defined VM, every kept one, and the host's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReply {
     /// Each defined VM by name.
     pub vms: BTreeMap<VmName, VmStatus>,
+    /// Each kept VM (undefined, volumes kept) by name: never in `vms`,
+    /// which the Vagoth monitor reads as the defined VMs.
+    pub kept: BTreeMap<VmName, KeptVm>,
     /// The host.
     pub status: HostStats,
+}
+
+/// One kept VM in `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeptVm {
+    /// Its last definition.
+    pub definition: Definition,
+    /// The volumes kept for it.
+    pub volumes: Vec<VolumeName>,
 }
 
 /// One VM in `status`.
@@ -170,8 +182,8 @@ pub struct VolumeInfo {
 pub struct ListRow {
     /// The VM.
     pub name: VmName,
-    /// `[state, substate]`.
-    pub state: VmState,
+    /// `[state, substate]`, or `["kept", "kept"]`.
+    pub state: RowState,
     /// The admin lock.
     pub locked: bool,
     /// Its VM type.
@@ -180,6 +192,24 @@ pub struct ListRow {
     pub ip: Option<String>,
     /// RAM from the definition, MB.
     pub ram: Option<u64>,
+}
+
+/// The state column of `geats list`.
+#[derive(Debug, Clone)]
+pub enum RowState {
+    /// A defined VM's state, read from its VM type.
+    Observed(VmState),
+    /// A kept VM (`list --all`): `["kept", "kept"]`.
+    Kept,
+}
+
+impl Serialize for RowState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RowState::Observed(state) => state.serialize(s),
+            RowState::Kept => ["kept", "kept"].serialize(s),
+        }
+    }
 }
 
 /// `define` and `provision`.

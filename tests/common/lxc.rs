@@ -6,17 +6,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Why an LXC test cannot run here, if it cannot.
-pub fn missing() -> Option<String> {
-    if !super::is_root() {
-        return Some("needs root".into());
+pub fn missing() -> Option<super::Missing> {
+    use super::Missing;
+    if let Some(m) = super::need_root("needs root") {
+        return Some(m);
     }
     for tool in ["lxc-start", "lxc-stop", "lxc-info", "lxc-attach", "ip"] {
         if !["/usr/bin", "/usr/sbin", "/bin", "/sbin"].iter().any(|d| Path::new(d).join(tool).is_file()) {
-            return Some(format!("{tool} is not installed (apt-get install lxc iproute2)"));
+            return Some(Missing::command(tool, &format!("{tool} is not installed (apt-get install lxc iproute2)")));
         }
     }
     if !Path::new(BUSYBOX).is_file() {
-        return Some(format!("{BUSYBOX} is missing (apt-get install busybox-static)"));
+        return Some(Missing::file(BUSYBOX, &format!("{BUSYBOX} is missing (apt-get install busybox-static)")));
     }
     None
 }

@@ -4,8 +4,12 @@
 
 #![allow(dead_code)]
 
+pub mod docs;
 pub mod lxc;
+pub mod mco;
+pub mod procs;
 pub mod schema;
+pub mod sshd;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,14 +22,109 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_geats"))
 }
 
+/// The source tree (for `agent-ddl/`, `docs/`, fixtures).
+pub fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A finished command's status, stdout and stderr, for assertion messages.
+pub fn out_text(o: &Output) -> String {
+    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Run the CLI, expect success, and return its stdout (which never holds
+/// an escape sequence).
+pub fn cli_ok(env: &Env, args: &[&str]) -> String {
+    let o = env.cli(args);
+    assert!(o.status.success(), "geats {args:?}: {}", out_text(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    // No colour: stdout here is a pipe, and geats never colours anyway.
+    assert!(!text.contains('\u{1b}'), "escape sequence in `geats {args:?}`: {text:?}");
+    text
+}
+
 /// Are we root? Privileged tests print a reason and return otherwise.
 pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
-/// Print why a test is skipped (visible with --nocapture and in CI logs).
-pub fn skip(test: &str, why: &str) {
-    eprintln!("SKIPPED {test}: {why}");
+/// What this machine lacks that a test needs, with a precondition that
+/// `scripts/test.sh` checks on its own: under CI a skip is accepted only
+/// when its precondition really holds on the machine (`check`), so a test
+/// that skips by mistake (a broken detection, a renamed tool) fails CI
+/// instead of hiding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    /// Machine-checkable precondition: `not-root`, `absent:PATH`,
+    /// `no-command:NAME` (not in any directory of geats's child PATH),
+    /// `no-ruby-lib:NAME`, or `unverifiable` (never accepted under CI).
+    pub check: String,
+    /// What a human reads: what is missing and how to install it.
+    pub why: String,
+}
+
+impl Missing {
+    /// Not running as root.
+    pub fn root(why: &str) -> Missing {
+        Missing { check: "not-root".into(), why: why.into() }
+    }
+
+    /// A file (a tool, a device node) does not exist.
+    pub fn file(path: &str, why: &str) -> Missing {
+        Missing { check: format!("absent:{path}"), why: why.into() }
+    }
+
+    /// A program is in none of the directories of geats's child PATH.
+    pub fn command(name: &str, why: &str) -> Missing {
+        Missing { check: format!("no-command:{name}"), why: why.into() }
+    }
+
+    /// `ruby -e "require 'NAME'"` fails.
+    pub fn ruby_lib(name: &str, why: &str) -> Missing {
+        Missing { check: format!("no-ruby-lib:{name}"), why: why.into() }
+    }
+
+    /// A reason no script can check: always a failure under CI.
+    pub fn unverifiable(why: &str) -> Missing {
+        Missing { check: "unverifiable".into(), why: why.into() }
+    }
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+/// `Missing::root` unless we are root.
+pub fn need_root(why: &str) -> Option<Missing> {
+    (!is_root()).then(|| Missing::root(why))
+}
+
+/// `Missing::command` for the first of `tools` geats would not find.
+pub fn need_commands(tools: &[&str], why: &str) -> Option<Missing> {
+    tools.iter().find(|t| !geats::sys::exec::have(t)).map(|t| Missing::command(t, &format!("{t} is not installed ({why})")))
+}
+
+/// Report a skipped test: `SKIPPED <test>: <reason>` on stderr, written
+/// past libtest's capture so it shows in every run, and, when
+/// `GEATS_TEST_SKIP_LOG` names a file, one line `test<TAB>check<TAB>reason`
+/// appended to it for `scripts/test.sh` to list and check.
+pub fn skip(test: &str, missing: &Missing) {
+    // eprintln! would be captured (and dropped) for a passing test.
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {}", missing.why);
+    if let Some(log) = std::env::var_os("GEATS_TEST_SKIP_LOG") {
+        record_skip(Path::new(&log), test, missing);
+    }
+}
+
+/// Append one skip to the log `scripts/test.sh` reads.
+pub fn record_skip(log: &Path, test: &str, missing: &Missing) {
+    let line = format!("{test}\t{}\t{}\n", missing.check, missing.why.replace(['\t', '\n'], " "));
+    let written = std::fs::OpenOptions::new().create(true).append(true).open(log).and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        panic!("cannot record the skip of {test} in {}: {e}", log.display());
+    }
 }
 
 /// A private geats installation: its own ROOT, config and database.

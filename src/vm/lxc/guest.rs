@@ -22,8 +22,8 @@ use crate::vm::VmError;
 /// would change how a shell sourcing the file behaves; metadata may not use
 /// them.
 pub fn reserved_metadata_key(k: &str) -> bool {
-    const FIXED: [&str; 17] = [
-        "NAME", "HOSTNAME", "IFACE", "IPV4", "GATEWAY", "HWADDR", "DNS", "NIC_COUNT", "PATH", "IFS", "ENV", "BASH_ENV", "CDPATH", "HOME", "SHELL",
+    const FIXED: [&str; 19] = [
+        "NAME", "HOSTNAME", "IFACE", "IPV4", "IPADDRESS", "NETMASK", "GATEWAY", "HWADDR", "DNS", "NIC_COUNT", "PATH", "IFS", "ENV", "BASH_ENV", "CDPATH", "HOME", "SHELL",
         "PS1", "PS4",
     ];
     FIXED.contains(&k) || k.starts_with("LD_") || (k.starts_with("NIC") && k[3..].starts_with(|c: char| c.is_ascii_digit()))
@@ -47,6 +47,10 @@ pub fn firstboot(vm: &VmName, def: &Definition) -> String {
         kv("IFACE", n.name.as_str());
         if let Ok(Some(c)) = n.cidr() {
             kv("IPV4", &c.to_string());
+            // The original Geats's keys, so guest images made for it
+            // keep configuring their network: address and dotted netmask.
+            kv("IPADDRESS", &c.addr.to_string());
+            kv("NETMASK", &c.netmask().to_string());
         }
         if let Some(g) = n.gateway {
             kv("GATEWAY", &g.to_string());
@@ -166,14 +170,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("fb");
         std::fs::write(&f, &text).unwrap();
-        let script = format!(". {}; printf '%s|%s|%s' \"$ROLE\" \"$IPV4\" \"$NAME\"", f.display());
+        let script = format!(". {}; printf '%s|%s|%s|%s|%s' \"$ROLE\" \"$IPV4\" \"$NAME\" \"$IPADDRESS\" \"$NETMASK\"", f.display());
         let out = crate::sys::exec::Cmd::new(["sh", "-c", script.as_str()]).run().unwrap();
-        assert_eq!(out.stdout, format!("{}|10.0.0.5/24|web1", d.metadata["ROLE"]));
+        assert_eq!(out.stdout, format!("{}|10.0.0.5/24|web1|10.0.0.5|255.255.255.0", d.metadata["ROLE"]));
     }
 
     #[test]
     fn reserved_keys() {
-        for k in ["PATH", "IFS", "NAME", "NIC0_IPV4", "LD_PRELOAD"] {
+        for k in ["PATH", "IFS", "NAME", "NIC0_IPV4", "LD_PRELOAD", "IPADDRESS", "NETMASK"] {
             assert!(reserved_metadata_key(k), "{k}");
         }
         for k in ["ROLE", "NICE", "owner"] {

@@ -33,13 +33,11 @@ pub fn is_subvolume(path: &Path) -> bool {
     std::fs::symlink_metadata(path).map(|m| m.is_dir() && m.ino() == 256).unwrap_or(false) && on_btrfs(path)
 }
 
-fn path_arg(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
+
 
 /// `btrfs subvolume create PATH`.
 fn create(volume: &str, path: &Path) -> Result<(), StorageError> {
-    Cmd::new(["btrfs".to_string(), "subvolume".into(), "create".into(), path_arg(path)]).run().map(|_| ()).map_err(tool_err(volume, "create subvolume"))
+    Cmd::new(["btrfs", "subvolume", "create"]).arg(path).run().map(|_| ()).map_err(tool_err(volume, "create subvolume"))
 }
 
 /// `btrfs subvolume delete PATH`, if it is one.
@@ -47,7 +45,7 @@ fn delete(volume: &str, path: &Path) -> Result<(), StorageError> {
     if !is_subvolume(path) {
         return Ok(());
     }
-    Cmd::new(["btrfs".to_string(), "subvolume".into(), "delete".into(), path_arg(path)]).run().map(|_| ()).map_err(tool_err(volume, "delete subvolume"))
+    Cmd::new(["btrfs", "subvolume", "delete"]).arg(path).run().map(|_| ()).map_err(tool_err(volume, "delete subvolume"))
 }
 
 /// A subvolume volume.
@@ -78,7 +76,7 @@ impl CacheOps for SubvolumeCache<'_> {
         create(self.0, path)
     }
     fn seal(&self, path: &Path) -> Result<(), StorageError> {
-        Cmd::new(["btrfs".to_string(), "property".into(), "set".into(), "-ts".into(), path_arg(path), "ro".into(), "true".into()])
+        Cmd::new(["btrfs", "property", "set", "-ts"]).arg(path).arg("ro").arg("true")
             .run()
             .map(|_| ())
             .map_err(tool_err(self.0, "make template subvolume read-only"))
@@ -174,7 +172,7 @@ impl Volume for Btrfs {
         // one); replace it by a writable snapshot of the template.
         empty_dir(&self.volume, &self.path)?;
         delete(&self.volume, &self.path)?;
-        let snap = Cmd::new(["btrfs".to_string(), "subvolume".into(), "snapshot".into(), path_arg(&source), path_arg(&self.path)]).run();
+        let snap = Cmd::new(["btrfs", "subvolume", "snapshot"]).arg(&source).arg(&self.path).run();
         if let Err(e) = snap {
             // Leave an empty volume, as before.
             if let Err(c) = create(&self.volume, &self.path) {

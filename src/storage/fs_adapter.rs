@@ -139,7 +139,7 @@ impl Volume for Filesystem {
             if std::fs::symlink_metadata(&self.target).is_err() {
                 std::fs::create_dir_all(&self.target).map_err(io_err(&self.volume, "create mount point", &self.target))?;
             }
-            mount::mount(&dev.to_string_lossy(), &self.target, &self.fstype, self.mount_options.as_deref()).map_err(tool_err(&self.volume, "mount file system"))
+            mount::mount(&dev, &self.target, &self.fstype, self.mount_options.as_deref()).map_err(tool_err(&self.volume, "mount file system"))
         })();
         if result.is_err() {
             self.undo_inner(was_active);

@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::sys::exec::{Cmd, ExecError};
 
-fn path_arg(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
+
 
 // `losetup -j /tmp/t.img` prints one line per loop device backed by the
 // file (matched by device and inode), nothing when there is none:
@@ -28,7 +26,7 @@ pub fn find(file: &Path) -> Result<Vec<PathBuf>, ExecError> {
     if !file.exists() {
         return Ok(deleted_backing(file));
     }
-    let out = Cmd::new(["losetup".to_string(), "-j".into(), path_arg(file)]).run()?;
+    let out = Cmd::new(["losetup", "-j"]).arg(file).run()?;
     Ok(parse_associations(&out.stdout))
 }
 
@@ -53,7 +51,7 @@ fn deleted_backing(file: &Path) -> Vec<PathBuf> {
 //
 /// Attach `file` to a free loop device; returns the device.
 pub fn attach(file: &Path) -> Result<PathBuf, ExecError> {
-    let cmd = Cmd::new(["losetup".to_string(), "--find".into(), "--show".into(), path_arg(file)]);
+    let cmd = Cmd::new(["losetup", "--find", "--show"]).arg(file);
     let out = cmd.run()?;
     let dev = out.stdout.trim();
     if dev.starts_with("/dev/") {
@@ -74,7 +72,7 @@ pub fn is_attached(dev: &Path) -> bool {
 /// like a concurrent `losetup -a`), the kernel only marks it for release
 /// on last close. Fails if it is still attached after 10 s.
 pub fn detach(dev: &Path) -> Result<(), ExecError> {
-    let cmd = Cmd::new(["losetup".to_string(), "-d".into(), path_arg(dev)]);
+    let cmd = Cmd::new(["losetup", "-d"]).arg(dev);
     let r = cmd.run();
     let limit = std::time::Duration::from_secs(10);
     let start = std::time::Instant::now();

@@ -10,13 +10,13 @@ pub const FSTYPES: [&str; 4] = ["ext4", "ext3", "xfs", "btrfs"];
 /// Make a file system of `fstype` (one of [`FSTYPES`]) on `dev`, replacing
 /// whatever was there.
 pub fn mkfs(fstype: &str, dev: &Path) -> Result<(), ExecError> {
-    let dev = dev.to_string_lossy().into_owned();
-    let argv: Vec<String> = match fstype {
-        "ext4" | "ext3" => vec![format!("mkfs.{fstype}"), "-F".into(), "-q".into(), dev],
-        "xfs" | "btrfs" => vec![format!("mkfs.{fstype}"), "-f".into(), "-q".into(), dev],
-        other => vec![format!("mkfs.{other}"), dev],
+    let tool = format!("mkfs.{fstype}");
+    let flags: &[&str] = match fstype {
+        "ext4" | "ext3" => &["-F", "-q"],
+        "xfs" | "btrfs" => &["-f", "-q"],
+        _ => &[],
     };
-    Cmd::new(argv).timeout(std::time::Duration::from_secs(600)).run().map(|_| ()).map_err(trim_usage)
+    Cmd::new(std::iter::once(tool.as_str()).chain(flags.iter().copied())).arg(dev).timeout(std::time::Duration::from_secs(600)).run().map(|_| ()).map_err(trim_usage)
 }
 
 // `mkfs.xfs -f -q /dev/loop1` on a 16 MB device exits 1 and prints the

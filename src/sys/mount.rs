@@ -74,15 +74,12 @@ pub fn is_mounted(path: &Path) -> bool {
 }
 
 /// `mount -t FSTYPE [-o OPTIONS] SOURCE TARGET`.
-pub fn mount(source: &str, target: &Path, fstype: &str, options: Option<&str>) -> Result<(), ExecError> {
-    let mut argv = vec!["mount".to_string(), "-t".into(), fstype.into()];
+pub fn mount(source: impl AsRef<std::ffi::OsStr>, target: &Path, fstype: &str, options: Option<&str>) -> Result<(), ExecError> {
+    let mut cmd = Cmd::new(["mount", "-t", fstype]);
     if let Some(o) = options.filter(|o| !o.is_empty()) {
-        argv.push("-o".into());
-        argv.push(o.into());
+        cmd = cmd.arg("-o").arg(o);
     }
-    argv.push(source.into());
-    argv.push(target.to_string_lossy().into_owned());
-    Cmd::new(argv).run().map(|_| ())
+    cmd.arg(source).arg(target).run().map(|_| ())
 }
 
 /// `umount TARGET`, only if something is mounted there (idempotent).
@@ -90,7 +87,7 @@ pub fn umount(target: &Path) -> Result<(), ExecError> {
     if !is_mounted(target) {
         return Ok(());
     }
-    Cmd::new(["umount".to_string(), target.to_string_lossy().into_owned()]).run().map(|_| ())
+    Cmd::new(["umount"]).arg(target).run().map(|_| ())
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod common;
 mod agent_contract;
 mod concurrency;
 mod ecosystem;
+mod lxc_confinement;
 mod lxc_lifecycle;
 mod schemas;
 mod storage;

@@ -268,8 +268,9 @@ fn define(op: &mut Op<'_>, vm: &VmName, def_in: &Definition, provision: bool) ->
                 if let (Some(t), Some(dir)) = (&template, &dir) {
                     if provision || root_created || is_empty_dir(dir) {
                         op.step(format!("install template {}", t.name), None, |_| {
-                            if !root.clone_template(t)? {
-                                template::install(t, dir)?;
+                            let t = vmt_ref.template_for(vm, &def, dir, t.clone())?;
+                            if !root.clone_template(&t)? {
+                                template::install(&t, dir)?;
                             }
                             Ok(())
                         })?;

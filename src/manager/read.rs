@@ -30,7 +30,7 @@ impl Manager {
         let (records, _types, states) = self.observe(db.as_ref())?;
         let mut vms = Map::new();
         for r in &records {
-            vms.insert(r.name.to_string(), json!({"definition": r.definition, "state": state_json(&states, &r.name)}));
+            vms.insert(r.name.to_string(), json!({"definition": r.definition, "state": state_json(&states, &r.name), "privileged": r.definition.privileged}));
         }
         let ram = match &db {
             Some(db) => db.ram_promised()?,
@@ -154,6 +154,7 @@ impl Manager {
             "definition": rec.definition,
             "state": state,
             "locked": rec.locked,
+            "privileged": rec.definition.privileged,
             "usage": usage,
             "ip": ip,
             "storage": storage,

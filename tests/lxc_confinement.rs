@@ -124,6 +124,11 @@ fn check_fenced_from_inside(env: &Env, name: &str, privileged: bool) {
         let (c, out) = sh(env, name, &format!(": > {f} && echo WRITABLE"));
         assert!(c != 0 && !out.contains("WRITABLE"), "{name}: {f} is writable from inside: {out}");
     }
+    // LXC's default seccomp policy is loaded (mode 2: filter).
+    if Path::new("/proc/sys/kernel/seccomp/actions_avail").exists() {
+        let (_, out) = sh(env, name, "grep Seccomp: /proc/1/status");
+        assert_eq!(out.split_whitespace().nth(1), Some("2"), "{name}: init runs without a seccomp filter: {out}");
+    }
     let (c, map) = sh(env, name, "cat /proc/self/uid_map");
     assert_eq!(c, 0, "{map}");
     let first: Vec<&str> = map.split_whitespace().take(3).collect();
@@ -206,6 +211,15 @@ fn issue_12_unprivileged_by_default_idmapped() {
     assert_eq!(init_uid(&lxc, &name), 100_000);
     env.ok("stop", json!({"vm_name": name}));
 
+    // provision: the template afresh, still root-owned (idmapped).
+    std::fs::write(vols.join("root/stale"), "x").unwrap();
+    env.ok("provision", json!({"vm_name": name, "definition": definition(json!({"network": nic}))}));
+    assert!(!vols.join("root/stale").exists(), "provision did not start from an empty root");
+    assert_eq!(std::fs::symlink_metadata(vols.join("root/bin/busybox")).unwrap().uid(), 0);
+    env.ok("start", json!({"vm_name": name}));
+    wait_booted(&env, &name);
+    env.ok("stop", json!({"vm_name": name}));
+
     env.ok("deprovision", json!({"vm_name": name}));
     assert!(!vols.exists(), "deprovision left {}", vols.display());
     drop(br);
@@ -253,6 +267,15 @@ fn issue_12_shifted_owners_fallback() {
     let e = env.fail("define", json!({"vm_name": name, "definition": definition(json!({"privileged": true}))}));
     assert!(e["message"].as_str().unwrap_or_default().contains("/definition/privileged"), "{e}");
     env.ok("stop", json!({"vm_name": name}));
+    // provision installs the template afresh, shifted again, and boots.
+    std::fs::write(vols.join("root/stale"), "x").unwrap();
+    env.ok("provision", json!({"vm_name": name, "definition": definition(json!({}))}));
+    assert!(!vols.join("root/stale").exists(), "provision did not start from an empty root");
+    assert_eq!(std::fs::symlink_metadata(vols.join("root/bin/busybox")).unwrap().uid(), 100_000);
+    env.ok("start", json!({"vm_name": name}));
+    wait_booted(&env, &name);
+    assert_eq!(init_uid(&lxc, &name), 100_000);
+    env.ok("stop", json!({"vm_name": name}));
     env.ok("deprovision", json!({"vm_name": name}));
     assert!(!vols.exists(), "deprovision left the shifted files in {}", vols.display());
 }
@@ -292,13 +315,6 @@ fn issue_12_privileged_is_still_fenced() {
     assert_eq!(env.ok("status", json!({}))["vms"][&name]["privileged"], json!(true));
     check_fenced_from_inside(&env, &name, true);
     check_device_list(&lxc, &name);
-    // seccomp: the default policy refuses kernel modules (EPERM before
-    // the capability check would give its own EPERM; the filter shows in
-    // /proc/1/status).
-    if Path::new("/proc/sys/kernel/seccomp/actions_avail").exists() {
-        let (_, out) = sh(&env, &name, "grep Seccomp: /proc/1/status");
-        assert!(out.contains('2'), "init runs without a seccomp filter: {out}");
-    }
     let vols = env.root().join("var/lib/geats/volumes").join(&name);
     assert!(!nobody_can_reach(&vols.join("root/bin/busybox")));
     env.ok("stop", json!({"vm_name": name}));

@@ -758,9 +758,20 @@ mod tests {
         assert!(bad("config = { \"lxc.a\" = \"1\\nlxc.b = 2\" }").contains("control character"));
         assert!(bad("shutdown_timeout = 0").contains("shutdown_timeout"));
         assert!(bad("log_level = \"LOUD\"").contains("log_level"));
+        assert!(bad("idmap = { uid = 0 }").contains("idmap"));
+        assert!(bad("idmap = { uid = 4294967000 }").contains("idmap"));
+        assert!(bad("idmap = { range = 0 }").contains("idmap"));
+        assert!(bad("idmap = { base = 1 }").contains("base"));
+        assert!(bad("idmapped_mounts = \"sometimes\"").contains("sometimes"));
+        assert!(bad("allow_devices = [\"sda\"]").contains("allow_devices"));
         let l = lxc(d.path(), "");
         assert_eq!(l.lxcpath, d.path().join("var/lib/lxc"));
         assert_eq!(l.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(l.idmap, confine::DEFAULT_MAP);
+        let l = lxc(d.path(), "idmap = { uid = 1000000, gid = 2000000 }\nallow_devices = [\"tun\", \"fuse\"]\nidmapped_mounts = \"never\"");
+        assert_eq!(l.idmap, confine::IdShift { uid: 1_000_000, gid: 2_000_000, range: 65_536 });
+        assert_eq!(l.devices, ["c 10:200 rwm", "c 10:229 rwm"]);
+        assert_eq!(l.idmapped_mounts, confine::IdmappedMounts::Never);
     }
 
     #[test]

@@ -263,6 +263,17 @@ fn issue_12_shifted_owners_fallback() {
     }
     assert!(nobody_can_reach(env.root()));
 
+    // reboot in place (no idmapped rootfs to lose): a new init, unprivileged.
+    let before = lxc.lxc_pid(&name);
+    env.ok("reboot", json!({"vm_name": name}));
+    let t = Instant::now();
+    while lxc.lxc_pid(&name) == before || lxc.lxc_pid(&name).is_none() {
+        assert!(t.elapsed() < Duration::from_secs(30), "reboot gave no new init");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_booted(&env, &name);
+    assert_eq!(init_uid(&lxc, &name), 100_000);
+
     // A shifted container cannot become privileged by a define.
     let e = env.fail("define", json!({"vm_name": name, "definition": definition(json!({"privileged": true}))}));
     assert!(e["message"].as_str().unwrap_or_default().contains("/definition/privileged"), "{e}");

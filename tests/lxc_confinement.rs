@@ -287,6 +287,12 @@ fn issue_12_shifted_owners_fallback() {
     wait_booted(&env, &name);
     assert_eq!(init_uid(&lxc, &name), 100_000);
     env.ok("stop", json!({"vm_name": name}));
+    // ... and provision is the way to make it privileged, as the refusal says.
+    env.ok("provision", json!({"vm_name": name, "definition": definition(json!({"privileged": true}))}));
+    assert_eq!(std::fs::symlink_metadata(vols.join("root/bin/busybox")).unwrap().uid(), 0);
+    env.ok("start", json!({"vm_name": name}));
+    assert_eq!(init_uid(&lxc, &name), 0);
+    env.ok("stop", json!({"vm_name": name}));
     env.ok("deprovision", json!({"vm_name": name}));
     assert!(!vols.exists(), "deprovision left the shifted files in {}", vols.display());
 }

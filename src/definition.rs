@@ -48,6 +48,10 @@ pub struct Definition {
     /// Key/value pairs written to the guest's firstboot config.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Run without a user namespace (root inside is root on the host);
+    /// containers are unprivileged unless this is true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
 }
 
 /// How a NIC attaches to the host.

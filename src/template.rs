@@ -18,6 +18,41 @@ pub struct Template {
     pub archive: PathBuf,
     /// The overlay archive, if any.
     pub overlay: Option<PathBuf>,
+    /// Shift every owner into a user namespace's id map while unpacking
+    /// (an unprivileged container on a filesystem that cannot be
+    /// idmapped); `None` keeps the archive's owners.
+    pub shift: Option<IdShift>,
+}
+
+/// An id map: ids `0..range` of the container are host ids
+/// `uid..uid+range` (users) and `gid..gid+range` (groups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdShift {
+    /// The host uid of the container's root.
+    pub uid: u32,
+    /// The host gid of the container's root group.
+    pub gid: u32,
+    /// How many ids are mapped.
+    pub range: u32,
+}
+
+impl IdShift {
+    /// The host ids of the container's `uid`/`gid`, or why they cannot
+    /// be mapped (outside the range).
+    pub fn map(&self, uid: u64, gid: u64) -> Result<(u32, u32), String> {
+        let r = u64::from(self.range);
+        if uid >= r || gid >= r {
+            return Err(format!("owner {uid}:{gid} is outside the id map's range of {} ids", self.range));
+        }
+        // In range, and uid + range fits in u32 (checked when the map is configured).
+        Ok((self.uid.saturating_add(uid as u32), self.gid.saturating_add(gid as u32)))
+    }
+
+    /// A name for template caches unpacked with this map.
+    pub fn tag(&self) -> String {
+        format!("shift{}-{}-{}", self.uid, self.gid, self.range)
+    }
 }
 
 /// A template failure.
@@ -70,7 +105,7 @@ pub fn available(dir: &Path) -> Vec<String> {
 /// Find the template `name`.
 pub fn find(dir: &Path, name: &TemplateName) -> Result<Template, TemplateError> {
     match archive_in(dir, name.as_str()) {
-        Some(archive) => Ok(Template { name: name.clone(), archive, overlay: archive_in(&dir.join("overlay"), name.as_str()) }),
+        Some(archive) => Ok(Template { name: name.clone(), archive, overlay: archive_in(&dir.join("overlay"), name.as_str()), shift: None }),
         None => Err(TemplateError::NotFound { name: name.to_string(), dir: dir.to_path_buf(), available: available(dir) }),
     }
 }
@@ -86,16 +121,29 @@ pub fn find(dir: &Path, name: &TemplateName) -> Result<Template, TemplateError> 
 /// absolute `/bin/busybox` is right inside the container) and are never
 /// followed while unpacking. A progress bar is drawn only when stderr is
 /// a terminal.
+///
+/// With [`Template::shift`], every owner is shifted into the map as the
+/// entry is written (uid 0 becomes `shift.uid`), the target directory
+/// itself included, so no second `chown -R` pass is needed; an entry
+/// owned outside the map's range is refused.
 pub fn install(t: &Template, target: &Path) -> Result<(), TemplateError> {
-    unpack_archive(&t.archive, target)?;
+    unpack_archive(&t.archive, target, t.shift)?;
     if let Some(o) = &t.overlay {
-        unpack_archive(o, target)?;
+        unpack_archive(o, target, t.shift)?;
+    }
+    if let Some(s) = t.shift {
+        // An archive without a "./" entry leaves the top directory as it
+        // was: it is the container's "/", so it belongs to its root too.
+        if nix::unistd::Uid::effective().is_root() && std::fs::symlink_metadata(target).is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0) {
+            std::os::unix::fs::lchown(target, Some(s.uid), Some(s.gid))
+                .map_err(|e| TemplateError::Unpack { archive: t.archive.clone(), target: target.to_path_buf(), problem: format!("cannot chown the top directory: {e}") })?;
+        }
     }
     Ok(())
 }
 
 /// Unpack one archive (gzip, xz or zstd, detected by its magic bytes).
-fn unpack_archive(archive: &Path, target: &Path) -> Result<(), TemplateError> {
+fn unpack_archive(archive: &Path, target: &Path, shift: Option<IdShift>) -> Result<(), TemplateError> {
     let fail = |problem: String| TemplateError::Unpack { archive: archive.to_path_buf(), target: target.to_path_buf(), problem };
     let file = std::fs::File::open(archive).map_err(|e| fail(format!("cannot open the archive: {e}")))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -129,7 +177,7 @@ fn unpack_archive(archive: &Path, target: &Path) -> Result<(), TemplateError> {
         return Err(fail("the archive is not gzip, xz or zstd compressed (unknown magic bytes)".into()));
     };
     std::fs::create_dir_all(target).map_err(|e| fail(format!("cannot create the target directory: {e}")))?;
-    let res = unpack_tar(reader, target);
+    let res = unpack_tar(reader, target, shift);
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -201,7 +249,7 @@ fn clear_path(p: &Path) -> Result<(), String> {
     }
 }
 
-fn unpack_tar(reader: impl std::io::Read, target: &Path) -> Result<(), String> {
+fn unpack_tar(reader: impl std::io::Read, target: &Path, shift: Option<IdShift>) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let as_root = nix::unistd::Uid::effective().is_root();
     let mut ar = tar::Archive::new(reader);
@@ -221,8 +269,11 @@ fn unpack_tar(reader: impl std::io::Read, target: &Path) -> Result<(), String> {
             Err(_) if kind.is_symlink() || kind.is_hard_link() => 0o777,
             Err(e) => return Err(format!("entry {}: bad mode: {e}", raw.display())),
         };
-        let uid = h.uid().unwrap_or(0);
-        let gid = h.gid().unwrap_or(0);
+        let (uid, gid) = (h.uid().unwrap_or(0), h.gid().unwrap_or(0));
+        let (uid, gid) = match shift {
+            Some(s) => s.map(uid, gid).map(|(u, g)| (u64::from(u), u64::from(g))).map_err(|p| format!("entry {}: {p}", raw.display()))?,
+            None => (uid, gid),
+        };
         let mtime = h.mtime().ok();
         if rel.as_os_str().is_empty() {
             // The archive's "./": the root directory's own metadata.
@@ -441,7 +492,7 @@ mod tests {
 
     fn template(dir: &Path, entries: &[E<'_>]) -> Template {
         let archive = write_archive(dir, "t", "tar.gz", &tar_bytes(entries, 0));
-        Template { name: TemplateName::new("t").unwrap(), archive, overlay: None }
+        Template { name: TemplateName::new("t").unwrap(), archive, overlay: None, shift: None }
     }
 
     fn is_root() -> bool {
@@ -468,7 +519,7 @@ mod tests {
                 entries.push(E::Char(b"./dev/null", 1, 3));
             }
             let archive = write_archive(d.path(), "t", suffix, &tar_bytes(&entries, uid));
-            let t = Template { name: TemplateName::new("t").unwrap(), archive, overlay: None };
+            let t = Template { name: TemplateName::new("t").unwrap(), archive, overlay: None, shift: None };
             let root = d.path().join("root");
             install(&t, &root).unwrap();
             let bb = std::fs::symlink_metadata(root.join("bin/busybox")).unwrap();
@@ -487,6 +538,39 @@ mod tests {
                 assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
             }
         }
+    }
+
+    /// Issue 12: owners are shifted into the map while unpacking, the top
+    /// directory included (the archive has no "./" entry), modes and
+    /// set-id bits survive, and an owner outside the range is refused.
+    #[test]
+    fn issue_12_shifted_unpack() {
+        if !is_root() {
+            eprintln!("SKIPPED issue_12_shifted_unpack: needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let entries = [E::Dir(b"bin", 0o755), E::File(b"bin/su", 0o4755, b"x"), E::Sym(b"bin/sh", b"su"), E::Char(b"null", 1, 3)];
+        let mut t = template(d.path(), &entries);
+        let shift = IdShift { uid: 100_000, gid: 200_000, range: 65_536 };
+        t.shift = Some(shift);
+        let root = d.path().join("root");
+        install(&t, &root).unwrap();
+        for (p, uid, gid) in [("", 100_000, 200_000), ("bin", 100_000, 200_000), ("bin/su", 100_000, 200_000), ("bin/sh", 100_000, 200_000), ("null", 100_000, 200_000)] {
+            let m = std::fs::symlink_metadata(root.join(p)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (uid, gid), "{p:?}");
+        }
+        assert_eq!(std::fs::metadata(root.join("bin/su")).unwrap().permissions().mode() & 0o7777, 0o4755, "set-uid kept after the shifted chown");
+        // uid 4242 of the archive becomes 104242.
+        let archive = write_archive(d.path(), "u", "tar.gz", &tar_bytes(&[E::File(b"f", 0o644, b"x")], 4242));
+        let t = Template { name: TemplateName::new("u").unwrap(), archive, overlay: None, shift: Some(shift) };
+        install(&t, &d.path().join("root2")).unwrap();
+        let m = std::fs::metadata(d.path().join("root2/f")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (104_242, 204_242));
+        let archive = write_archive(d.path(), "v", "tar.gz", &tar_bytes(&[E::File(b"f", 0o644, b"x")], 70_000));
+        let t = Template { name: TemplateName::new("v").unwrap(), archive, overlay: None, shift: Some(shift) };
+        let e = install(&t, &d.path().join("root3")).unwrap_err().to_string();
+        assert!(e.contains("outside the id map"), "{e}");
     }
 
     /// Every refused archive must leave `outside` untouched.
@@ -585,7 +669,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("t.tar.gz");
         std::fs::write(&p, b"not an archive at all").unwrap();
-        let t = Template { name: TemplateName::new("t").unwrap(), archive: p, overlay: None };
+        let t = Template { name: TemplateName::new("t").unwrap(), archive: p, overlay: None, shift: None };
         let e = install(&t, &d.path().join("root")).unwrap_err();
         assert!(e.to_string().contains("magic"), "{e}");
     }

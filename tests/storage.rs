@@ -816,6 +816,12 @@ fn issue_5_lxc_boots_from_each_root_volume() {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         let info = env.ok("info", vm.clone());
+        // Issue 12: unprivileged by default on every chain.
+        let init = lxc.lxc_pid(name).expect("init pid");
+        let status = std::fs::read_to_string(format!("/proc/{init}/status")).expect("init status");
+        assert!(status.lines().any(|l| l.starts_with("Uid:\t100000\t")), "{name}: init is not host uid 100000: {status}");
+        let config = String::from_utf8_lossy(&env.cli(&["info", "--config", name]).stdout).into_owned();
+        assert!(config.contains("lxc.idmap = u 0 100000 65536\n"), "{name}: {config}");
         match name.strip_prefix(&format!("gt{pid}s")) {
             Some("img") => {
                 // The second volume is mounted inside the container, and
@@ -838,6 +844,14 @@ fn issue_5_lxc_boots_from_each_root_volume() {
             Some("ov") => {
                 let merged = root.join("var/lib/geats/overlay").join(name).join("root/merged");
                 assert!(common::mounts_under(&merged).iter().any(|m| m.fstype == "overlay"), "{name}: no overlay mount");
+                // A merged overlay cannot be idmapped: auto-detected, the
+                // template is unpacked shifted into its own cache entry.
+                assert!(config.contains("# files: template unpacked with owners shifted into the id map (") && config.contains("overlay filesystems cannot be mounted idmapped)"), "{config}");
+                assert!(!config.contains("idmap=container"), "{config}");
+                let caches: Vec<String> = std::fs::read_dir(root.join("var/lib/geats/overlay/.templates")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                assert!(caches.iter().any(|c| c.starts_with("busybox@") && c.ends_with(".shift100000-100000-65536")), "{caches:?}");
+                let out = env.cli(&["exec", name, "--", "sh", "-c", "stat -c %u /bin/busybox /etc/hostname && touch /by-root"]);
+                assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == "0\n0\n", "{name}: {}", String::from_utf8_lossy(&out.stderr));
                 assert_eq!(info["storage"][0]["active"], json!(true), "{name}: {info}");
             }
             _ => {}

@@ -305,8 +305,11 @@ fn install_root(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition
     if let (Some(t), Some(dir)) = (template, &dir) {
         if fresh || is_empty_dir(dir) {
             op.step(format!("install template {}", t.name), None, |_| {
-                if !root.volume.clone_template(t)? {
-                    template::install(t, dir)?;
+                // The template as this VM's root must receive it (LXC
+                // shifts owners into an unprivileged container's id map).
+                let t = vmt.template_for(vm, def, dir, t.clone())?;
+                if !root.volume.clone_template(&t)? {
+                    template::install(&t, dir)?;
                 }
                 Ok(())
             })?;

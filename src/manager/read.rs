@@ -33,7 +33,7 @@ impl Manager {
         };
         let status = self.host_stats(ram, records.len());
         let kept = self.kept(db.as_ref())?;
-        let vms = records.into_iter().map(|r| (r.name.clone(), VmStatus { state: state_of(&states, &r.name), definition: r.definition })).collect();
+        let vms = records.into_iter().map(|r| (r.name.clone(), VmStatus { state: state_of(&states, &r.name), privileged: r.definition.privileged, definition: r.definition })).collect();
         Ok(StatusReply { vms, kept, status })
     }
 
@@ -139,6 +139,7 @@ impl Manager {
             vm_type: rec.vm_type,
             state: vmt.state(vm),
             locked: rec.locked,
+            privileged: rec.definition.privileged,
             usage: vmt.usage(vm),
             ip: vmt.primary_ip(vm, &rec.definition),
             definition: rec.definition,

@@ -89,6 +89,8 @@ pub struct VmStatus {
     pub definition: Definition,
     /// `[state, substate]`, read from the VM type.
     pub state: VmState,
+    /// Whether root inside is root on the host (`definition.privileged`).
+    pub privileged: bool,
 }
 
 /// The host's figures: the original keys (kB, load average) plus what a
@@ -140,6 +142,8 @@ pub struct InfoReply {
     pub state: VmState,
     /// The admin lock.
     pub locked: bool,
+    /// Whether root inside is root on the host (`definition.privileged`).
+    pub privileged: bool,
     /// Memory and CPU.
     pub usage: Usage,
     /// The primary IPv4 address, when running and known.

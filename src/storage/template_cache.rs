@@ -11,7 +11,9 @@
 //! An entry is keyed by the template's name and its archives' modification
 //! time and size (`DIR/NAME@MTIME-SIZE`), so replacing an archive makes
 //! the next volume use a fresh copy while existing volumes keep the one
-//! they were made from. Entries no volume uses any more can be removed by
+//! they were made from. A template unpacked with owners shifted into a
+//! container id map is another entry (`NAME@STAMP.shiftUID-GID-RANGE`):
+//! one cache per map. The cache directory is mode 0700. Entries no volume uses any more can be removed by
 //! hand (for btrfs with `btrfs subvolume delete`; btrfs snapshots do not
 //! depend on their source, overlay volumes do).
 
@@ -43,6 +45,11 @@ pub fn key(volume: &str, t: &Template) -> Result<String, StorageError> {
         k.push('-');
         k.push_str(&stamp(o)?);
     }
+    if let Some(s) = &t.shift {
+        // One cache per id map: its files are owned by the map's ids.
+        k.push('.');
+        k.push_str(&s.tag());
+    }
     Ok(k)
 }
 
@@ -59,6 +66,9 @@ pub fn ensure(volume: &str, dir: &Path, t: &Template, ops: &dyn CacheOps) -> Res
         return Ok(target);
     }
     std::fs::create_dir_all(dir).map_err(io_err(volume, "create template cache", dir))?;
+    // Unpacked templates keep their set-id files: no other host user may
+    // reach them (a shifted copy's would run as the container's root).
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io_err(volume, "restrict template cache", dir))?;
     let partial = dir.join(format!(".{}.{}.partial", t.name, std::process::id()));
     ops.discard(&partial)?;
     ops.create(&partial)?;

@@ -182,6 +182,13 @@ pub trait VmType: std::fmt::Debug {
         Ok(())
     }
 
+    /// The template as it must be unpacked onto `root` (active, empty) for
+    /// this VM, e.g. with owners shifted into its id map. Only called when
+    /// [`VmType::installs_templates`] is true.
+    fn template_for(&self, _vm: &VmName, _def: &Definition, _root: &std::path::Path, t: crate::template::Template) -> Result<crate::template::Template, VmError> {
+        Ok(t)
+    }
+
     /// Create or update the VM in the hypervisor. Volumes are defined (but
     /// maybe not active). Must not leave a half-written config.
     fn define(&self, vm: &VmName, def: &Definition, volumes: &[AttachedVolume]) -> Result<(), VmError>;

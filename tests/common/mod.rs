@@ -145,6 +145,9 @@ impl Env {
     /// A fresh root with extra config TOML.
     pub fn with_config(toml: &str) -> Env {
         let dir = tempfile::Builder::new().prefix("geats-test-").tempdir().expect("tempdir");
+        // Like /var/lib: traversable, so an unprivileged container's root
+        // can reach its volumes (geats fences off each VM's own directory).
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod tempdir");
         let config = dir.path().join("geats.toml");
         std::fs::write(&config, toml).expect("write config");
         Env { dir, config }

@@ -87,6 +87,28 @@ pub struct Inputs<'a> {
     pub volumes: &'a [AttachedVolume],
     /// Extra keys from the VM type's settings, written last.
     pub extra: &'a BTreeMap<String, String>,
+    /// Confinement: id map, idmapped mounts, seccomp, AppArmor.
+    pub security: Security,
+}
+
+/// What confines a container, decided by the VM type from its settings,
+/// the definition and the host (see [`super::confine`]).
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// The id map of an unprivileged container; `None` when privileged.
+    pub idmap: Option<super::confine::IdShift>,
+    /// Present the rootfs through an idmapped mount.
+    pub rootfs_idmapped: bool,
+    /// Per volume (by index; the root's is ignored): bind it idmapped.
+    pub idmapped_volumes: Vec<bool>,
+    /// The seccomp policy file, when the kernel supports seccomp.
+    pub seccomp: Option<PathBuf>,
+    /// Confine with LXC's generated AppArmor profile (AppArmor enabled).
+    pub apparmor: bool,
+    /// Device allow-list lines beyond [`super::confine::DEVICES`].
+    pub devices: Vec<&'static str>,
+    /// One-line notes written as comments (shown by `info --config`).
+    pub notes: Vec<String>,
 }
 
 /// The period of the CPU quota, microseconds.
@@ -97,11 +119,38 @@ pub fn render(vm: &VmName, def: &Definition, inp: &Inputs<'_>) -> Result<String,
     let mut w = ConfigWriter::default();
     w.comment(&format!("LXC config of {vm}, written by geats; `geats define` rewrites it"));
     w.set("lxc.uts.name", vm.as_str(), "/vm_name")?;
+    for n in &inp.security.notes {
+        // Notes are geats' own text; a control character would end the line.
+        w.comment(&n.replace(|c: char| c.is_control(), " "));
+    }
+    let sec = &inp.security;
     w.set("lxc.rootfs.path", &format!("dir:{}", path_value(&inp.rootfs, "/definition/storage/0")?), "/definition/storage/0")?;
+    if let Some(m) = &sec.idmap {
+        w.set("lxc.idmap", &format!("u 0 {} {}", m.uid, m.range), "")?;
+        w.set("lxc.idmap", &format!("g 0 {} {}", m.gid, m.range), "")?;
+        if sec.rootfs_idmapped {
+            w.set("lxc.rootfs.options", "idmap=container", "")?;
+        }
+    }
     w.set("lxc.autodev", "1", "")?;
     w.set("lxc.tty.max", "1", "")?;
     w.set("lxc.pty.max", "16", "")?;
     w.set("lxc.mount.auto", "proc:mixed sys:mixed", "")?;
+    w.set("lxc.cap.drop", super::confine::CAP_DROP, "")?;
+    // Both cgroup layouts, as for the limits below.
+    for v in ["lxc.cgroup", "lxc.cgroup2"] {
+        w.set(&format!("{v}.devices.deny"), "a", "")?;
+        for d in super::confine::DEVICES.iter().chain(&sec.devices) {
+            w.set(&format!("{v}.devices.allow"), d, "")?;
+        }
+    }
+    if let Some(p) = &sec.seccomp {
+        w.set("lxc.seccomp.profile", &path_value(p, "")?, "")?;
+    }
+    if sec.apparmor {
+        w.set("lxc.apparmor.profile", "generated", "")?;
+        w.set("lxc.apparmor.allow_nesting", "0", "")?;
+    }
     if let Some(ram) = def.ram {
         // Both cgroup layouts: LXC ignores (with a warning) the keys of
         // the layout the host does not use, and the wrong ones alone would
@@ -156,7 +205,8 @@ pub fn render(vm: &VmName, def: &Definition, inp: &Inputs<'_>) -> Result<String,
         let (Some(dir), Some(mp)) = (v.directory(), &v.mountpoint) else { continue };
         check_mountpoint(mp).map_err(|problem| VmError::Invalid { pointer: format!("{ptr}/mountpoint"), problem })?;
         let host = path_value(dir, &ptr)?;
-        w.set("lxc.mount.entry", &format!("{host} {} none bind,create=dir 0 0", mp.trim_start_matches('/')), &ptr)?;
+        let idmap = if sec.idmap.is_some() && sec.idmapped_volumes.get(i).copied().unwrap_or(false) { ",idmap=container" } else { "" };
+        w.set("lxc.mount.entry", &format!("{host} {} none bind,create=dir{idmap} 0 0", mp.trim_start_matches('/')), &ptr)?;
     }
     for (key, value) in inp.extra {
         w.set(key, value, "")?;
@@ -198,16 +248,39 @@ mod tests {
         }));
         let vols = [vol("root", "/var/lib/geats/volumes/web1/root", None), vol("data", "/var/lib/geats/volumes/web1/data", Some("/srv/data"))];
         let extra: BTreeMap<String, String> = [("lxc.apparmor.profile".to_string(), "unconfined".to_string())].into();
-        let text = render(&vm(), &d, &Inputs { rootfs: "/var/lib/geats/volumes/web1/root".into(), volumes: &vols, extra: &extra }).unwrap();
-        assert!(!text.contains("devices.allow"), "the description leaked into the config");
+        let security = Security {
+            idmap: Some(super::super::confine::DEFAULT_MAP),
+            rootfs_idmapped: true,
+            idmapped_volumes: vec![true, true],
+            seccomp: Some("/var/lib/lxc/web1/seccomp".into()),
+            apparmor: true,
+            devices: vec!["c 10:200 rwm"],
+            notes: vec!["unprivileged".into()],
+        };
+        let text = render(&vm(), &d, &Inputs { rootfs: "/var/lib/geats/volumes/web1/root".into(), volumes: &vols, extra: &extra, security }).unwrap();
+        assert!(!text.contains("devices.allow = a"), "the description leaked into the config");
         insta::assert_snapshot!(text);
     }
 
     #[test]
     fn minimal_config_has_no_network() {
-        let text = render(&vm(), &def(serde_json::json!({})), &Inputs { rootfs: "/r/web1".into(), volumes: &[], extra: &BTreeMap::new() }).unwrap();
+        let text = render(&vm(), &def(serde_json::json!({})), &Inputs { rootfs: "/r/web1".into(), volumes: &[], extra: &BTreeMap::new(), security: Security::default() }).unwrap();
         assert!(text.contains("lxc.net.0.type = empty\n"), "{text}");
-        assert!(!text.contains("cgroup"), "{text}");
+        assert!(!text.contains("memory") && !text.contains("cpu"), "{text}");
+    }
+
+    /// Issue 12: a privileged container has no id map and no idmapped
+    /// mount, but the same cap drops and device allow-list.
+    #[test]
+    fn issue_12_privileged_is_still_fenced() {
+        let vols = [vol("root", "/r", None), vol("data", "/d", Some("/srv"))];
+        let sec = Security { idmapped_volumes: vec![true, true], notes: vec!["a\nlxc.x = 1".into()], ..Security::default() };
+        let text = render(&vm(), &def(serde_json::json!({"privileged": true})), &Inputs { rootfs: "/r".into(), volumes: &vols, extra: &BTreeMap::new(), security: sec }).unwrap();
+        assert!(!text.contains("lxc.idmap") && !text.contains("idmap=container"), "{text}");
+        assert!(!text.contains("\nlxc.x"), "a note added a line: {text}");
+        assert!(text.contains("lxc.cap.drop = mac_admin mac_override sys_module sys_rawio sys_time\n"), "{text}");
+        assert!(text.contains("lxc.cgroup.devices.deny = a\n") && text.contains("lxc.cgroup2.devices.deny = a\n"), "{text}");
+        assert!(text.contains("lxc.cgroup2.devices.allow = c 136:* rwm\n") && !text.contains("10:229"), "{text}");
     }
 
     #[test]
@@ -218,9 +291,9 @@ mod tests {
         assert!(w.set("lxc.Bad", "a", "/p").is_err());
         assert!(w.set("lxc.a\nb", "a", "/p").is_err());
         let vols = [vol("root", "/r", None), vol("data", "/d ata", Some("/srv"))];
-        let e = render(&vm(), &def(serde_json::json!({})), &Inputs { rootfs: "/r".into(), volumes: &vols, extra: &BTreeMap::new() }).unwrap_err();
+        let e = render(&vm(), &def(serde_json::json!({})), &Inputs { rootfs: "/r".into(), volumes: &vols, extra: &BTreeMap::new(), security: Security::default() }).unwrap_err();
         assert!(e.to_string().starts_with("/definition/storage/1"), "{e}");
-        let e = render(&vm(), &def(serde_json::json!({})), &Inputs { rootfs: "/r\n/x".into(), volumes: &[], extra: &BTreeMap::new() }).unwrap_err();
+        let e = render(&vm(), &def(serde_json::json!({})), &Inputs { rootfs: "/r\n/x".into(), volumes: &[], extra: &BTreeMap::new(), security: Security::default() }).unwrap_err();
         assert!(e.to_string().contains("control"), "{e}");
     }
 

@@ -92,13 +92,17 @@ fn io_err(step: &'static str, path: &Path, e: impl Into<std::io::Error>) -> VmEr
 
 /// Open (creating if missing) the directory `name` under `parent`,
 /// refusing a symlink or a non-directory.
-fn open_subdir(parent: &OwnedFd, name: &str, shown: &Path) -> Result<OwnedFd, VmError> {
+fn open_subdir(parent: &OwnedFd, name: &str, owner: Option<(u32, u32)>, shown: &Path) -> Result<OwnedFd, VmError> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let open = || openat(Some(parent.as_raw_fd()), name, flags, Mode::empty());
     let fd = match open() {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => {
             mkdirat(Some(parent.as_raw_fd()), name, Mode::from_bits_truncate(0o755)).map_err(|e| io_err("create", shown, e))?;
+            if let Some((u, g)) = owner {
+                nix::unistd::fchownat(Some(parent.as_raw_fd()), name, Some(u.into()), Some(g.into()), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_err(|e| io_err("chown", shown, e))?;
+            }
             open().map_err(|e| io_err("open", shown, e))?
         }
         Err(Errno::ELOOP | Errno::ENOTDIR) => {
@@ -115,7 +119,7 @@ fn open_subdir(parent: &OwnedFd, name: &str, shown: &Path) -> Result<OwnedFd, Vm
 
 /// Write `data` as `name` in the directory `dir` atomically, replacing
 /// whatever was there (a symlink is replaced, not followed).
-fn write_in(dir: &OwnedFd, name: &str, data: &[u8], mode: u32, shown: &Path) -> Result<(), VmError> {
+fn write_in(dir: &OwnedFd, name: &str, data: &[u8], mode: u32, owner: Option<(u32, u32)>, shown: &Path) -> Result<(), VmError> {
     let tmp = format!(".{name}.geats-{}.tmp", std::process::id());
     let _ = nix::unistd::unlinkat(Some(dir.as_raw_fd()), tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -124,7 +128,12 @@ fn write_in(dir: &OwnedFd, name: &str, data: &[u8], mode: u32, shown: &Path) -> 
     let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     let res = f
         .write_all(data)
+        .and_then(|_| match owner {
+            Some((u, g)) => std::os::unix::fs::fchown(&f, Some(u), Some(g)),
+            None => Ok(()),
+        })
         .and_then(|_| {
+            // After fchown, which clears set-id bits.
             use std::os::unix::fs::PermissionsExt;
             f.set_permissions(std::fs::Permissions::from_mode(mode))
         })
@@ -137,16 +146,18 @@ fn write_in(dir: &OwnedFd, name: &str, data: &[u8], mode: u32, shown: &Path) -> 
     res
 }
 
-/// Write `/etc/hostname` and `/etc/firstboot.config` under `root`.
-pub fn write(vm: &VmName, def: &Definition, root: &Path) -> Result<(), VmError> {
+/// Write `/etc/hostname` and `/etc/firstboot.config` under `root`, owned
+/// by `owner` (the container's root on the host when its files are
+/// shifted into an id map) or by the caller.
+pub fn write(vm: &VmName, def: &Definition, root: &Path, owner: Option<(u32, u32)>) -> Result<(), VmError> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     let fd = nix::fcntl::open(root, flags, Mode::empty()).map_err(|e| io_err("open", root, e))?;
     // SAFETY: open returned a new descriptor that nothing else owns.
     let root_fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let etc = open_subdir(&root_fd, "etc", Path::new("/etc"))?;
-    write_in(&etc, "hostname", format!("{vm}\n").as_bytes(), 0o644, Path::new("/etc/hostname"))?;
+    let etc = open_subdir(&root_fd, "etc", owner, Path::new("/etc"))?;
+    write_in(&etc, "hostname", format!("{vm}\n").as_bytes(), 0o644, owner, Path::new("/etc/hostname"))?;
     // 0600: metadata may carry secrets.
-    write_in(&etc, "firstboot.config", firstboot(vm, def).as_bytes(), 0o600, Path::new("/etc/firstboot.config"))?;
+    write_in(&etc, "firstboot.config", firstboot(vm, def).as_bytes(), 0o600, owner, Path::new("/etc/firstboot.config"))?;
     Ok(())
 }
 
@@ -196,7 +207,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.join("file"), root.join("etc/hostname")).unwrap();
         std::os::unix::fs::symlink(outside.join("fb"), root.join("etc/firstboot.config")).unwrap();
         let vm = VmName::new("web1").unwrap();
-        write(&vm, &def(serde_json::json!({})), &root).unwrap();
+        write(&vm, &def(serde_json::json!({})), &root, None).unwrap();
         assert_eq!(std::fs::read_to_string(outside.join("file")).unwrap(), "host");
         assert!(!outside.join("fb").exists());
         assert_eq!(std::fs::read_to_string(root.join("etc/hostname")).unwrap(), "web1\n");
@@ -212,20 +223,20 @@ mod tests {
         std::fs::create_dir(&root).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
         let vm = VmName::new("web1").unwrap();
-        let e = write(&vm, &def(serde_json::json!({})), &root).unwrap_err();
+        let e = write(&vm, &def(serde_json::json!({})), &root, None).unwrap_err();
         assert!(e.to_string().contains("symlink"), "{e}");
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
         // An /etc -> / style link made relative is refused too.
         std::fs::remove_file(root.join("etc")).unwrap();
         std::os::unix::fs::symlink("..", root.join("etc")).unwrap();
-        assert!(write(&vm, &def(serde_json::json!({})), &root).is_err());
+        assert!(write(&vm, &def(serde_json::json!({})), &root, None).is_err());
         assert!(!d.path().join("hostname").exists());
     }
 
     #[test]
     fn missing_etc_is_created() {
         let d = tempfile::tempdir().unwrap();
-        write(&VmName::new("web1").unwrap(), &def(serde_json::json!({})), d.path()).unwrap();
+        write(&VmName::new("web1").unwrap(), &def(serde_json::json!({})), d.path(), None).unwrap();
         assert!(d.path().join("etc/firstboot.config").is_file());
     }
 }

@@ -16,20 +16,32 @@
 //! `shutdown_timeout` (seconds, default 30), `default_rootfs_prefix`
 //! (default `ROOT/var/lib/geats/rootfs`; the rootfs of a VM with no storage
 //! volume is `PREFIX/NAME`), `log_level` (default `ERROR`) and `config`
-//! (extra `lxc.*` keys appended to every container's config).
+//! (extra `lxc.*` keys appended to every container's config), `idmap`
+//! (`{uid, gid, range}` of unprivileged containers, default
+//! `100000/100000/65536`), `idmapped_mounts` (`auto`, `always`, `never`:
+//! whether templates are unpacked with shifted owners) and
+//! `allow_devices` (`fuse`, `tun`).
+//!
+//! - [`confine`]: id map, idmapped mounts or shifted owners, cap drops,
+//!   device allow-list, seccomp, AppArmor.
 
 mod config;
+mod confine;
 mod guest;
 mod state;
+
+/// Can the kernel and the filesystem under `dir` idmap a mount (the test
+/// LXC's `idmapped_mounts = "auto"` makes)? `Err` says why not.
+pub use confine::idmap_support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{AttachedVolume, Usage, VmError, VmType};
-use crate::storage::Kind;
+use crate::storage::{Kind, Provides};
 use crate::config::{Config, ConfigError};
 use crate::definition::{Definition, NicType};
 use crate::names::VmName;
@@ -46,6 +58,42 @@ struct Settings {
     log_level: Option<String>,
     #[serde(default)]
     config: BTreeMap<String, String>,
+    idmap: Option<IdMapSetting>,
+    idmapped_mounts: Option<confine::IdmappedMounts>,
+    #[serde(default)]
+    allow_devices: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdMapSetting {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    range: Option<u32>,
+}
+
+/// A volume as recorded at define, for rendering the config again at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MetaVolume {
+    name: crate::names::VolumeName,
+    directory: Option<PathBuf>,
+    mountpoint: Option<String>,
+}
+
+/// What geats remembers beside the LXC config.
+#[derive(Debug, Serialize, Deserialize)]
+struct Meta {
+    rootfs: PathBuf,
+    /// The rootfs is `default_rootfs_prefix/NAME` (the implicit root the
+    /// manager keeps for a definition without volumes), not a volume.
+    owned: bool,
+    /// The definition and volumes of the last define: `start` renders the
+    /// config again with the volumes active (absent: written by an older
+    /// geats; the config is used as it is).
+    #[serde(default)]
+    definition: Option<Definition>,
+    #[serde(default)]
+    volumes: Vec<MetaVolume>,
 }
 
 /// The LXC VM type.
@@ -56,6 +104,9 @@ pub struct Lxc {
     rootfs_prefix: PathBuf,
     log_level: String,
     extra: BTreeMap<String, String>,
+    idmap: confine::IdShift,
+    idmapped_mounts: confine::IdmappedMounts,
+    devices: Vec<&'static str>,
 }
 
 const LOG_LEVELS: [&str; 9] = ["TRACE", "DEBUG", "INFO", "NOTICE", "WARN", "ERROR", "CRIT", "ALERT", "FATAL"];
@@ -86,7 +137,31 @@ impl Lxc {
                 return Err(config.invalid(format!("{prefix}.config.{k}"), format!("value {v:?} contains a control character or surrounding whitespace")));
             }
         }
-        Ok(Lxc { lxcpath, shutdown_timeout: Duration::from_secs(timeout), rootfs_prefix, log_level, extra: s.config })
+        let d = confine::DEFAULT_MAP;
+        let idmap = match s.idmap {
+            None => d,
+            Some(m) => confine::IdShift { uid: m.uid.unwrap_or(d.uid), gid: m.gid.unwrap_or(d.gid), range: m.range.unwrap_or(d.range) },
+        };
+        if idmap.uid == 0 || idmap.gid == 0 || idmap.range == 0 || idmap.uid.checked_add(idmap.range).is_none() || idmap.gid.checked_add(idmap.range).is_none() {
+            return Err(config.invalid(
+                format!("{prefix}.idmap"),
+                format!("uid {} gid {} range {}: the host ids must start above 0 and the range must be at least 1 and fit below 2^32", idmap.uid, idmap.gid, idmap.range),
+            ));
+        }
+        let mut devices = Vec::new();
+        for name in &s.allow_devices {
+            devices.push(confine::optional_device(name).ok_or_else(|| config.invalid(format!("{prefix}.allow_devices"), format!("{name:?} is not one of fuse, tun")))?);
+        }
+        Ok(Lxc {
+            lxcpath,
+            shutdown_timeout: Duration::from_secs(timeout),
+            rootfs_prefix,
+            log_level,
+            extra: s.config,
+            idmap,
+            idmapped_mounts: s.idmapped_mounts.unwrap_or(confine::IdmappedMounts::Auto),
+            devices,
+        })
     }
 
     fn dir(&self, vm: &VmName) -> PathBuf {
@@ -108,12 +183,14 @@ impl Lxc {
         Cmd::new(argv)
     }
 
-    /// The root volume's directory (the manager passes [`VmType::own_root`]
-    /// as the root volume of a definition without volumes).
-    fn rootfs_of(&self, vm: &VmName, volumes: &[AttachedVolume]) -> PathBuf {
+    /// The root volume's directory, and whether it is this type's own
+    /// root (the manager passes [`VmType::own_root`] as the root volume of
+    /// a definition without volumes).
+    fn rootfs_of(&self, vm: &VmName, volumes: &[AttachedVolume]) -> (PathBuf, bool) {
+        let own = self.rootfs_prefix.join(vm.as_str());
         match volumes.first().and_then(AttachedVolume::directory) {
-            Some(d) => d.to_path_buf(),
-            None => self.rootfs_prefix.join(vm.as_str()),
+            Some(d) => (d.to_path_buf(), d == own),
+            None => (own, true),
         }
     }
 
@@ -165,6 +242,179 @@ impl Lxc {
         })
     }
 
+    fn read_meta(&self, vm: &VmName) -> Option<Meta> {
+        serde_json::from_str(&std::fs::read_to_string(self.file(vm, "geats.json")).ok()?).ok()
+    }
+
+    /// Fence off `default_rootfs_prefix`, which holds the roots of every
+    /// VM without volumes: no other host user may enter it.
+    fn fence_own_roots(&self, rootfs: &Path) -> Result<(), VmError> {
+        match rootfs.parent() {
+            Some(parent) => std::fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(Self::io("restrict", parent)),
+            None => Ok(()),
+        }
+    }
+
+    /// How the files of `vm` with its root at `rootfs` are owned, read
+    /// from the disk first (what is unpacked stays as it is), then from the
+    /// settings and the filesystem for an empty root; and a note saying why.
+    ///
+    /// The owner of the root's `/etc` (else of the root itself) tells:
+    /// the map's root uid means shifted, 0 means root-owned files (shown
+    /// through idmapped mounts when unprivileged).
+    fn files(&self, vm: &VmName, def: &Definition, rootfs: &Path) -> Result<(confine::Files, String), VmError> {
+        use confine::Files;
+        let etc = rootfs.join("etc");
+        let probe = if std::fs::symlink_metadata(&etc).is_ok() { etc } else { rootfs.to_path_buf() };
+        let nonempty = std::fs::read_dir(rootfs).is_ok_and(|rd| rd.flatten().any(|e| e.file_name() != "lost+found"));
+        let owner = if nonempty { confine::owner(&probe) } else { None };
+        let inv = |pointer: &str, problem: String| VmError::Invalid { pointer: pointer.into(), problem };
+        if def.privileged {
+            if owner == Some(self.idmap.uid) {
+                return Err(inv("/definition/privileged", format!("the files of VM {vm} were unpacked with owners shifted into the id map (uid {}); provision it to make it privileged", self.idmap.uid)));
+            }
+            return Ok((Files::Privileged, "privileged = true".into()));
+        }
+        match owner {
+            Some(u) if u == self.idmap.uid => {
+                let fs = confine::idmap_support(rootfs).err().map(|why| format!("; {why}")).unwrap_or_default();
+                Ok((Files::Shifted, format!("its files are owned by uid {u}, the id map's root{fs}")))
+            }
+            Some(0) => match confine::idmap_support(rootfs) {
+                Ok(()) => Ok((Files::Idmapped, "its files are owned by host root".into())),
+                Err(why) => Err(inv(
+                    "/definition/privileged",
+                    format!("the files of VM {vm} are owned by host root and {why}; provision it to unpack the template with shifted owners, or make it privileged"),
+                )),
+            },
+            Some(u) => Err(inv("/definition/storage/0", format!("the root of VM {vm} is owned by uid {u}, neither 0 nor the id map's root {}; provision it", self.idmap.uid))),
+            None => match self.idmapped_mounts {
+                confine::IdmappedMounts::Never => Ok((Files::Shifted, "idmapped_mounts = never".into())),
+                confine::IdmappedMounts::Always => Ok((Files::Idmapped, "idmapped_mounts = always".into())),
+                confine::IdmappedMounts::Auto => match confine::idmap_support(rootfs) {
+                    Ok(()) => Ok((Files::Idmapped, "idmapped_mounts = auto, and the filesystem supports them".into())),
+                    Err(why) => Ok((Files::Shifted, format!("idmapped_mounts = auto, and {why}"))),
+                },
+            },
+        }
+    }
+
+    /// The mapped root's host ids, when the files are shifted.
+    fn shifted_owner(&self, files: confine::Files) -> Option<(u32, u32)> {
+        (files == confine::Files::Shifted).then_some((self.idmap.uid, self.idmap.gid))
+    }
+
+    /// The confinement of `vm` for a config, and the directories whose top
+    /// must belong to the container's root (not idmapped, unprivileged).
+    fn security(&self, vm: &VmName, rootfs: &Path, volumes: &[AttachedVolume], files: confine::Files, why: &str) -> (config::Security, Vec<PathBuf>) {
+        use confine::Files;
+        let m = self.idmap;
+        let mut notes = Vec::new();
+        let mut chown_tops = Vec::new();
+        match files {
+            Files::Privileged => notes.push(format!("privileged ({why}): no user namespace, root inside is root on the host")),
+            Files::Idmapped | Files::Shifted => {
+                let last = u64::from(m.range) - 1;
+                notes.push(format!(
+                    "unprivileged: container ids 0-{last} are host uids {}-{} and gids {}-{}",
+                    m.uid,
+                    u64::from(m.uid) + last,
+                    m.gid,
+                    u64::from(m.gid) + last
+                ));
+            }
+        }
+        match files {
+            Files::Privileged => {}
+            Files::Idmapped => notes.push(format!("files: idmapped mounts, owned by host root on disk ({why})")),
+            Files::Shifted => {
+                notes.push(format!("files: template unpacked with owners shifted into the id map ({why})"));
+                chown_tops.push(rootfs.to_path_buf());
+            }
+        }
+        let mut idmapped_volumes = vec![files == Files::Idmapped];
+        for v in volumes.iter().skip(1) {
+            let Some(dir) = v.directory() else {
+                idmapped_volumes.push(false);
+                continue;
+            };
+            let ok = match files {
+                Files::Privileged => false,
+                Files::Shifted => {
+                    chown_tops.push(dir.to_path_buf());
+                    false
+                }
+                Files::Idmapped => match confine::idmap_support(dir) {
+                    Ok(()) if confine::owner(dir) != Some(m.uid) => true,
+                    Ok(()) => {
+                        notes.push(format!("volume {}: owned by the id map's root, bound without an idmapped mount", v.name));
+                        false
+                    }
+                    Err(e) => {
+                        notes.push(format!("volume {}: {e}; its top directory belongs to the container's root instead", v.name));
+                        chown_tops.push(dir.to_path_buf());
+                        false
+                    }
+                },
+            };
+            idmapped_volumes.push(ok);
+        }
+        let seccomp = confine::seccomp_supported().then(|| self.file(vm, "seccomp"));
+        if seccomp.is_none() {
+            notes.push("seccomp: not supported by this kernel, no seccomp policy".into());
+        }
+        let apparmor = confine::apparmor_enabled();
+        if !apparmor {
+            notes.push("AppArmor: not enabled on this host, no AppArmor profile".into());
+        }
+        let idmap = (files != Files::Privileged).then_some(m);
+        (config::Security { idmap, rootfs_idmapped: files == Files::Idmapped, idmapped_volumes, seccomp, apparmor, devices: self.devices.clone(), notes }, chown_tops)
+    }
+
+    /// Render the config of `vm` (and write its seccomp policy); with
+    /// `active`, the volumes are active: the container's directories are
+    /// fenced off and the tops of shifted ones given to its root.
+    fn write_config(&self, vm: &VmName, def: &Definition, volumes: &[AttachedVolume], rootfs: &Path, owned: bool, active: bool) -> Result<(), VmError> {
+        let (files, why) = self.files(vm, def, rootfs)?;
+        let (security, tops) = self.security(vm, rootfs, volumes, files, &why);
+        let mapped = (files != confine::Files::Privileged).then_some((self.idmap.uid, self.idmap.gid));
+        if active {
+            let mut dirs: Vec<&Path> = vec![rootfs];
+            dirs.extend(volumes.iter().skip(1).filter_map(AttachedVolume::directory));
+            for (i, dir) in dirs.iter().enumerate() {
+                // The prefix of geats' own rootfs is shared (mode 0700 root):
+                // LXC's parent process idmaps a rootfs, its child (as the
+                // mapped root) the volumes, so only those need the map's owner.
+                if !(i == 0 && owned) {
+                    confine::guard_parent(dir, mapped).map_err(Self::io("fence off the parent of", dir))?;
+                }
+                if let (Some((u, g)), true) = (mapped, i > 0) {
+                    if let Some(block) = confine::blocked_for(dir, u, g) {
+                        return Err(VmError::Hypervisor {
+                            hypervisor: "lxc",
+                            step: "start",
+                            vm: vm.clone(),
+                            detail: format!("the container's root (host uid {u}) cannot reach the volume {}: {} is not traversable; make it so (chmod o+x)", dir.display(), block.display()),
+                        });
+                    }
+                }
+            }
+            for top in &tops {
+                if confine::owner(top) == Some(0) {
+                    std::os::unix::fs::lchown(top, Some(self.idmap.uid), Some(self.idmap.gid)).map_err(Self::io("chown", top))?;
+                }
+            }
+        }
+        if let Some(p) = &security.seccomp {
+            write_atomic(p, confine::SECCOMP_POLICY.as_bytes(), 0o644).map_err(Self::io("write", p))?;
+        }
+        let text = config::render(vm, def, &config::Inputs { rootfs: rootfs.to_path_buf(), volumes, extra: &self.extra, security })?;
+        let cfg = self.file(vm, "config");
+        if std::fs::read_to_string(&cfg).ok().as_deref() != Some(text.as_str()) {
+            write_atomic(&cfg, text.as_bytes(), 0o644).map_err(Self::io("write", &cfg))?;
+        }
+        Ok(())
+    }
 }
 
 fn remove_if_exists(p: &Path) -> Result<(), VmError> {
@@ -219,27 +469,56 @@ impl VmType for Lxc {
         }
         // Render once with the default rootfs: every value that reaches a
         // line is checked before anything is written.
-        let inputs = config::Inputs { rootfs: self.rootfs_prefix.join(vm.as_str()), volumes: &[], extra: &self.extra };
+        let inputs = config::Inputs { rootfs: self.rootfs_prefix.join(vm.as_str()), volumes: &[], extra: &self.extra, security: config::Security::default() };
         config::render(vm, def, &inputs).map(|_| ())
     }
 
+    fn template_for(&self, vm: &VmName, def: &Definition, root: &Path, mut t: crate::template::Template) -> Result<crate::template::Template, VmError> {
+        let (files, _) = self.files(vm, def, root)?;
+        t.shift = (files == confine::Files::Shifted).then_some(self.idmap);
+        Ok(t)
+    }
+
     fn write_guest_files(&self, vm: &VmName, def: &Definition, root: &Path) -> Result<(), VmError> {
-        guest::write(vm, def, root)
+        let (files, _) = self.files(vm, def, root)?;
+        let owner = self.shifted_owner(files);
+        if let Some((u, g)) = owner {
+            // A root with no template: record the decision on the disk.
+            if confine::owner(root) == Some(0) {
+                std::os::unix::fs::lchown(root, Some(u), Some(g)).map_err(Self::io("chown", root))?;
+            }
+        }
+        guest::write(vm, def, root, owner)
     }
 
     fn define(&self, vm: &VmName, def: &Definition, volumes: &[AttachedVolume]) -> Result<(), VmError> {
-        let rootfs = self.rootfs_of(vm, volumes);
-        let text = config::render(vm, def, &config::Inputs { rootfs, volumes, extra: &self.extra })?;
+        let (rootfs, owned) = self.rootfs_of(vm, volumes);
+        // Every value is checked before anything is written.
+        config::render(vm, def, &config::Inputs { rootfs: rootfs.clone(), volumes, extra: &self.extra, security: config::Security::default() })?;
         let dir = self.dir(vm);
         std::fs::create_dir_all(&dir).map_err(Self::io("create", &dir))?;
-        let cfg = self.file(vm, "config");
-        write_atomic(&cfg, text.as_bytes(), 0o644).map_err(Self::io("write", &cfg))
+        if owned {
+            self.fence_own_roots(&rootfs)?;
+        }
+        let meta = Meta {
+            rootfs: rootfs.clone(),
+            owned,
+            definition: Some(def.clone()),
+            volumes: volumes
+                .iter()
+                .map(|v| MetaVolume { name: v.name.clone(), directory: v.directory().map(Path::to_path_buf), mountpoint: v.mountpoint.clone() })
+                .collect(),
+        };
+        let meta_path = self.file(vm, "geats.json");
+        // 0600: the definition may carry secrets in its metadata.
+        write_atomic(&meta_path, &serde_json::to_vec_pretty(&meta).unwrap_or_default(), 0o600).map_err(Self::io("write", &meta_path))?;
+        // The volumes may be inactive now: start renders it again.
+        self.write_config(vm, def, volumes, &rootfs, owned, owned)
     }
 
     fn undefine(&self, vm: &VmName) -> Result<(), VmError> {
         let dir = self.dir(vm);
-        // geats.json: written by earlier versions.
-        for f in ["config", "lxc.log", "geats.pid", "geats.json"] {
+        for f in ["config", "lxc.log", "geats.pid", "geats.json", "seccomp"] {
             remove_if_exists(&dir.join(f))?;
         }
         if let Err(e) = crate::sys::fsutil::ignore_missing(std::fs::remove_dir(&dir)) {
@@ -258,6 +537,13 @@ impl VmType for Lxc {
         }
         if !self.exists(vm) {
             return Err(VmError::Hypervisor { hypervisor: "lxc", step: "start", vm: vm.clone(), detail: format!("no LXC config at {}", self.file(vm, "config").display()) });
+        }
+        if let Some(Meta { rootfs, owned, definition: Some(def), volumes, .. }) = self.read_meta(vm) {
+            let att: Vec<AttachedVolume> = volumes
+                .into_iter()
+                .map(|v| AttachedVolume { name: v.name, mountpoint: v.mountpoint, provides: Provides { kind: Kind::Directory, path: v.directory } })
+                .collect();
+            self.write_config(vm, &def, &att, &rootfs, owned, true)?;
         }
         state::remove_stale_cgroups(vm.as_str());
         let log = self.file(vm, "lxc.log");
@@ -321,7 +607,8 @@ impl VmType for Lxc {
             Ok(_) => String::new(),
             Err(e) => format!(": {}", self.failed("shutdown", vm, e)),
         };
-        Err(VmError::Hypervisor { hypervisor: "lxc",
+        Err(VmError::Hypervisor {
+            hypervisor: "lxc",
             step: "shut down",
             vm: vm.clone(),
             detail: format!("its init did not halt within {secs} s (shutdown_timeout); it is still running, use stop to power it off{why}"),
@@ -330,6 +617,19 @@ impl VmType for Lxc {
 
     fn reboot(&self, vm: &VmName) -> Result<(), VmError> {
         let secs = self.shutdown_timeout.as_secs().to_string();
+        if self.config_text(vm).is_some_and(|c| c.contains("\nlxc.rootfs.options = idmap=container\n")) {
+            // LXC 5.0 forgets lxc.rootfs.options when it reboots a
+            // container in place ("Mounted rootfs ... with options (null)"):
+            // the new init would see every file as nobody's. So halt it
+            // (killed after shutdown_timeout, as `lxc-stop -r` does) and
+            // start it again, which reads the config afresh.
+            if let Err(e) = self.tool("lxc-stop", vm, &["-t", &secs]).timeout(self.shutdown_timeout + Duration::from_secs(30)).run() {
+                if self.is_running(vm) {
+                    return Err(self.failed("reboot", vm, e));
+                }
+            }
+            return self.start(vm);
+        }
         self.tool("lxc-stop", vm, &["-r", "-t", &secs]).timeout(self.shutdown_timeout + Duration::from_secs(30)).run().map_err(|e| self.failed("reboot", vm, e))?;
         Ok(())
     }
@@ -447,9 +747,20 @@ mod tests {
         assert!(bad("config = { \"lxc.a\" = \"1\\nlxc.b = 2\" }").contains("control character"));
         assert!(bad("shutdown_timeout = 0").contains("shutdown_timeout"));
         assert!(bad("log_level = \"LOUD\"").contains("log_level"));
+        assert!(bad("idmap = { uid = 0 }").contains("idmap"));
+        assert!(bad("idmap = { uid = 4294967000 }").contains("idmap"));
+        assert!(bad("idmap = { range = 0 }").contains("idmap"));
+        assert!(bad("idmap = { base = 1 }").contains("base"));
+        assert!(bad("idmapped_mounts = \"sometimes\"").contains("sometimes"));
+        assert!(bad("allow_devices = [\"sda\"]").contains("allow_devices"));
         let l = lxc(d.path(), "");
         assert_eq!(l.lxcpath, d.path().join("var/lib/lxc"));
         assert_eq!(l.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(l.idmap, confine::DEFAULT_MAP);
+        let l = lxc(d.path(), "idmap = { uid = 1000000, gid = 2000000 }\nallow_devices = [\"tun\", \"fuse\"]\nidmapped_mounts = \"never\"");
+        assert_eq!(l.idmap, confine::IdShift { uid: 1_000_000, gid: 2_000_000, range: 65_536 });
+        assert_eq!(l.devices, ["c 10:200 rwm", "c 10:229 rwm"]);
+        assert_eq!(l.idmapped_mounts, confine::IdmappedMounts::Never);
     }
 
     #[test]
@@ -479,9 +790,14 @@ mod tests {
         let vm = VmName::new("c1").unwrap();
         let rootfs = d.path().join("var/lib/geats/rootfs/c1");
         assert_eq!(l.own_root(&vm), Some(rootfs.clone()));
+        // The manager creates the implicit root before define.
+        std::fs::create_dir_all(&rootfs).unwrap();
         l.define(&vm, &def(serde_json::json!({})), &[]).unwrap();
         let text = std::fs::read_to_string(d.path().join("var/lib/lxc/c1/config")).unwrap();
         assert!(text.contains(&format!("lxc.rootfs.path = dir:{}", rootfs.display())), "{text}");
+        use std::os::unix::fs::PermissionsExt;
+        let prefix_mode = std::fs::metadata(rootfs.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(prefix_mode, 0o700, "the prefix of own roots is fenced off");
         assert!(l.exists(&vm));
         assert_eq!(l.state(&vm), VmState::plain(Power::Stopped));
         l.undefine(&vm).unwrap();

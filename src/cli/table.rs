@@ -137,6 +137,7 @@ pub fn print_info(i: &InfoReply) {
     println!("Type:        {}", i.vm_type);
     println!("State:       {}", state_str(&i.state));
     println!("Locked:      {}", if i.locked { "yes" } else { "no" });
+    println!("Privileged:  {}", if i.privileged { "yes (root inside is root on the host)" } else { "no" });
     if let Some(desc) = &d.description {
         println!("Description: {}", desc.replace(['\n', '\r'], " "));
     }

@@ -296,6 +296,7 @@ impl Error {
                 VmError::Hypervisor { .. } => C::Hypervisor,
                 VmError::Tool { .. } | VmError::Failed { .. } => C::ToolFailed,
                 VmError::NotSupported(_) => C::NotSupported,
+                VmError::Refused { .. } => C::InvalidState,
             },
             Error::Storage(e) => match e {
                 StorageError::TypeNotAllowed { .. } | StorageError::BadOption { .. } => C::InvalidData,

@@ -22,6 +22,7 @@ mod concurrency;
 mod ddl;
 mod docs_examples;
 mod lxc_confinement;
+mod live_limits;
 mod lxc_lifecycle;
 mod mcollective;
 mod plugins;

@@ -100,6 +100,21 @@ pub enum Command {
         #[command(flatten)]
         opts: ActOpts,
     },
+    /// Change some keys of a VM's definition: `geats set web1 ram=256 cpus=2`.
+    ///
+    /// A partial define: keys are `ram` (MB), `cpus` and `description`;
+    /// `none` removes a limit. A running VM takes `ram` and `cpus` at once;
+    /// what cannot change live waits for its next start (listed as pending).
+    Set {
+        /// The VM.
+        name: String,
+        /// KEY=VALUE pairs.
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+        /// Acting options.
+        #[command(flatten)]
+        opts: ActOpts,
+    },
     /// Start a VM.
     Start(VmArgs),
     /// Power a VM off at once.
@@ -337,6 +352,15 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             let def = read_definition(&file)?;
             act(&m, "provision", json!({"vm_name": name, "definition": def}), &opts)
         }
+        Command::Set { name, settings, opts } => {
+            let vm = vm_name(&name)?;
+            let (rec, _vmt) = m.vm_type_of(&vm)?;
+            let mut def = serde_json::to_value(&rec.definition).map_err(|e| Error::Internal(format!("cannot serialise the definition of {vm}: {e}")))?;
+            for kv in &settings {
+                set_key(&mut def, kv)?;
+            }
+            act(&m, "define", json!({"vm_name": name, "definition": def}), &opts)
+        }
         Command::Start(a) => act(&m, "start", json!({"vm_name": a.name}), &a.opts),
         Command::Stop(a) => act(&m, "stop", json!({"vm_name": a.name}), &a.opts),
         Command::Shutdown(a) => act(&m, "shutdown", json!({"vm_name": a.name}), &a.opts),
@@ -412,6 +436,32 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             interactive(argv)
         }
     }
+}
+
+/// Apply one `KEY=VALUE` of `geats set` to a definition (as JSON, so the
+/// define that follows validates it like any other).
+fn set_key(def: &mut Value, kv: &str) -> Result<(), Error> {
+    let Some((key, value)) = kv.split_once('=') else {
+        return Err(RequestError::invalid("/definition", format!("{kv:?} is not KEY=VALUE (keys: ram, cpus, description)")).into());
+    };
+    let pointer = format!("/definition/{key}");
+    let new = match (key, value) {
+        ("ram" | "cpus", "none") => Value::Null,
+        ("ram" | "cpus", v) => {
+            let n: u64 = v.parse().map_err(|_| RequestError::invalid(&pointer, format!("{v:?} is not a whole number (or none)")))?;
+            json!(n)
+        }
+        ("description", v) => json!(v),
+        (other, _) => return Err(RequestError::invalid(&pointer, format!("geats set does not change {other:?} (keys: ram, cpus, description); use geats define with a file")).into()),
+    };
+    if let Some(obj) = def.as_object_mut() {
+        if new.is_null() {
+            obj.remove(key);
+        } else {
+            obj.insert(key.to_string(), new);
+        }
+    }
+    Ok(())
 }
 
 fn interactive(argv: Vec<String>) -> Result<u8, Error> {

@@ -59,7 +59,15 @@ pub fn print_action(action: &str, vm: Option<&VmName>, reply: &Reply) {
                 println!("  nothing: already done");
             }
         }
-        Reply::Define(r) => println!("{vm}: {action}: {}; now {}", what(r.changed), state_str(&r.state)),
+        Reply::Define(r) => {
+            println!("{vm}: {action}: {}; now {}", what(r.changed), state_str(&r.state));
+            if !r.applied_live.is_empty() {
+                println!("  applied to the running VM: {}", r.applied_live.join(", "));
+            }
+            if !r.pending.is_empty() {
+                println!("  pending until its next start: {}", r.pending.join(", "));
+            }
+        }
         Reply::Power(r) => println!("{vm}: {action}: {}; now {}", what(r.changed), state_str(&r.state)),
         Reply::AdminLock(r) => println!("{vm}: {action}: {}; {}", what(r.changed), if r.locked { "locked" } else { "unlocked" }),
         Reply::Removed(r) => println!("{vm}: {action}: {}", what(r.changed)),
@@ -165,6 +173,9 @@ pub fn print_info(i: &InfoReply) {
     }
     if let Some(c) = &i.console {
         println!("Console:     {}", c.join(" "));
+    }
+    if !i.pending.is_empty() {
+        println!("Pending:     {} (applied at the next start)", i.pending.join(", "));
     }
 }
 

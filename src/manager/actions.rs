@@ -95,6 +95,7 @@ fn with_rollback(
                 vmt.define(vm, &old.definition, &att).map_err(Error::from)
             }
             Undo::StopVm => vmt.stop(vm).map_err(Error::from),
+            Undo::ApplyLive(old) => vmt.apply_live(vm, old).map(|_| ()).map_err(Error::from),
             Undo::RestoreRecord(old) => restore_record(op, vm, old.as_deref()),
         };
         if let Err(e) = r {
@@ -145,7 +146,7 @@ fn define(op: &mut Op<'_>, vm: &VmName, def: &Definition) -> Outcome {
     if let Some((ex, _)) = &plan.existing {
         if ex.defined && ex.definition == plan.def && plan.vmt.exists(vm) {
             let state = plan.vmt.state(vm);
-            return Ok(Reply::Define(DefineReply { definition: plan.def, state, changed: false }));
+            return Ok(Reply::Define(DefineReply { definition: plan.def, state, changed: false, applied_live: Vec::new(), pending: Vec::new() }));
         }
     }
     apply_definition(op, vm, plan, false)
@@ -249,6 +250,13 @@ fn plan_definition(op: &Op<'_>, vm: &VmName, def_in: &Definition) -> Result<Plan
 fn apply_definition(op: &mut Op<'_>, vm: &VmName, plan: Plan, provision: bool) -> Outcome {
     let Plan { def, type_name, vmt, mut vols, template, existing } = plan;
     let vm_existed = existing.as_ref().is_some_and(|(r, _)| r.defined) && vmt.exists(vm);
+    // A running VM takes what can change live now, the rest at its next
+    // start; a change it would refuse is refused before any step.
+    let running = vm_existed && vmt.state(vm).is_running();
+    if running {
+        vmt.check_live(vm, &def)?;
+    }
+    let mut applied_live: Vec<&'static str> = Vec::new();
     let old_rec = existing.as_ref().map(|(r, _)| r.clone());
     let (created, locked) = existing.as_ref().map_or_else(|| (db::now(), false), |(r, _)| (r.created.clone(), r.locked));
     let vmt_ref: &dyn VmType = &*vmt;
@@ -279,6 +287,13 @@ fn apply_definition(op: &mut Op<'_>, vm: &VmName, plan: Plan, provision: bool) -
             _ => Undo::UndefineVm,
         };
         op.step(format!("define {type_name} VM {vm}"), Some(undo), |_| Ok(vmt_ref.define(vm, &def, &att)?))?;
+        if let (true, Some(old)) = (running, &old_rec) {
+            let undo = Undo::ApplyLive(Box::new(old.definition.clone()));
+            op.step(format!("apply live limits to VM {vm}"), Some(undo), |_| {
+                applied_live = vmt_ref.apply_live(vm, &def)?;
+                Ok(())
+            })?;
+        }
         let rec = VmRecord {
             name: vm.clone(),
             vm_type: type_name.clone(),
@@ -293,13 +308,17 @@ fn apply_definition(op: &mut Op<'_>, vm: &VmName, plan: Plan, provision: bool) -
         op.step("record definition", Some(undo), |op| save_record(op, &rec, &vrecs))
     })?;
     let state = vmt.state(vm);
-    Ok(Reply::Define(DefineReply { definition: def, state, changed: true }))
+    let pending = if running { vmt.pending(vm, &def) } else { Vec::new() };
+    let applied_live = applied_live.into_iter().map(str::to_string).collect();
+    Ok(Reply::Define(DefineReply { definition: def, state, changed: true, applied_live, pending }))
 }
 
 /// Activate the root volume, install the template (when `fresh`, or when
 /// the root is empty), write the guest files, deactivate it again.
 fn install_root(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition, root: &mut Vol, template: Option<&Template>, fresh: bool) -> Result<()> {
     let name = root.name().clone();
+    // The root of a running VM is active and stays so.
+    let was_active = root.volume.is_active();
     op.step(format!("activate volume {name}"), Some(Undo::DeactivateVolume(0)), |_| Ok(root.volume.activate()?))?;
     let dir = root.volume.provides().path_of(Kind::Directory).map(std::path::Path::to_path_buf);
     if let (Some(t), Some(dir)) = (template, &dir) {
@@ -317,6 +336,9 @@ fn install_root(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition
     }
     if let Some(dir) = &dir {
         op.step("write guest configuration", None, |_| Ok(vmt.write_guest_files(vm, def, dir)?))?;
+    }
+    if was_active {
+        return Ok(());
     }
     op.step(format!("deactivate volume {name}"), None, |_| Ok(root.volume.deactivate()?))
 }

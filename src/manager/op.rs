@@ -18,6 +18,8 @@ pub enum Undo {
     RedefineVm(Box<VmRecord>),
     /// Power the VM off again.
     StopVm,
+    /// Apply the previous definition's live limits again.
+    ApplyLive(Box<crate::definition::Definition>),
     /// Put back the database rows and record file as they were.
     RestoreRecord(Option<Box<(VmRecord, Vec<VolumeRecord>)>>),
 }

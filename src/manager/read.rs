@@ -134,6 +134,7 @@ impl Manager {
                 }
             })
             .collect();
+        let pending = vmt.pending(vm, &rec.definition);
         Ok(InfoReply {
             name: rec.name,
             vm_type: rec.vm_type,
@@ -147,6 +148,7 @@ impl Manager {
             created: rec.created,
             updated: rec.updated,
             console: vmt.console_command(vm),
+            pending,
         })
     }
 

@@ -157,6 +157,10 @@ pub struct InfoReply {
     /// The argv that attaches to its console, if the VM type has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub console: Option<Vec<String>>,
+    /// Definition keys the running VM does not run with yet (applied at
+    /// its next start). Absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
 }
 
 /// One volume in `info`.
@@ -225,6 +229,14 @@ pub struct DefineReply {
     pub state: VmState,
     /// False for an identical re-define.
     pub changed: bool,
+    /// For a running VM: the definition keys applied to it at once
+    /// (`ram`, `cpus`). Absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub applied_live: Vec<String>,
+    /// For a running VM: the definition keys it does not run with yet,
+    /// applied at its next start (or reboot). Absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
 }
 
 /// The power actions.

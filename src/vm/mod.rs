@@ -114,6 +114,15 @@ pub enum VmError {
     /// The operation is not available for this VM type.
     #[error("{0}")]
     NotSupported(String),
+    /// The VM's present state refuses the change (a memory limit below
+    /// what the running VM uses).
+    #[error("VM {vm}: {problem}")]
+    Refused {
+        /// The VM.
+        vm: VmName,
+        /// Why, and what to do.
+        problem: String,
+    },
 }
 
 /// A volume as the VM type sees it: its name, where the VM mounts it, and
@@ -192,6 +201,28 @@ pub trait VmType: std::fmt::Debug {
     /// Create or update the VM in the hypervisor. Volumes are defined (but
     /// maybe not active). Must not leave a half-written config.
     fn define(&self, vm: &VmName, def: &Definition, volumes: &[AttachedVolume]) -> Result<(), VmError>;
+
+    /// Check, before any step, that [`VmType::apply_live`] of `def` would
+    /// succeed on the running VM (`VmError::Refused` otherwise). Called
+    /// only while the VM runs.
+    fn check_live(&self, _vm: &VmName, _def: &Definition) -> Result<(), VmError> {
+        Ok(())
+    }
+
+    /// Apply to the running VM, after [`VmType::define`], what of `def`
+    /// this type can change without a restart (LXC: `ram` and `cpus`,
+    /// through the container's cgroup); return the definition keys it
+    /// applied. Everything else waits for the next start
+    /// ([`VmType::pending`]). Called only while the VM runs.
+    fn apply_live(&self, _vm: &VmName, _def: &Definition) -> Result<Vec<&'static str>, VmError> {
+        Ok(Vec::new())
+    }
+
+    /// The keys of `def` the running VM does not run with yet: they apply
+    /// at its next start. Empty for a stopped VM.
+    fn pending(&self, _vm: &VmName, _def: &Definition) -> Vec<String> {
+        Vec::new()
+    }
 
     /// Remove the VM from the hypervisor (it is stopped). Its volumes are
     /// the storage layer's business.

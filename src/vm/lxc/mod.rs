@@ -246,6 +246,36 @@ impl Lxc {
         serde_json::from_str(&std::fs::read_to_string(self.file(vm, "geats.json")).ok()?).ok()
     }
 
+    /// The definition the running container started with (and what
+    /// [`VmType::apply_live`] changed since), beside its config.
+    fn running_file(&self, vm: &VmName) -> PathBuf {
+        self.file(vm, "geats.running.json")
+    }
+
+    fn read_running(&self, vm: &VmName) -> Option<Definition> {
+        serde_json::from_str(&std::fs::read_to_string(self.running_file(vm)).ok()?).ok()
+    }
+
+    fn write_running(&self, vm: &VmName, def: &Definition) -> Result<(), VmError> {
+        let p = self.running_file(vm);
+        // 0600: the definition may carry secrets in its metadata.
+        write_atomic(&p, &serde_json::to_vec(def).unwrap_or_default(), 0o600).map_err(Self::io("write", &p))
+    }
+
+    /// After a start: the definition of the last define is what runs now.
+    fn record_running(&self, vm: &VmName) -> Result<(), VmError> {
+        match self.read_meta(vm).and_then(|m| m.definition) {
+            Some(def) => self.write_running(vm, &def),
+            None => remove_if_exists(&self.running_file(vm)),
+        }
+    }
+
+    /// The running container's cgroups, through its init.
+    fn live_cgroups(&self, vm: &VmName) -> Result<state::Cgroups, VmError> {
+        let init = self.init(vm).ok_or_else(|| VmError::Refused { vm: vm.clone(), problem: "it has no init process yet; try again once it has started".into() })?;
+        Ok(state::cgroups(init))
+    }
+
     /// Fence off `default_rootfs_prefix`, which holds the roots of every
     /// VM without volumes: no other host user may enter it.
     fn fence_own_roots(&self, rootfs: &Path) -> Result<(), VmError> {
@@ -518,7 +548,7 @@ impl VmType for Lxc {
 
     fn undefine(&self, vm: &VmName) -> Result<(), VmError> {
         let dir = self.dir(vm);
-        for f in ["config", "lxc.log", "geats.pid", "geats.json", "seccomp"] {
+        for f in ["config", "lxc.log", "geats.pid", "geats.json", "geats.running.json", "seccomp"] {
             remove_if_exists(&dir.join(f))?;
         }
         if let Err(e) = crate::sys::fsutil::ignore_missing(std::fs::remove_dir(&dir)) {
@@ -529,6 +559,66 @@ impl VmType for Lxc {
 
     fn exists(&self, vm: &VmName) -> bool {
         self.file(vm, "config").is_file()
+    }
+
+    fn check_live(&self, vm: &VmName, def: &Definition) -> Result<(), VmError> {
+        let Some(mb) = def.ram else { return Ok(()) };
+        if self.read_running(vm).is_some_and(|r| r.ram == def.ram) {
+            return Ok(());
+        }
+        let used = self.live_cgroups(vm)?.memory().unwrap_or(0);
+        if mb.saturating_mul(1 << 20) < used {
+            return Err(VmError::Refused {
+                vm: vm.clone(),
+                problem: format!("it uses {} MB now, more than the new ram of {mb} MB; free memory inside it, or stop it and define it then", used.div_ceil(1 << 20)),
+            });
+        }
+        Ok(())
+    }
+
+    fn apply_live(&self, vm: &VmName, def: &Definition) -> Result<Vec<&'static str>, VmError> {
+        if !self.is_running(vm) {
+            return Ok(Vec::new());
+        }
+        let Some(mut running) = self.read_running(vm) else {
+            // Started by an older geats: what it runs with is unknown.
+            return Ok(Vec::new());
+        };
+        let cg = self.live_cgroups(vm)?;
+        let mut applied = Vec::new();
+        let fail = |what: &'static str| {
+            move |e: std::io::Error| VmError::Refused { vm: vm.clone(), problem: format!("the kernel refused the new {what} limit: {e}") }
+        };
+        if running.ram != def.ram {
+            cg.set_memory_limit(def.ram.map(|mb| mb << 20)).map_err(fail("memory"))?;
+            running.ram = def.ram;
+            applied.push("ram");
+        }
+        if running.cpus != def.cpus {
+            cg.set_cpu_quota(def.cpus.map(|c| u64::from(c) * config::CPU_PERIOD_US), config::CPU_PERIOD_US).map_err(fail("CPU"))?;
+            running.cpus = def.cpus;
+            applied.push("cpus");
+        }
+        if !applied.is_empty() {
+            self.write_running(vm, &running)?;
+        }
+        Ok(applied)
+    }
+
+    fn pending(&self, vm: &VmName, def: &Definition) -> Vec<String> {
+        if !self.is_running(vm) {
+            return Vec::new();
+        }
+        let Some(running) = self.read_running(vm) else { return Vec::new() };
+        let (Ok(serde_json::Value::Object(now)), Ok(serde_json::Value::Object(then))) = (serde_json::to_value(def), serde_json::to_value(&running)) else {
+            return Vec::new();
+        };
+        let mut keys: Vec<String> = now.keys().chain(then.keys()).filter(|k| now.get(*k) != then.get(*k)).cloned().collect();
+        keys.sort();
+        keys.dedup();
+        // The description is only recorded; it needs no restart.
+        keys.retain(|k| k != "description");
+        keys
     }
 
     fn start(&self, vm: &VmName) -> Result<(), VmError> {
@@ -554,7 +644,7 @@ impl VmType for Lxc {
         let (log_s, pid_s) = (log.to_string_lossy().into_owned(), pidfile.to_string_lossy().into_owned());
         let res = self.tool("lxc-start", vm, &["-d", "-p", &pid_s, "-l", &self.log_level, "-o", &log_s]).timeout(Duration::from_secs(120)).run();
         match res {
-            Ok(_) if self.is_running(vm) => Ok(()),
+            Ok(_) if self.is_running(vm) => self.record_running(vm),
             Ok(_) => {
                 // Give a container that died at once a moment to log why.
                 std::thread::sleep(Duration::from_millis(200));
@@ -617,7 +707,10 @@ impl VmType for Lxc {
 
     fn reboot(&self, vm: &VmName) -> Result<(), VmError> {
         let secs = self.shutdown_timeout.as_secs().to_string();
-        if self.config_text(vm).is_some_and(|c| c.contains("\nlxc.rootfs.options = idmap=container\n")) {
+        let pending = self.read_meta(vm).and_then(|m| m.definition).is_some_and(|d| !self.pending(vm, &d).is_empty());
+        if pending || self.config_text(vm).is_some_and(|c| c.contains("\nlxc.rootfs.options = idmap=container\n")) {
+            // Changes wait for the next start (a NIC, a volume): LXC reboots
+            // in place with the config it started with, so halt and start.
             // LXC 5.0 forgets lxc.rootfs.options when it reboots a
             // container in place ("Mounted rootfs ... with options (null)"):
             // the new init would see every file as nobody's. So halt it

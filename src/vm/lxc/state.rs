@@ -147,6 +147,10 @@ fn parse_cgroups(text: &str, pure_v2: bool) -> Cgroups {
     c
 }
 
+fn no_controller(name: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotFound, format!("the container has no {name} cgroup controller"))
+}
+
 fn read_u64(p: &Path) -> Option<u64> {
     std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
@@ -180,6 +184,28 @@ impl Cgroups {
             return Some(usec as f64 / 1e6);
         }
         read_u64(&self.v1.get("cpuacct")?.join("cpuacct.usage")).map(|ns| ns as f64 / 1e9)
+    }
+
+    /// Set the memory limit, bytes (`None`: unlimited), in whichever
+    /// hierarchy holds the memory controller. The kernel may refuse a
+    /// limit below what is in use (v1: EBUSY after reclaim fails).
+    pub fn set_memory_limit(&self, bytes: Option<u64>) -> std::io::Result<()> {
+        if let Some(p) = self.v2_file("memory.max") {
+            return std::fs::write(p, bytes.map_or_else(|| "max".to_string(), |b| b.to_string()));
+        }
+        let dir = self.v1.get("memory").ok_or_else(|| no_controller("memory"))?;
+        std::fs::write(dir.join("memory.limit_in_bytes"), bytes.map_or_else(|| "-1".to_string(), |b| b.to_string()))
+    }
+
+    /// Set the CPU quota per `period_us` (`None`: unlimited).
+    pub fn set_cpu_quota(&self, quota_us: Option<u64>, period_us: u64) -> std::io::Result<()> {
+        if let Some(p) = self.v2_file("cpu.max") {
+            let q = quota_us.map_or_else(|| "max".to_string(), |q| q.to_string());
+            return std::fs::write(p, format!("{q} {period_us}"));
+        }
+        let dir = self.v1.get("cpu").ok_or_else(|| no_controller("cpu"))?;
+        std::fs::write(dir.join("cpu.cfs_period_us"), period_us.to_string())?;
+        std::fs::write(dir.join("cpu.cfs_quota_us"), quota_us.map_or_else(|| "-1".to_string(), |q| q.to_string()))
     }
 
     /// Is it frozen (or freezing)?

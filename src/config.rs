@@ -60,6 +60,7 @@ struct FileConfig {
     lock_timeout: Option<f64>,
     busy_timeout: Option<f64>,
     request_limit: Option<usize>,
+    boot_parallel: Option<usize>,
     default_vm_type: Option<String>,
     #[serde(default)]
     vm_types: BTreeMap<String, VmTypeConfig>,
@@ -113,6 +114,9 @@ pub struct Config {
     pub busy_timeout: Duration,
     /// The largest request accepted, in bytes.
     pub request_limit: usize,
+    /// How many VMs of one boot priority `geats reconcile` starts at once
+    /// (default: the number of CPUs).
+    pub boot_parallel: usize,
     /// The VM type of a definition that names none.
     pub default_vm_type: TypeName,
     /// The VM types by name.
@@ -207,7 +211,12 @@ impl Config {
         if request_limit < 1024 {
             return Err(invalid("request_limit", format!("{request_limit} bytes is too small; use at least 1024")));
         }
+        let boot_parallel = file.boot_parallel.unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1));
+        if !(1..=1024).contains(&boot_parallel) {
+            return Err(invalid("boot_parallel", format!("{boot_parallel} is not from 1 to 1024")));
+        }
         Ok(Config {
+            boot_parallel,
             database: abs("database", file.database, "var/lib/geats/geats.db")?,
             records_dir: abs("records_dir", file.records_dir, "var/lib/geats/records")?,
             template_dir: abs("template_dir", file.template_dir, "var/lib/geats/templates")?,

@@ -52,6 +52,18 @@ pub struct Definition {
     /// containers are unprivileged unless this is true.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub privileged: bool,
+    /// Whether `geats reconcile` (at boot) starts it when its desired
+    /// state is running; true when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autostart: Option<bool>,
+    /// Boot order for `geats reconcile`: higher first; equal priorities
+    /// start in parallel. 0 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_priority: Option<i32>,
+    /// Seconds `geats reconcile` waits after this VM's priority group
+    /// before starting the next (the largest of the group counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_delay: Option<u32>,
 }
 
 /// How a NIC attaches to the host.

@@ -146,6 +146,7 @@ impl Manager {
             created: rec.created,
             updated: rec.updated,
             console: vmt.console_command(vm),
+            plugin: vmt.info(vm),
         })
     }
 

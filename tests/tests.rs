@@ -21,6 +21,7 @@ mod cli_screens;
 mod concurrency;
 mod ddl;
 mod docs_examples;
+mod example_plugins;
 mod exec_plugins;
 mod lxc_lifecycle;
 mod mcollective;

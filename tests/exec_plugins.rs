@@ -272,7 +272,8 @@ fn lifecycle(t: Transport) {
     );
     assert!(root_dir.is_dir() && !root_dir.join("keep").exists(), "provision erased the root");
 
-    // migrate is refused as for any type; dry runs call nothing.
+    // migrate is refused as for any type; dry runs call no operation.
+    assert_eq!(fx.fail(t, "migrate", json!({"vm_name": vm, "vm_destination": "host2"})).0, "not_supported");
     let dry = fx.ok(t, "start", json!({"vm_name": vm, "dry_run": true}));
     assert_eq!(dry["steps"][0], "activate volume root", "{dry}");
     assert_eq!(ops(&fx.take_calls()), ["state(p1)", "state(p1)"], "a dry run only reads the state");
@@ -566,4 +567,133 @@ fn issue_17_plugins_doc_exec_examples_load() {
         }
     }
     assert_eq!(built, 3, "the zfs and golden storage types and the myhv VM type");
+}
+
+/// The index of the first `call` in `calls`, at or after `from`.
+fn at(calls: &[String], call: &str, from: usize) -> usize {
+    calls.iter().skip(from).position(|c| c == call).map(|i| i + from).unwrap_or_else(|| panic!("no {call} after #{from} in {calls:?}"))
+}
+
+fn file_chain(t: Transport, test: &str) {
+    if let Some(m) = common::need_root("loop devices and mounts need root") {
+        return common::skip(test, &m);
+    }
+    let fx = Fx::new("");
+    let (vm, v) = ("q1", json!({"vm_name": "q1"}));
+    let def = json!({"vm_type": "proc", "storage": [
+        {"name": "root", "type": "pdir"},
+        {"name": "scratch", "type": "pfile", "size": "16M", "mountpoint": "/scratch"}]});
+    let image = fx.root().join("pfile/q1/scratch.img");
+    let mnt = fx.root().join("var/lib/geats/mnt/q1/scratch");
+    let active = |want: bool| {
+        let mounted = common::mounts_under(fx.root()).iter().any(|m| m.mount_point == mnt && m.fstype == "ext4");
+        let attached = common::loop_devices().iter().any(|(_, f)| f.starts_with(&image.display().to_string()));
+        assert_eq!((mounted, attached), (want, want), "ext4 mounted over a loop device of the plugin's image");
+    };
+    let vols = ["root", "scratch"];
+
+    // define: every volume created (the image formatted) before the VM.
+    fx.ok(t, "define", json!({"vm_name": vm, "definition": def}));
+    let c = ops(&fx.take_calls());
+    let d = at(&c, "define(q1)", 0);
+    for vol in vols {
+        assert!(at(&c, &format!("create({vol})"), 0) < d, "{c:?}");
+    }
+    assert!(image.is_file());
+    active(false);
+
+    // start: every volume activated before the VM starts.
+    fx.ok(t, "start", v.clone());
+    let c = ops(&fx.take_calls());
+    let s = at(&c, "start(q1)", 0);
+    for vol in vols {
+        assert!(at(&c, &format!("activate({vol})"), 0) < s, "{c:?}");
+    }
+    active(true);
+    let info = fx.ok(t, "info", v.clone());
+    assert_eq!(info["storage"][1]["active"], json!(true), "{info}");
+    assert!(info["storage"][1]["size_bytes"].as_u64().unwrap() > 8 << 20, "{info}");
+    assert_eq!(fx.ok(t, "status", json!({}))["vms"][vm]["state"], json!(["running", "running"]));
+
+    // reboot keeps the volumes active; shutdown and stop deactivate them after.
+    fx.take_calls();
+    fx.ok(t, "reboot", v.clone());
+    assert!(!ops(&fx.take_calls()).iter().any(|c| c.starts_with("deactivate(")));
+    active(true);
+    for (action, op) in [("shutdown", "shutdown(q1)"), ("stop", "stop(q1)")] {
+        fx.take_calls();
+        fx.ok(t, action, v.clone());
+        let c = ops(&fx.take_calls());
+        let end = at(&c, op, 0);
+        for vol in vols {
+            at(&c, &format!("deactivate({vol})"), end);
+        }
+        active(false);
+        if action == "shutdown" {
+            fx.ok(t, "start", v.clone());
+            active(true);
+        }
+    }
+
+    // lock, unlock, undefine (keeps), define (finds it), provision (erases).
+    fx.ok(t, "lock", v.clone());
+    assert_eq!(fx.fail(t, "deprovision", v.clone()).0, "vm_locked");
+    fx.ok(t, "unlock", v.clone());
+    fx.take_calls();
+    fx.ok(t, "undefine", v.clone());
+    assert!(!ops(&fx.take_calls()).iter().any(|c| c.starts_with("destroy(")), "undefine keeps the volumes");
+    assert!(image.is_file());
+    fx.ok(t, "define", json!({"vm_name": vm, "definition": def}));
+    assert!(!ops(&fx.take_calls()).iter().any(|c| c.starts_with("create(")), "define finds them again");
+    fx.ok(t, "provision", json!({"vm_name": vm, "definition": def}));
+    let c = ops(&fx.take_calls());
+    let d = at(&c, "define(q1)", 0);
+    for vol in vols {
+        assert!(at(&c, &format!("destroy({vol})"), 0) < at(&c, &format!("create({vol})"), 0) && at(&c, &format!("create({vol})"), 0) < d, "{c:?}");
+    }
+    active(false);
+    assert_eq!(fx.fail(t, "migrate", json!({"vm_name": vm, "vm_destination": "host2"})).0, "not_supported");
+
+    // deprovision of a running VM: stopped, deactivated, undefined, destroyed.
+    fx.ok(t, "start", v.clone());
+    fx.take_calls();
+    fx.ok(t, "deprovision", v.clone());
+    let c = ops(&fx.take_calls());
+    let u = at(&c, "undefine(q1)", at(&c, "stop(q1)", 0));
+    for vol in vols {
+        at(&c, &format!("destroy({vol})"), u);
+    }
+    active(false);
+    assert!(!image.exists() && !mnt.exists());
+    nothing_left(&fx, t, vm);
+}
+
+#[test]
+fn issue_17_file_plugin_under_loop_and_filesystem_stdio() {
+    file_chain(Transport::Stdio, "issue_17_file_plugin_under_loop_and_filesystem_stdio");
+}
+
+#[test]
+fn issue_17_file_plugin_under_loop_and_filesystem_mcollective() {
+    file_chain(Transport::Mco, "issue_17_file_plugin_under_loop_and_filesystem_mcollective");
+}
+
+#[test]
+fn issue_17_exec_volumes_survive_a_lost_database() {
+    // The plugin's record is in the VM's record file like any driver's:
+    // after `geats recover`, deprovision hands it back to the plugin.
+    let fx = Fx::new("");
+    fx.env.ok("define", json!({"vm_name": "r1", "definition": def_two_dirs()}));
+    let record = std::fs::read_to_string(fx.root().join("var/lib/geats/records/r1.json")).unwrap();
+    assert!(record.contains("\"made_by\": \"dirstore\""), "{record}");
+    std::fs::remove_file(fx.root().join("var/lib/geats/geats.db")).unwrap();
+    assert_eq!(fx.env.fail("status", json!({}))["errorcode"], "database_missing");
+    let out = fx.env.cli(&["recover"]);
+    assert!(out.status.success(), "{}", common::out_text(&out));
+    fx.take_calls();
+    fx.env.ok("deprovision", json!({"vm_name": "r1"}));
+    let calls = fx.take_calls();
+    assert_eq!(ops(&calls), ["state(r1)", "undefine(r1)", "destroy(root)", "destroy(data)"]);
+    assert_eq!(calls[2]["request"]["record"]["made_by"], "dirstore");
+    assert!(!fx.root().join("pdir/r1").exists());
 }

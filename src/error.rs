@@ -294,13 +294,14 @@ impl Error {
                 VmError::Invalid { .. } => C::InvalidData,
                 VmError::Io { .. } => C::IoFailed,
                 VmError::Hypervisor { .. } => C::Hypervisor,
-                VmError::Tool { .. } | VmError::Failed { .. } => C::ToolFailed,
+                VmError::Tool { .. } | VmError::Failed { .. } | VmError::Plugin { .. } => C::ToolFailed,
                 VmError::NotSupported(_) => C::NotSupported,
             },
             Error::Storage(e) => match e {
                 StorageError::TypeNotAllowed { .. } | StorageError::BadOption { .. } => C::InvalidData,
                 StorageError::Config(_) => C::ConfigInvalid,
                 StorageError::Io { .. } | StorageError::Tool { .. } | StorageError::State { .. } => C::StorageFailed,
+                StorageError::Plugin { .. } => C::ToolFailed,
             },
             Error::Template(e) => match e {
                 TemplateError::NotFound { .. } => C::InvalidData,

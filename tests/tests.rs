@@ -21,6 +21,8 @@ mod cli_screens;
 mod concurrency;
 mod ddl;
 mod docs_examples;
+mod example_plugins;
+mod exec_plugins;
 mod lxc_confinement;
 mod lxc_lifecycle;
 mod mcollective;

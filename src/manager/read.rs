@@ -147,6 +147,7 @@ impl Manager {
             created: rec.created,
             updated: rec.updated,
             console: vmt.console_command(vm),
+            plugin: vmt.info(vm),
         })
     }
 

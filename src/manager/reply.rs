@@ -157,6 +157,9 @@ pub struct InfoReply {
     /// The argv that attaches to its console, if the VM type has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub console: Option<Vec<String>>,
+    /// What an exec VM type's plugin adds (its `info` reply).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<serde_json::Map<String, Value>>,
 }
 
 /// One volume in `info`.

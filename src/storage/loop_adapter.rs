@@ -2,7 +2,9 @@
 //! device. `activate` attaches the file to a free loop device (`losetup
 //! --find --show`), `deactivate` detaches every device backed by the file.
 //! Which device that is, is asked of the kernel (`losetup -j FILE`) each
-//! time, so a process can release what an earlier one attached.
+//! time, so a process can release what an earlier one attached. The file's
+//! path is asked of the inner volume each time too: an exec plugin names it
+//! only once it has created the volume.
 //!
 //! Settings: none. Options: none.
 
@@ -16,27 +18,28 @@ use crate::sys::loopdev;
 pub struct LoopAdapter {
     inner: Box<dyn Volume>,
     volume: String,
-    file: PathBuf,
 }
 
 impl LoopAdapter {
     /// Wrap `inner`, which must provide a file. `key` names this adapter in
     /// the config, for errors.
     pub fn new(ctx: &VolumeCtx<'_>, key: &str, inner: Box<dyn Volume>) -> Result<LoopAdapter, StorageError> {
-        let provided = inner.provides();
-        let file = match provided.path_of(Kind::File) {
-            Some(f) => f.to_path_buf(),
-            None => {
-                let kind = provided.kind;
-                return Err(ctx.config.invalid(key, format!("the loop adapter needs a volume that provides a file; {} provides {}", inner.describe(), kind.as_str())).into())
-            }
-        };
-        Ok(LoopAdapter { inner, volume: ctx.volume_label(), file })
+        let kind = inner.provides().kind;
+        if kind != Kind::File {
+            return Err(ctx.config.invalid(key, format!("the loop adapter needs a volume that provides a file; {} provides {}", inner.describe(), kind.as_str())).into());
+        }
+        Ok(LoopAdapter { inner, volume: ctx.volume_label() })
+    }
+
+    /// The inner volume's file, once it has one.
+    fn file(&self) -> Option<PathBuf> {
+        self.inner.provides().path_of(Kind::File).map(PathBuf::from)
     }
 
     /// The loop devices now backed by the file.
     fn devices(&self) -> Result<Vec<PathBuf>, StorageError> {
-        loopdev::find(&self.file).map_err(tool_err(&self.volume, "find loop device"))
+        let Some(file) = self.file() else { return Ok(Vec::new()) };
+        loopdev::find(&file).map_err(tool_err(&self.volume, "find loop device"))
     }
 
     fn device(&self) -> Option<PathBuf> {
@@ -62,7 +65,10 @@ impl Volume for LoopAdapter {
         if !self.devices()?.is_empty() {
             return Ok(());
         }
-        if let Err(e) = loopdev::attach(&self.file) {
+        let Some(file) = self.file() else {
+            return Err(StorageError::State { volume: self.volume.clone(), step: "attach loop device", problem: format!("{} names no file", self.inner.describe()) });
+        };
+        if let Err(e) = loopdev::attach(&file) {
             if !inner_was_active {
                 if let Err(c) = self.inner.deactivate() {
                     tracing::warn!(volume = %self.volume, error = %c, "cleanup after a failed attach failed");

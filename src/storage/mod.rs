@@ -25,7 +25,7 @@ macro_rules! registry {
 }
 
 registry! {
-    drivers: dir::Dir, dummy::DummyVolume, sparsefile::SparseFile, qcow2::Qcow2, btrfs::Btrfs, overlay::Overlay, lvm::Lvm, tmpfs::Tmpfs;
+    drivers: dir::Dir, dummy::DummyVolume, sparsefile::SparseFile, qcow2::Qcow2, btrfs::Btrfs, overlay::Overlay, lvm::Lvm, exec::Exec, tmpfs::Tmpfs;
     adapters: loop_adapter::LoopAdapter, fs_adapter::Filesystem;
 }
 
@@ -159,6 +159,14 @@ pub enum StorageError {
         step: &'static str,
         /// The tool's failure (argv, status, stderr).
         source: ExecError,
+    },
+    /// An exec plugin failed, timed out or replied with garbage.
+    #[error("volume {volume}")]
+    Plugin {
+        /// The volume.
+        volume: String,
+        /// What the plugin did.
+        source: crate::sys::plugin::PluginError,
     },
     /// The volume is in a state that forbids the step.
     #[error("volume {volume}: cannot {step}: {problem}")]

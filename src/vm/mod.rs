@@ -16,7 +16,7 @@ macro_rules! vm_types {
     };
 }
 
-vm_types!(dummy::Dummy, lxc::Lxc);
+vm_types!(dummy::Dummy, lxc::Lxc, exec::ExecVm);
 
 /// How the registry builds a VM type from its `[vm_types.NAME]` table.
 pub trait VmDriver: VmType + Sized + 'static {
@@ -110,6 +110,16 @@ pub enum VmError {
         vm: VmName,
         /// What happened.
         detail: String,
+    },
+    /// An exec plugin failed, timed out or replied with garbage.
+    #[error("cannot {step} {vm}")]
+    Plugin {
+        /// What was being done.
+        step: &'static str,
+        /// The VM.
+        vm: VmName,
+        /// What the plugin did.
+        source: crate::sys::plugin::PluginError,
     },
     /// The operation is not available for this VM type.
     #[error("{0}")]
@@ -237,6 +247,12 @@ pub trait VmType: std::fmt::Debug {
 
     /// The argv that runs `cmd` inside it.
     fn exec_command(&self, _vm: &VmName, _cmd: &[String]) -> Option<Vec<String>> {
+        None
+    }
+
+    /// Extra fields for `info` (an exec plugin's `info` reply), shown
+    /// under `plugin`; `None` for types that have none.
+    fn info(&self, _vm: &VmName) -> Option<serde_json::Map<String, serde_json::Value>> {
         None
     }
 

@@ -427,3 +427,20 @@ fn issue_18_lxc_snapshots_on_every_driver() {
     }
     assert_eq!(fs.subvolumes(), Vec::<String>::new(), "subvolumes left");
 }
+
+/// The shipped unit runs a command line this binary accepts, and the
+/// timer starts that unit.
+#[test]
+fn issue_18_contrib_snapshot_units() {
+    let unit = std::fs::read_to_string(common::manifest().join("contrib/geats-snapshot.service")).expect("service unit");
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
+    let mut argv = exec.split_whitespace();
+    assert_eq!(argv.next(), Some("/usr/bin/geats"), "docs/operations.md installs the binary as /usr/bin/geats");
+    let args: Vec<&str> = argv.collect();
+    assert_eq!(args, ["snapshot", "--due"]);
+    let env = common::Env::new();
+    let out = env.cli(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let timer = std::fs::read_to_string(common::manifest().join("contrib/geats-snapshot.timer")).expect("timer unit");
+    assert!(timer.contains("OnCalendar=hourly") && timer.contains("[Install]"), "{timer}");
+}

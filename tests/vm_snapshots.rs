@@ -444,3 +444,78 @@ fn issue_18_contrib_snapshot_units() {
     let timer = std::fs::read_to_string(common::manifest().join("contrib/geats-snapshot.timer")).expect("timer unit");
     assert!(timer.contains("OnCalendar=hourly") && timer.contains("[Install]"), "{timer}");
 }
+
+/// Poll `geats history VM --json` until the newest entry has completed
+/// the step `step`; panics after 30 s.
+fn wait_for_step(env: &common::Env, vm: &str, step: &str) {
+    let t = Instant::now();
+    loop {
+        let out = env.cli(&["history", vm, "-n", "1", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if v[0]["steps"].as_array().is_some_and(|s| s.iter().any(|x| x == step)) {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "step {step:?} never completed: {v}");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+/// Acceptance 5, SIGKILL: a snapshot killed after its volume's copy but
+/// before its record, and a restore killed after restoring the volume but
+/// before starting the VM, both converge when run again: the dead owner's
+/// lease is taken over, the orphaned copy is replaced, no temporary copy
+/// is left, and the volume holds the snapshot. (Restarting the VM the
+/// killed restore had stopped is the journal's roll-forward, issue 11.)
+#[test]
+fn issue_18_sigkill_during_snapshot_and_restore_converges() {
+    let env = common::Env::new();
+    let root = env.root().to_path_buf();
+    let vm = json!({"vm_name": "k1"});
+    env.ok("define", json!({"vm_name": "k1", "definition": dummy_def(json!([{"name": "data", "type": "dir"}]))}));
+    env.ok("start", vm.clone());
+    let data = root.join("var/lib/geats/volumes/k1/data");
+    let snaps = root.join("var/lib/geats/volumes/k1/.snapshots/data");
+    std::fs::write(data.join("marker"), "before").unwrap();
+    let fault = root.join("var/lib/geats/dummy/k1.fault");
+    // Every VM step of the dummy now takes 2 s: a window to kill in.
+    std::fs::write(&fault, r#"{"delay_ms": 2000}"#).unwrap();
+
+    let mut c = env.cmd();
+    c.args(["snapshot", "k1", "s1"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    wait_for_step(&env, "k1", "snapshot volume data as s1");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_file(&fault).unwrap();
+    assert!(snaps.join("s1").is_dir(), "the kill came before the copy");
+    assert_eq!(env.ok("info", vm.clone())["snapshots"], json!([]), "the kill came after the record");
+    std::fs::write(data.join("marker"), "after").unwrap();
+    // The retry takes the dead owner's lease and replaces the orphan.
+    env.ok("snapshot", json!({"vm_name": "k1", "snapshot": "s1"}));
+    assert_eq!(std::fs::read_to_string(snaps.join("s1/marker")).unwrap(), "after", "the orphaned copy was kept");
+    let names: Vec<String> = std::fs::read_dir(&snaps).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["s1"], "temporary copies left");
+    assert_eq!(env.ok("info", vm.clone())["snapshots"].as_array().unwrap().len(), 1);
+
+    std::fs::write(data.join("marker"), "later").unwrap();
+    std::fs::write(data.join("extra"), "x").unwrap();
+    std::fs::write(&fault, r#"{"delay_ms": 2000}"#).unwrap();
+    let mut c = env.cmd();
+    c.args(["restore", "k1", "s1"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    wait_for_step(&env, "k1", "restore volume data to snapshot s1");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_file(&fault).unwrap();
+    env.ok("restore", json!({"vm_name": "k1", "snapshot": "s1"}));
+    assert_eq!(std::fs::read_to_string(data.join("marker")).unwrap(), "after");
+    assert!(!data.join("extra").exists());
+    let beside: Vec<String> = std::fs::read_dir(data.parent().unwrap()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut beside = beside;
+    beside.sort();
+    assert_eq!(beside, [".snapshots", "data"], "a restore left a temporary copy beside the volume");
+    let hist = env.cli(&["history", "k1", "--json"]);
+    let hist: Value = serde_json::from_slice(&hist.stdout).unwrap();
+    let killed = hist.as_array().unwrap().iter().filter(|e| e["outcome"].is_null()).count();
+    assert_eq!(killed, 2, "the two killed entries keep no outcome: {hist}");
+}

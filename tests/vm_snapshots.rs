@@ -318,6 +318,19 @@ fn issue_18_snapshot_due() {
     assert!(ok(&["snapshot", "--delete", "plain", "p1"]).contains("plain: delete_snapshot: done"));
     let e = env.cli(&["snapshot", "plain"]);
     assert!(!e.status.success());
+    // The MCollective transport: exit codes by class, the reply file.
+    let (code, reply, err) = env.mco(r#"{"agent":"geats","action":"snapshot","data":{"vm_name":"plain","snapshot":"m1","process_results":true},"sender":"ops","uniqid":"u18"}"#);
+    assert_eq!(code, 0, "{err}");
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["snapshot"], json!("m1"), "{reply}");
+    common::schema::check_reply("snapshot", &reply);
+    let (code, reply, _) = env.mco(r#"{"agent":"geats","action":"restore","data":{"vm_name":"plain","snapshot":"nope"}}"#);
+    assert_eq!(code, 1, "not_found is class 1: {reply}");
+    assert!(reply.contains("not_found"), "{reply}");
+    let (code, reply, _) = env.mco(r#"{"agent":"geats","action":"delete_snapshot","data":{"vm_name":"plain","snapshot":"m1"}}"#);
+    assert_eq!((code, serde_json::from_str::<Value>(&reply).unwrap()), (0, json!({"changed": true})));
+    let (code, _, _) = env.mco(r#"{"agent":"geats","action":"delete_snapshot","data":{"vm_name":"plain","snapshot":"-x"}}"#);
+    assert_eq!(code, 4, "a bad snapshot name is invalid_data");
 }
 
 /// Wait until `name` has booted (its rcS wrote the marker).

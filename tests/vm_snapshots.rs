@@ -278,6 +278,10 @@ fn issue_18_snapshot_contract() {
     let list = String::from_utf8_lossy(&env.cli(&["snapshots", "d1", "--json"]).stdout).into_owned();
     let list: Value = serde_json::from_str(&list).unwrap();
     assert_eq!(list.as_array().map(|a| a.len()), Some(2), "recover lost the snapshots: {list}");
+    // A kept VM's snapshot can be deleted; it cannot be restored or taken.
+    assert_eq!(env.ok("delete_snapshot", json!({"vm_name": "d1", "snapshot": "k2"}))["changed"], json!(true));
+    assert!(!snapdir.join("k2").exists());
+    assert_eq!(env.fail("snapshot", json!({"vm_name": "d1", "snapshot": "k9"}))["errorcode"], json!("not_found"));
     env.ok("define", json!({"vm_name": "d1", "definition": keep}));
     env.ok("restore", json!({"vm_name": "d1", "snapshot": "k1"}));
     assert_eq!(std::fs::read_to_string(data.join("marker")).unwrap(), "before");
@@ -406,6 +410,10 @@ fn issue_18_lxc_snapshots_on_every_driver() {
         assert_eq!(r["changed"], json!(true), "{name}: {r}");
         assert_eq!(lxc.lxc_state(name), "RUNNING", "{name}: the snapshot left it {}", lxc.lxc_state(name));
         assert_eq!(lxc.lxc_pid(name), Some(init), "{name}: the container was restarted by a snapshot");
+        let h: Value = serde_json::from_slice(&env.cli(&["history", name, "-n", "1", "--json"]).stdout).unwrap();
+        let steps: Vec<&str> = h[0]["steps"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+        assert_eq!(steps.first().copied(), Some(format!("freeze VM {name}").as_str()), "{name}: not frozen first: {steps:?}");
+        assert_eq!(steps.get(steps.len() - 2).copied(), Some(format!("unfreeze VM {name}").as_str()), "{name}: {steps:?}");
         // It still runs commands: it was unfrozen.
         sh(&env, name, "echo after > /marker && echo x > /later");
         if two {

@@ -137,7 +137,21 @@ fn issue_18_overlay_snapshots_copy_no_template() {
     vol.restore(&sn("nohost")).expect("restore");
     vol.activate().expect("activate");
     assert!(!dir.join("etc/hostname").exists(), "the whiteout was lost");
+    // An opaque directory (a template directory removed and made again)
+    // keeps hiding the template's files: its trusted.overlay.opaque
+    // attribute is copied with it.
+    std::fs::remove_dir_all(dir.join("etc")).expect("rm etc");
+    std::fs::create_dir(dir.join("etc")).expect("mkdir etc");
+    std::fs::write(dir.join("etc/new"), "new\n").expect("write");
+    vol.snapshot(&sn("opaque")).expect("snapshot");
+    std::fs::write(dir.join("etc/hostname"), "back\n").expect("write");
     vol.deactivate().expect("deactivate");
+    vol.restore(&sn("opaque")).expect("restore");
+    vol.activate().expect("activate");
+    assert!(!dir.join("etc/hostname").exists(), "the opaque directory lost its attribute: the template's file shows through");
+    assert!(dir.join("etc/new").is_file());
+    vol.deactivate().expect("deactivate");
+    vol.delete_snapshot(&sn("opaque")).expect("delete");
     vol.delete_snapshot(&sn("nohost")).expect("delete");
     vol.undefine().expect("undefine");
     let mut vol = fx.open("vm1", json!({"name": "root", "type": "ov"})).expect("open");

@@ -216,6 +216,14 @@ pub enum Error {
     /// The named VM does not exist.
     #[error("no VM named {0} (see `geats list`)")]
     NotFound(VmName),
+    /// The VM has no snapshot of that name.
+    #[error("VM {vm} has no snapshot named {snapshot} (see `geats snapshots {vm}`)")]
+    NoSnapshot {
+        /// The VM.
+        vm: VmName,
+        /// The snapshot asked for.
+        snapshot: String,
+    },
     /// The VM carries the admin lock.
     #[error("VM {0} is locked by an administrator; run `geats unlock {0}` first")]
     Locked(VmName),
@@ -302,6 +310,8 @@ impl Error {
                 StorageError::Config(_) => C::ConfigInvalid,
                 StorageError::Io { .. } | StorageError::Tool { .. } | StorageError::State { .. } => C::StorageFailed,
                 StorageError::Plugin { .. } => C::ToolFailed,
+                StorageError::NotSupported { .. } => C::NotSupported,
+                StorageError::NoSnapshot { .. } => C::NotFound,
             },
             Error::Template(e) => match e {
                 TemplateError::NotFound { .. } => C::InvalidData,
@@ -311,6 +321,7 @@ impl Error {
             Error::Io { .. } => C::IoFailed,
             Error::CorruptRecord { .. } => C::Internal,
             Error::NotFound(_) => C::NotFound,
+            Error::NoSnapshot { .. } => C::NotFound,
             Error::Locked(_) => C::VmLocked,
             Error::Busy { .. } => C::Busy,
             Error::InvalidState { .. } => C::InvalidState,

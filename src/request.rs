@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use crate::definition::Definition;
-use crate::names::VmName;
+use crate::names::{SnapshotName, VmName};
 use crate::schema;
 
 /// One thing wrong with a request: where (a JSON pointer relative to the
@@ -93,12 +93,19 @@ pub enum Action {
     Unlock(VmName),
     /// Move to another host.
     Migrate(VmName, String),
+    /// Take a snapshot of every volume, under one name.
+    Snapshot(VmName, SnapshotName),
+    /// Bring every volume back to a snapshot.
+    Restore(VmName, SnapshotName),
+    /// Remove a snapshot.
+    DeleteSnapshot(VmName, SnapshotName),
 }
 
 impl Action {
     /// The action names, as on the wire.
-    pub const NAMES: [&'static str; 13] = [
+    pub const NAMES: [&'static str; 16] = [
         "status", "info", "define", "provision", "start", "stop", "shutdown", "reboot", "undefine", "deprovision", "lock", "unlock", "migrate",
+        "snapshot", "restore", "delete_snapshot",
     ];
 
     /// The wire name.
@@ -117,6 +124,9 @@ impl Action {
             Action::Lock(_) => "lock",
             Action::Unlock(_) => "unlock",
             Action::Migrate(..) => "migrate",
+            Action::Snapshot(..) => "snapshot",
+            Action::Restore(..) => "restore",
+            Action::DeleteSnapshot(..) => "delete_snapshot",
         }
     }
 
@@ -135,7 +145,10 @@ impl Action {
             | Action::Deprovision(v)
             | Action::Lock(v)
             | Action::Unlock(v)
-            | Action::Migrate(v, _) => Some(v),
+            | Action::Migrate(v, _)
+            | Action::Snapshot(v, _)
+            | Action::Restore(v, _)
+            | Action::DeleteSnapshot(v, _) => Some(v),
         }
     }
 
@@ -194,6 +207,10 @@ pub fn parse(name: &str, mut data: Value, caller: Option<String>, envelope_reque
         def.check(vm).map_err(|(p, e)| RequestError::invalid(format!("/definition{p}"), e))?;
         Ok(Box::new(def))
     };
+    let snapshot = || -> Result<SnapshotName, RequestError> {
+        let s = data.get("snapshot").and_then(Value::as_str).unwrap_or_default();
+        SnapshotName::new(s).map_err(|e| RequestError::invalid("/snapshot", e))
+    };
     let action = match name {
         "status" => Action::Status,
         "info" => Action::Info(vm()?),
@@ -216,6 +233,9 @@ pub fn parse(name: &str, mut data: Value, caller: Option<String>, envelope_reque
         "lock" => Action::Lock(vm()?),
         "unlock" => Action::Unlock(vm()?),
         "migrate" => Action::Migrate(vm()?, data.get("vm_destination").and_then(Value::as_str).unwrap_or_default().to_string()),
+        "snapshot" => Action::Snapshot(vm()?, snapshot()?),
+        "restore" => Action::Restore(vm()?, snapshot()?),
+        "delete_snapshot" => Action::DeleteSnapshot(vm()?, snapshot()?),
         other => return Err(RequestError::UnknownAction(other.to_string())),
     };
     let dry_run = data.get("dry_run").and_then(Value::as_bool).unwrap_or(false);

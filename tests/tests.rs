@@ -31,3 +31,4 @@ mod schemas;
 mod skips;
 mod storage;
 mod vagoth;
+mod vm_snapshots;

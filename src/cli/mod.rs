@@ -116,6 +116,43 @@ pub enum Command {
     Lock(VmArgs),
     /// Clear the admin lock.
     Unlock(VmArgs),
+    /// Take a snapshot of every volume of a VM (`--delete`: remove one;
+    /// `--due`: take the scheduled snapshots that are due, for a timer).
+    Snapshot {
+        /// The VM.
+        #[arg(required_unless_present = "due")]
+        name: Option<String>,
+        /// The snapshot's name.
+        #[arg(required_unless_present = "due")]
+        snapshot: Option<String>,
+        /// Delete the snapshot instead.
+        #[arg(long, conflicts_with = "due")]
+        delete: bool,
+        /// Snapshot every VM whose definition's `snapshots.schedule` is due, named auto-YYYYMMDD-HHMM.
+        #[arg(long, conflicts_with_all = ["name", "snapshot"])]
+        due: bool,
+        /// Acting options.
+        #[command(flatten)]
+        opts: ActOpts,
+    },
+    /// Bring every volume of a VM back to a snapshot (a running VM is shut down and started again).
+    Restore {
+        /// The VM.
+        name: String,
+        /// The snapshot.
+        snapshot: String,
+        /// Acting options.
+        #[command(flatten)]
+        opts: ActOpts,
+    },
+    /// List a VM's snapshots, oldest first.
+    Snapshots {
+        /// The VM.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Move a VM to another host (not supported yet).
     Migrate {
         /// The VM.
@@ -345,6 +382,24 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
         Command::Deprovision(a) => act(&m, "deprovision", json!({"vm_name": a.name}), &a.opts),
         Command::Lock(a) => act(&m, "lock", json!({"vm_name": a.name}), &a.opts),
         Command::Unlock(a) => act(&m, "unlock", json!({"vm_name": a.name}), &a.opts),
+        Command::Snapshot { name, snapshot, delete, due, opts } => {
+            if due {
+                return snapshot_due(&m, &opts);
+            }
+            let action = if delete { "delete_snapshot" } else { "snapshot" };
+            act(&m, action, json!({"vm_name": name, "snapshot": snapshot}), &opts)
+        }
+        Command::Restore { name, snapshot, opts } => act(&m, "restore", json!({"vm_name": name, "snapshot": snapshot}), &opts),
+        Command::Snapshots { name, json } => {
+            let vm = vm_name(&name)?;
+            let list = m.snapshots(&vm)?;
+            if json {
+                table::print_json(&list);
+            } else {
+                table::print_snapshots(&list);
+            }
+            Ok(0)
+        }
         Command::Migrate { name, destination } => {
             let opts = ActOpts { dry_run: false, json: false };
             act(&m, "migrate", json!({"vm_name": name, "vm_destination": destination}), &opts)
@@ -412,6 +467,35 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             interactive(argv)
         }
     }
+}
+
+/// `geats snapshot --due`: one line per snapshot taken; exit 1 if any failed.
+fn snapshot_due(m: &Manager, opts: &ActOpts) -> Result<u8, Error> {
+    if opts.dry_run {
+        return Err(RequestError::invalid("/dry_run", "snapshot --due has no dry run").into());
+    }
+    let mut failed = 0;
+    let mut out = Vec::new();
+    for d in m.snapshot_due(Some(caller()))? {
+        match d.result {
+            Ok(reply) => {
+                if opts.json {
+                    out.push(json!({"vm_name": d.vm, "reply": reply.to_json()}));
+                } else {
+                    table::print_action("snapshot", Some(&d.vm), &reply);
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("geats: error: {}: {} [{}]", d.vm, e.message(), e.code());
+                out.push(json!({"vm_name": d.vm, "errorcode": e.code().as_str(), "message": e.message()}));
+            }
+        }
+    }
+    if opts.json {
+        table::print_json(&out);
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
 }
 
 fn interactive(argv: Vec<String>) -> Result<u8, Error> {

@@ -63,6 +63,13 @@ pub fn print_action(action: &str, vm: Option<&VmName>, reply: &Reply) {
         Reply::Power(r) => println!("{vm}: {action}: {}; now {}", what(r.changed), state_str(&r.state)),
         Reply::AdminLock(r) => println!("{vm}: {action}: {}; {}", what(r.changed), if r.locked { "locked" } else { "unlocked" }),
         Reply::Removed(r) => println!("{vm}: {action}: {}", what(r.changed)),
+        Reply::Snapshot(r) => {
+            println!("{vm}: snapshot {} taken at {}", r.snapshot, r.created);
+            for old in &r.expired {
+                println!("{vm}: snapshot {old} deleted (the definition keeps fewer)");
+            }
+        }
+        Reply::Restore(r) => println!("{vm}: restored snapshot {}; now {}", r.snapshot, state_str(&r.state)),
         Reply::Replayed(v) => {
             let changed = what(reply.changed().unwrap_or(false));
             match v.get("state") {
@@ -89,6 +96,12 @@ fn render(headers: &[&str], rows: &[Vec<String>]) {
     for r in rows {
         line(r.clone());
     }
+}
+
+/// `geats snapshots VM`: name, created, size; oldest first.
+pub fn print_snapshots(rows: &[crate::manager::reply::SnapshotInfo]) {
+    let rows: Vec<Vec<String>> = rows.iter().map(|s| vec![s.name.to_string(), s.created.clone(), bytes(s.size_bytes)]).collect();
+    render(&["NAME", "CREATED", "SIZE"], &rows);
 }
 
 /// The `geats list` table.
@@ -162,6 +175,9 @@ pub fn print_info(i: &InfoReply) {
             bytes(v.size_bytes),
             v.mountpoint.as_ref().map(|m| format!(" at {m}")).unwrap_or_default()
         );
+    }
+    for s in &i.snapshots {
+        println!("Snapshot:    {} {} {}", s.name, s.created, bytes(s.size_bytes));
     }
     if let Some(c) = &i.console {
         println!("Console:     {}", c.join(" "));

@@ -9,6 +9,7 @@
 
 mod journal;
 mod leases;
+mod snapshots;
 mod vms;
 
 use std::path::{Path, PathBuf};
@@ -17,10 +18,11 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use journal::{JournalEntry, JournalId};
 pub use leases::LeaseHolder;
+pub use snapshots::SnapshotRecord;
 pub use vms::{VmRecord, VolumeRecord};
 
 /// Schema migrations: entry N brings version N to N+1.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("snapshots.sql")];
 
 /// The current schema version.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

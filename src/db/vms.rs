@@ -125,6 +125,7 @@ impl Db {
     pub fn delete_vm(&mut self, name: &VmName) -> Result<(), DbError> {
         self.write(|tx| {
             tx.execute("DELETE FROM volumes WHERE vm = ?1", [name.as_str()]).map_err(q("delete volumes"))?;
+            tx.execute("DELETE FROM snapshots WHERE vm = ?1", [name.as_str()]).map_err(q("delete snapshots"))?;
             tx.execute("DELETE FROM vms WHERE name = ?1", [name.as_str()]).map_err(q("delete VM"))?;
             Ok(())
         })

@@ -16,7 +16,7 @@ use crate::storage::{Kind, StorageError};
 use crate::template::{self, Template};
 use crate::vm::{self, VmType};
 
-type Outcome = Result<Reply>;
+pub(super) type Outcome = Result<Reply>;
 
 /// Run a mutating action.
 pub(super) fn run(op: &mut Op<'_>, action: &Action) -> Outcome {
@@ -31,6 +31,9 @@ pub(super) fn run(op: &mut Op<'_>, action: &Action) -> Outcome {
         Action::Deprovision(vm) => deprovision(op, vm),
         Action::Lock(vm) => set_admin_lock(op, vm, true),
         Action::Unlock(vm) => set_admin_lock(op, vm, false),
+        Action::Snapshot(vm, name) => super::snapshots::snapshot(op, vm, name),
+        Action::Restore(vm, name) => super::snapshots::restore(op, vm, name),
+        Action::DeleteSnapshot(vm, name) => super::snapshots::delete(op, vm, name),
         Action::Status | Action::Info(_) | Action::Migrate(..) => {
             Err(Error::Internal(format!("{} is not a mutating action", action.name())))
         }
@@ -42,14 +45,14 @@ fn invalid(pointer: &str, problem: impl std::fmt::Display) -> Error {
 }
 
 /// A VM as geats knows it: its record, VM type and volumes.
-struct Loaded {
-    rec: VmRecord,
-    vmt: Box<dyn VmType>,
-    vols: Vec<Vol>,
+pub(super) struct Loaded {
+    pub rec: VmRecord,
+    pub vmt: Box<dyn VmType>,
+    pub vols: Vec<Vol>,
 }
 
 /// Load any record of `vm`, defined or kept.
-fn load(op: &Op<'_>, vm: &VmName) -> Result<Option<Loaded>> {
+pub(super) fn load(op: &Op<'_>, vm: &VmName) -> Result<Option<Loaded>> {
     let Some(db) = op.db() else { return Ok(None) };
     let Some(rec) = db.vm(vm)? else { return Ok(None) };
     let vmt = vm::build(op.config, &rec.vm_type)?;
@@ -58,7 +61,7 @@ fn load(op: &Op<'_>, vm: &VmName) -> Result<Option<Loaded>> {
 }
 
 /// Load a defined VM or fail with `not_found`.
-fn load_defined(op: &Op<'_>, vm: &VmName) -> Result<Loaded> {
+pub(super) fn load_defined(op: &Op<'_>, vm: &VmName) -> Result<Loaded> {
     match load(op, vm)? {
         Some(l) if l.rec.defined => Ok(l),
         _ => Err(Error::NotFound(vm.clone())),
@@ -67,7 +70,7 @@ fn load_defined(op: &Op<'_>, vm: &VmName) -> Result<Loaded> {
 
 /// Run `f`; if it fails, undo its completed steps newest first and report
 /// the failure together with any failure of the cleanup.
-fn with_rollback(
+pub(super) fn with_rollback(
     op: &mut Op<'_>,
     vm: &VmName,
     vmt: &dyn VmType,
@@ -96,6 +99,9 @@ fn with_rollback(
             }
             Undo::StopVm => vmt.stop(vm).map_err(Error::from),
             Undo::RestoreRecord(old) => restore_record(op, vm, old.as_deref()),
+            Undo::DeleteSnapshot(i, name) => vols.get_mut(*i).map_or(Ok(()), |v| v.volume.delete_snapshot(name).map_err(Error::from)),
+            Undo::UnfreezeVm => vmt.unfreeze(vm).map_err(Error::from),
+            Undo::ForgetSnapshot(name) => super::snapshots::forget(op, vm, name),
         };
         if let Err(e) = r {
             cleanup.push(e.message());
@@ -364,7 +370,7 @@ fn power(op: &mut Op<'_>, vm: &VmName, action: PowerAction) -> Outcome {
     Ok(Reply::Power(PowerReply { state: vmt.state(vm), changed: true }))
 }
 
-fn deactivate_all(op: &mut Op<'_>, vols: &mut [Vol]) -> Result<()> {
+pub(super) fn deactivate_all(op: &mut Op<'_>, vols: &mut [Vol]) -> Result<()> {
     for v in vols.iter_mut().rev() {
         op.step(format!("deactivate volume {}", v.name()), None, |_| Ok(v.volume.deactivate()?))?;
     }

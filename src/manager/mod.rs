@@ -14,6 +14,7 @@ mod kept;
 mod op;
 mod read;
 pub mod reply;
+mod snapshots;
 mod volumes;
 
 use std::time::{Duration, Instant};
@@ -42,6 +43,9 @@ pub struct RecordFile {
     pub vm: VmRecord,
     /// Its volumes.
     pub volumes: Vec<VolumeRecord>,
+    /// Its snapshots, oldest first (kept here too, so `recover` finds them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<crate::db::SnapshotRecord>,
 }
 
 impl Manager {
@@ -72,7 +76,10 @@ impl Manager {
             | Action::Undefine(_)
             | Action::Deprovision(_)
             | Action::Lock(_)
-            | Action::Unlock(_) => self.mutate(req),
+            | Action::Unlock(_)
+            | Action::Snapshot(..)
+            | Action::Restore(..)
+            | Action::DeleteSnapshot(..) => self.mutate(req),
         }
     }
 
@@ -244,6 +251,7 @@ impl Manager {
             let rec: RecordFile = serde_json::from_str(&text).map_err(|e| Error::CorruptRecord { path: f.clone(), problem: e.to_string() })?;
             if db.vm(&rec.vm.name)?.is_none() {
                 db.put_vm(&rec.vm, &rec.volumes)?;
+                db.put_snapshots(&rec.vm.name, &rec.snapshots)?;
                 names.push(rec.vm.name.to_string());
             }
         }
@@ -255,10 +263,17 @@ impl Manager {
         config.records_dir.join(format!("{vm}.json"))
     }
 
-    /// Write a VM's record file.
+    /// Write a VM's record file, keeping the snapshots it lists.
     pub(crate) fn write_record(config: &Config, rec: &VmRecord, volumes: &[VolumeRecord]) -> Result<()> {
+        let snapshots = snapshots::recorded(config, &rec.name);
+        Self::write_record_file(config, RecordFile { vm: rec.clone(), volumes: volumes.to_vec(), snapshots })
+    }
+
+    /// Write a whole record file.
+    pub(crate) fn write_record_file(config: &Config, file: RecordFile) -> Result<()> {
+        let rec = &file.vm;
         std::fs::create_dir_all(&config.records_dir).map_err(error::io("create", &config.records_dir))?;
-        let text = serde_json::to_vec_pretty(&RecordFile { vm: rec.clone(), volumes: volumes.to_vec() }).unwrap_or_default();
+        let text = serde_json::to_vec_pretty(&file).unwrap_or_default();
         let path = Self::record_path(config, &rec.name);
         write_atomic(&path, &text, 0o600).map_err(error::io("write", &path))
     }

@@ -20,6 +20,12 @@ pub enum Undo {
     StopVm,
     /// Put back the database rows and record file as they were.
     RestoreRecord(Option<Box<(VmRecord, Vec<VolumeRecord>)>>),
+    /// Delete the snapshot this action took of a volume.
+    DeleteSnapshot(usize, crate::names::SnapshotName),
+    /// Resume the VM this action froze.
+    UnfreezeVm,
+    /// Forget the snapshot record this action wrote.
+    ForgetSnapshot(crate::names::SnapshotName),
 }
 
 /// Who asked for an action, for its journal entry.

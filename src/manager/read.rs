@@ -134,6 +134,7 @@ impl Manager {
                 }
             })
             .collect();
+        let snapshots = db.snapshots(vm)?.into_iter().map(|s| super::reply::SnapshotInfo { name: s.name, created: s.created, size_bytes: s.size_bytes }).collect();
         Ok(InfoReply {
             name: rec.name,
             vm_type: rec.vm_type,
@@ -144,6 +145,7 @@ impl Manager {
             ip: vmt.primary_ip(vm, &rec.definition),
             definition: rec.definition,
             storage,
+            snapshots,
             created: rec.created,
             updated: rec.updated,
             console: vmt.console_command(vm),

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::definition::Definition;
-use crate::names::{TypeName, VmName, VolumeName};
+use crate::names::{SnapshotName, TypeName, VmName, VolumeName};
 use crate::state::VmState;
 use crate::vm::Usage;
 
@@ -34,6 +34,10 @@ pub enum Reply {
     Removed(RemovedReply),
     /// `lock` and `unlock` (the admin lock).
     AdminLock(AdminLockReply),
+    /// `snapshot`.
+    Snapshot(SnapshotReply),
+    /// `restore`.
+    Restore(RestoreReply),
     /// Any mutating action with `dry_run`.
     DryRun(DryRunReply),
     /// A request id that already completed: the reply recorded then.
@@ -49,6 +53,8 @@ impl Reply {
             Reply::Power(r) => Some(r.changed),
             Reply::Removed(r) => Some(r.changed),
             Reply::AdminLock(r) => Some(r.changed),
+            Reply::Snapshot(r) => Some(r.changed),
+            Reply::Restore(r) => Some(r.changed),
             Reply::DryRun(r) => Some(r.changed),
             Reply::Replayed(v) => v.get("changed").and_then(Value::as_bool),
         }
@@ -154,6 +160,8 @@ pub struct InfoReply {
     pub created: String,
     /// When its record last changed (RFC 3339).
     pub updated: String,
+    /// Its snapshots, oldest first.
+    pub snapshots: Vec<SnapshotInfo>,
     /// The argv that attaches to its console, if the VM type has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub console: Option<Vec<String>>,
@@ -182,6 +190,43 @@ pub struct VolumeInfo {
     pub mountpoint: Option<String>,
     /// Attached or mounted now.
     pub active: bool,
+}
+
+/// One snapshot in `info` and `geats snapshots`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotInfo {
+    /// Its name.
+    pub name: SnapshotName,
+    /// When it was taken (RFC 3339 UTC).
+    pub created: String,
+    /// Bytes it takes, when every driver of the VM's volumes knows.
+    pub size_bytes: Option<u64>,
+}
+
+/// `snapshot`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotReply {
+    /// The snapshot taken.
+    pub snapshot: SnapshotName,
+    /// When.
+    pub created: String,
+    /// Bytes it takes, when every driver knows.
+    pub size_bytes: Option<u64>,
+    /// Older snapshots deleted because the definition keeps fewer.
+    pub expired: Vec<SnapshotName>,
+    /// Always true (a name that exists is refused).
+    pub changed: bool,
+}
+
+/// `restore`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReply {
+    /// The snapshot restored.
+    pub snapshot: SnapshotName,
+    /// The state afterwards (running again if it was running).
+    pub state: VmState,
+    /// Always true.
+    pub changed: bool,
 }
 
 /// One row of `geats list`.

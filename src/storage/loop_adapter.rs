@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 
 use super::{tool_err, Kind, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
+use crate::names::SnapshotName;
 use crate::sys::loopdev;
 
 /// A loop device over an image file.
@@ -123,6 +124,25 @@ impl Volume for LoopAdapter {
 
     fn describe(&self) -> String {
         format!("{} on a loop device", self.inner.describe())
+    }
+
+    /// The file's snapshot. While a device is attached, what the file
+    /// holds is consistent only if whatever uses the device flushed it
+    /// and writes nothing (the filesystem adapter freezes its file system
+    /// for this; a VM given the bare device must be frozen and its guest
+    /// must have synced).
+    fn snapshot(&mut self, name: &SnapshotName) -> Result<Option<u64>, StorageError> {
+        self.inner.snapshot(name)
+    }
+
+    /// Detaches the device first: the file changes under it.
+    fn restore(&mut self, name: &SnapshotName) -> Result<(), StorageError> {
+        self.deactivate()?;
+        self.inner.restore(name)
+    }
+
+    fn delete_snapshot(&mut self, name: &SnapshotName) -> Result<(), StorageError> {
+        self.inner.delete_snapshot(name)
     }
 }
 

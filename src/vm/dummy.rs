@@ -130,6 +130,15 @@ impl VmType for Dummy {
         self.set_power(vm, Power::Stopped)
     }
 
+    /// The dummy has nothing to pause; `fault` can fail or delay it.
+    fn freeze(&self, vm: &VmName) -> Result<(), VmError> {
+        self.fault(vm, "freeze")
+    }
+
+    fn unfreeze(&self, vm: &VmName) -> Result<(), VmError> {
+        self.fault(vm, "unfreeze")
+    }
+
     fn reboot(&self, vm: &VmName) -> Result<(), VmError> {
         self.fault(vm, "reboot")?;
         self.set_power(vm, Power::Running)

@@ -222,6 +222,20 @@ pub trait VmType: std::fmt::Debug {
     /// Restart it.
     fn reboot(&self, vm: &VmName) -> Result<(), VmError>;
 
+    /// Pause every process of the running VM, so that its volumes can be
+    /// snapshotted consistently with one another; [`VmType::unfreeze`]
+    /// resumes it. A type that cannot answers `NotSupported` (the default),
+    /// and snapshots of its running VMs are refused.
+    fn freeze(&self, vm: &VmName) -> Result<(), VmError> {
+        Err(VmError::NotSupported(format!("VM {vm}'s type cannot freeze a running VM; stop it to take a snapshot")))
+    }
+
+    /// Resume a VM [`VmType::freeze`] paused; a VM that is not frozen is
+    /// left alone.
+    fn unfreeze(&self, _vm: &VmName) -> Result<(), VmError> {
+        Ok(())
+    }
+
     /// Its state, read from the hypervisor.
     fn state(&self, vm: &VmName) -> VmState;
 

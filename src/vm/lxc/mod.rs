@@ -594,6 +594,21 @@ impl VmType for Lxc {
         }
     }
 
+    /// `lxc-freeze -P LXCPATH -n NAME` (the cgroup freezer: every task
+    /// of the container stops until `lxc-unfreeze`).
+    fn freeze(&self, vm: &VmName) -> Result<(), VmError> {
+        self.tool("lxc-freeze", vm, &[]).run().map(|_| ()).map_err(|e| self.failed("freeze", vm, e))
+    }
+
+    /// `lxc-unfreeze -P LXCPATH -n NAME`; a container that is not frozen
+    /// (or not running) is left alone.
+    fn unfreeze(&self, vm: &VmName) -> Result<(), VmError> {
+        if !self.is_running(vm) {
+            return Ok(());
+        }
+        self.tool("lxc-unfreeze", vm, &[]).run().map(|_| ()).map_err(|e| self.failed("unfreeze", vm, e))
+    }
+
     fn shutdown(&self, vm: &VmName) -> Result<(), VmError> {
         if !self.is_running(vm) {
             return Ok(());

@@ -286,9 +286,10 @@ impl Error {
             },
             Error::Config(_) => C::ConfigInvalid,
             Error::Db(e) if e.is_contention() => C::Busy,
+            Error::Db(e) if e.is_io() => C::IoFailed,
             Error::Db(e) => match e {
                 DbError::Open { .. } | DbError::TooNew { .. } | DbError::Corrupt { .. } => C::DatabaseMissing,
-                DbError::CreateDir { .. } | DbError::Query { .. } => C::Internal,
+                DbError::CreateDir { .. } | DbError::CreateFile { .. } | DbError::Query { .. } => C::Internal,
             },
             Error::Vm(e) => match e {
                 VmError::Invalid { .. } => C::InvalidData,

@@ -20,5 +20,6 @@ mod concurrency;
 mod ecosystem;
 mod lxc_lifecycle;
 mod plugins;
+mod safety;
 mod schemas;
 mod storage;

@@ -46,8 +46,8 @@ fn json_state_str(v: &serde_json::Value) -> String {
 }
 
 /// One line for a mutating action.
-pub fn print_action(action: &str, vm: Option<&VmName>, reply: &Reply) {
-    let vm = vm.map(|v| v.to_string()).unwrap_or_default();
+pub fn print_action(action: &str, vm_name: Option<&VmName>, reply: &Reply) {
+    let vm = vm_name.map(|v| v.to_string()).unwrap_or_default();
     let what = |changed: bool| if changed { "done" } else { "nothing to do" };
     match reply {
         Reply::DryRun(d) => {
@@ -71,6 +71,12 @@ pub fn print_action(action: &str, vm: Option<&VmName>, reply: &Reply) {
             }
         }
         Reply::Status(_) | Reply::Info(_) => print_json(reply),
+        Reply::Repaired(r) => {
+            for rep in &r.repaired {
+                println!("{vm}: repaired an interrupted {} (journal entry {}): {}", rep.action, rep.journal_id, rep.resolution.replace('_', " "));
+            }
+            print_action(action, vm_name, &r.reply);
+        }
     }
 }
 

@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-pub use journal::{JournalEntry, JournalId};
+pub use journal::{JournalEntry, JournalId, Unfinished};
 pub use leases::LeaseHolder;
 pub use vms::{VmRecord, VolumeRecord};
 
 /// Schema migrations: entry N brings version N to N+1.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema_2.sql")];
 
 /// The current schema version.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -40,6 +40,15 @@ pub enum DbError {
     #[error("cannot create database directory {path}")]
     CreateDir {
         /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database file could not be created (a read-only or full file
+    /// system).
+    #[error("cannot create database file {path}")]
+    CreateFile {
+        /// The file.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
@@ -80,13 +89,28 @@ impl DbError {
             DbError::Open { source, .. } | DbError::Query { source, .. } => {
                 matches!(source.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
             }
-            DbError::CreateDir { .. } | DbError::TooNew { .. } | DbError::Corrupt { .. } => false,
+            DbError::CreateDir { .. } | DbError::CreateFile { .. } | DbError::TooNew { .. } | DbError::Corrupt { .. } => false,
+        }
+    }
+
+    /// Did the file system fail it (full, read-only, an I/O error), rather
+    /// than the database's content?
+    pub fn is_io(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self {
+            DbError::CreateDir { .. } | DbError::CreateFile { .. } => true,
+            DbError::Open { source, .. } | DbError::Query { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(C::DiskFull | C::ReadOnly | C::SystemIoFailure | C::CannotOpen | C::PermissionDenied)
+            ),
+            DbError::TooNew { .. } | DbError::Corrupt { .. } => false,
         }
     }
 
     /// Is the file itself unusable (missing, unreadable, too new, corrupt)?
+    /// A full or read-only file system is not the file's fault.
     pub fn is_unusable_file(&self) -> bool {
-        !self.is_contention() && matches!(self, DbError::Open { .. } | DbError::TooNew { .. } | DbError::Corrupt { .. })
+        !self.is_contention() && !self.is_io() && matches!(self, DbError::Open { .. } | DbError::TooNew { .. } | DbError::Corrupt { .. })
     }
 }
 
@@ -126,10 +150,18 @@ impl Db {
         Ok(db)
     }
 
-    /// Create a new database file (and its directory).
+    /// Create a new database file (and its directory). The file is made
+    /// mode 0600 before SQLite opens it, whatever the umask: SQLite gives
+    /// its `-wal` and `-shm` files the mode of the database file.
     pub fn create(path: &Path, busy: std::time::Duration) -> Result<Db, DbError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir { path: dir.to_path_buf(), source })?;
+        }
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let create_err = |source| DbError::CreateFile { path: path.to_path_buf(), source };
+            let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path).map_err(create_err)?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(create_err)?;
         }
         let open_err = |source| DbError::Open { path: path.to_path_buf(), source };
         let conn = Connection::open(path).map_err(open_err)?;

@@ -12,6 +12,7 @@
 mod actions;
 mod op;
 mod read;
+mod recovery;
 pub mod reply;
 mod volumes;
 
@@ -57,8 +58,14 @@ impl Manager {
     /// Run one request and return its reply data.
     pub fn execute(&self, req: &Request) -> Result<Reply> {
         match &req.action {
-            Action::Status => self.status().map(Reply::Status),
-            Action::Info(vm) => self.info(vm).map(|i| Reply::Info(Box::new(i))),
+            Action::Status => {
+                let repairs = self.converge(None)?;
+                self.status().map(|s| Reply::Status(s).with_repairs(repairs))
+            }
+            Action::Info(vm) => {
+                let repairs = self.converge(Some(vm))?;
+                self.info(vm).map(|i| Reply::Info(Box::new(i)).with_repairs(repairs))
+            }
             Action::Migrate(_, dest) => Err(Error::NotSupported(format!(
                 "migrate to {dest} is not supported by any configured VM type yet"
             ))),
@@ -154,16 +161,21 @@ impl Manager {
             out?;
         }
         let mut db = self.db_write()?;
-        if let Some(id) = &req.request_id {
-            if let Some(reply) = db.journal_replay(Some(&vm), action, id)? {
-                tracing::info!(vm = %vm, action, request_id = %id, "answered from the journal");
-                return Ok(Reply::Replayed(reply));
-            }
-        }
         let me = me();
         self.acquire_lease(&mut db, &vm, action, me)?;
         let meta = op::Meta { vm: vm.clone(), action, caller: req.caller.clone(), request_id: req.request_id.clone() };
+        let mut repairs = Vec::new();
         let result = (|| {
+            // Under the lease: first converge what a killed process left,
+            // then answer a request id that already completed (so two
+            // concurrent retries cannot both run), then act.
+            repairs = self.repair_interrupted(&mut db, &vm)?;
+            if let Some(id) = &req.request_id {
+                if let Some(reply) = db.journal_replay(Some(&vm), action, id)? {
+                    tracing::info!(vm = %vm, action, request_id = %id, "answered from the journal");
+                    return Ok(Reply::Replayed(reply));
+                }
+            }
             let mut op = Op::real(&self.config, &mut db, meta);
             let out = actions::run(&mut op, &req.action);
             // Bad input refused before any step leaves no trace; refusals
@@ -185,7 +197,7 @@ impl Manager {
         if let Err(e) = db.release_lease(&vm, me) {
             tracing::warn!(vm = %vm, "cannot release the operation lease: {}", error::chain(&e));
         }
-        result
+        result.map(|r| r.with_repairs(repairs))
     }
 
     /// Take the VM's operation lease, waiting up to `lock_timeout` for a
@@ -270,7 +282,7 @@ impl Manager {
 }
 
 /// This process: (pid, start time).
-fn me() -> (i64, u64) {
+pub(super) fn me() -> (i64, u64) {
     let pid = std::process::id() as i64;
     (pid, proc::start_time(pid).unwrap_or(0))
 }

@@ -17,6 +17,7 @@ mod common;
 mod agent_contract;
 mod architecture;
 mod concurrency;
+mod crash;
 mod ecosystem;
 mod lxc_lifecycle;
 mod plugins;

@@ -223,9 +223,24 @@ fn repair_one(op: &mut Op<'_>, vm: &VmName, entry: &Unfinished) -> Result<Resolu
     }
 }
 
+/// Is `stored` the definition `intended` (which the action stored with
+/// its name made explicit)?
+fn defined_as(stored: &Definition, intended: &Definition, vm: &VmName) -> bool {
+    let mut i = intended.clone();
+    i.name = Some(vm.clone());
+    i.vm_type = i.vm_type.or_else(|| stored.vm_type.clone());
+    *stored == i
+}
+
 fn repair_definition(op: &mut Op<'_>, vm: &VmName, entry: &Unfinished) -> Result<Resolution> {
-    let recorded = entry.steps.iter().any(|s| s == "record definition");
     let intent: Option<DefineIntent> = entry.intent.clone().and_then(|i| serde_json::from_value(i).ok());
+    // Recorded: done, or begun and the database already holds the new
+    // definition (killed after its transaction, before the journal said so).
+    let recorded = entry.steps.iter().any(|s| s == "record definition")
+        || (entry.pending.as_deref() == Some("record definition")
+            && intent.as_ref().is_some_and(|i| {
+                op.db().and_then(|db| db.vm(vm).ok().flatten()).is_some_and(|r| r.defined && defined_as(&r.definition, &i.definition, vm))
+            }));
     let Some(intent) = intent.filter(|_| !recorded) else {
         // Finished but for the end of its entry (or an entry written before
         // intents were journaled): release what a stopped VM must not hold.

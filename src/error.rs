@@ -245,7 +245,7 @@ pub enum Error {
     #[error("{0}")]
     NotSupported(String),
     /// The database is missing while VMs exist.
-    #[error("database {path} is missing or unreadable, but {count} VM record(s) exist under {records}; run `geats recover` to rebuild it")]
+    #[error("database {path} is missing or unreadable, but {count} VM(s) exist (records under {records}, or containers); run `geats recover` to rebuild it")]
     DatabaseMissing {
         /// The database file.
         path: String,

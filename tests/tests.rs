@@ -16,6 +16,7 @@ mod common;
 
 mod agent_contract;
 mod architecture;
+mod check;
 mod concurrency;
 mod crash;
 mod ecosystem;

@@ -217,3 +217,24 @@ pub fn print_history(entries: &[crate::db::JournalEntry]) {
         .collect();
     render(&["STARTED", "VM", "ACTION", "OUTCOME", "CHANGED", "CALLER", "REQUEST ID"], &rows);
 }
+
+/// The `geats check` table (nothing when there is no difference).
+pub fn print_check(diffs: &[crate::manager::Difference]) {
+    if diffs.is_empty() {
+        println!("no differences: the database agrees with the VM types and the storage");
+        return;
+    }
+    let repair = diffs.iter().any(|d| d.repaired.is_some());
+    let rows: Vec<Vec<String>> = diffs
+        .iter()
+        .map(|d| {
+            let mut r = vec![d.vm.clone(), d.kind.to_string(), d.detail.clone()];
+            if repair {
+                r.push(if d.repaired == Some(true) { "yes".into() } else { "no".into() });
+            }
+            r
+        })
+        .collect();
+    let headers: &[&str] = if repair { &["VM", "KIND", "DETAIL", "REPAIRED"] } else { &["VM", "KIND", "DETAIL"] };
+    render(headers, &rows);
+}

@@ -10,6 +10,7 @@
 //! neither the lock table nor the journal.
 
 mod actions;
+mod check;
 mod op;
 mod read;
 mod recovery;
@@ -26,6 +27,7 @@ use crate::request::{Action, Request};
 use crate::sys::fsutil::write_atomic;
 use crate::sys::proc;
 
+pub use check::Difference;
 pub use op::Op;
 pub use reply::Reply;
 
@@ -82,12 +84,24 @@ impl Manager {
         }
     }
 
-    /// How many record files exist (only called when the database is
-    /// missing, so it is off the hot path).
+    /// How many VMs the roots hold: record files, plus VMs the VM types
+    /// hold that no record names. Only called when the database is
+    /// missing, so the directory reads are off the hot path.
     fn record_count(&self) -> usize {
-        std::fs::read_dir(&self.config.records_dir)
-            .map(|rd| rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")).count())
-            .unwrap_or(0)
+        let records: std::collections::BTreeSet<String> = std::fs::read_dir(&self.config.records_dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json").map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut containers = std::collections::BTreeSet::new();
+        for t in self.config.vm_types.keys() {
+            if let Ok(vmt) = crate::vm::build(&self.config, t) {
+                containers.extend(vmt.list().into_iter().map(|n| n.to_string()).filter(|n| !records.contains(n)));
+            }
+        }
+        records.len() + containers.len()
     }
 
     fn missing(&self) -> Error {

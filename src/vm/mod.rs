@@ -238,6 +238,13 @@ pub trait VmType: std::fmt::Debug {
         None
     }
 
+    /// Every VM this type holds on the host, whoever made it (`geats
+    /// check` compares them with the database). One directory read, no
+    /// process per VM. The default knows none.
+    fn list(&self) -> Vec<VmName> {
+        Vec::new()
+    }
+
     /// Whether the host can run this type (for Choria's activation check).
     fn available(&self) -> bool {
         true

@@ -252,6 +252,18 @@ impl VmType for Lxc {
         self.file(vm, "config").is_file()
     }
 
+    /// The containers of the lxcpath: its directories holding a `config`.
+    fn list(&self) -> Vec<VmName> {
+        let Ok(rd) = std::fs::read_dir(&self.lxcpath) else { return Vec::new() };
+        let mut out: Vec<VmName> = rd
+            .flatten()
+            .filter(|e| e.path().join("config").is_file())
+            .filter_map(|e| VmName::new(e.file_name().to_string_lossy().as_ref()).ok())
+            .collect();
+        out.sort();
+        out
+    }
+
     fn start(&self, vm: &VmName) -> Result<(), VmError> {
         if self.is_running(vm) {
             return Ok(());

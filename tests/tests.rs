@@ -25,3 +25,4 @@ mod plugins;
 mod safety;
 mod schemas;
 mod storage;
+mod stress;

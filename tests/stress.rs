@@ -107,7 +107,7 @@ fn issue_11_stress_1000_requests_8_workers_10_containers() {
     for w in 0..WORKERS {
         let (env, names, next) = (env.clone(), names.clone(), next.clone());
         handles.push(std::thread::spawn(move || {
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1) * 0x1000_0001);
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((w as u64 + 1) * 0x1000_0001));
             let mut tally: BTreeMap<String, usize> = BTreeMap::new();
             while next.fetch_add(1, Ordering::SeqCst) < REQUESTS {
                 let vm = &names[rng.next(VMS)];

@@ -20,6 +20,7 @@ mod check;
 mod concurrency;
 mod crash;
 mod ecosystem;
+mod fuzz;
 mod hostile;
 mod lxc_lifecycle;
 mod plugins;

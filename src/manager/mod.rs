@@ -60,14 +60,8 @@ impl Manager {
     /// Run one request and return its reply data.
     pub fn execute(&self, req: &Request) -> Result<Reply> {
         match &req.action {
-            Action::Status => {
-                let repairs = self.converge(None)?;
-                self.status().map(|s| Reply::Status(s).with_repairs(repairs))
-            }
-            Action::Info(vm) => {
-                let repairs = self.converge(Some(vm))?;
-                self.info(vm).map(|i| Reply::Info(Box::new(i)).with_repairs(repairs))
-            }
+            Action::Status => self.status_repaired().map(|(s, r)| Reply::Status(s).with_repairs(r)),
+            Action::Info(vm) => self.info_repaired(vm).map(|(i, r)| Reply::Info(Box::new(i)).with_repairs(r)),
             Action::Migrate(_, dest) => Err(Error::NotSupported(format!(
                 "migrate to {dest} is not supported by any configured VM type yet"
             ))),

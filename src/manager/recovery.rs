@@ -100,10 +100,11 @@ impl Manager {
 
     /// For a read (`info`, `status`): repair the VMs (one, or all) that
     /// have an interrupted action and no live lease holder, taking the
-    /// lease for it. A fresh host, or one with nothing interrupted, costs
-    /// one indexed read.
-    pub(super) fn converge(&self, only: Option<&VmName>) -> Result<Vec<Repair>> {
-        let Some(db) = self.db_read()? else { return Ok(Vec::new()) };
+    /// lease for it; then the database, open for reading. With nothing
+    /// interrupted this costs one indexed query on the read's own
+    /// connection.
+    pub(super) fn converged_read(&self, only: Option<&VmName>) -> Result<(Vec<Repair>, Option<Db>)> {
+        let Some(db) = self.db_read()? else { return Ok((Vec::new(), None)) };
         let candidates: Vec<VmName> = match only {
             Some(vm) => {
                 if db.journal_unfinished(vm)?.is_empty() {
@@ -121,10 +122,10 @@ impl Manager {
                 _ => todo.push(vm),
             }
         }
-        drop(db);
         if todo.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Some(db)));
         }
+        drop(db);
         let mut db = self.db_write()?;
         let me = super::me();
         let mut out = Vec::new();
@@ -139,7 +140,7 @@ impl Manager {
             }
             out.extend(r?);
         }
-        Ok(out)
+        Ok((out, Some(db)))
     }
 }
 

@@ -123,6 +123,7 @@ pub(crate) fn q(what: &'static str) -> impl FnOnce(rusqlite::Error) -> DbError {
 pub struct Db {
     conn: Connection,
     path: PathBuf,
+    busy: std::time::Duration,
 }
 
 impl Db {
@@ -138,14 +139,35 @@ impl Db {
     }
 
     fn open_as(path: &Path, busy: std::time::Duration, writer: bool) -> Result<Db, DbError> {
+        // SQLite can report a lock while a WAL is being set up or removed
+        // by another connection's open or close without calling the busy
+        // handler; retry those within the busy timeout too.
+        let start = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(2);
+        loop {
+            match Db::try_open(path, busy, writer) {
+                Err(e) if e.is_contention() && start.elapsed() < busy => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_open(path: &Path, busy: std::time::Duration, writer: bool) -> Result<Db, DbError> {
         let open_err = |source| DbError::Open { path: path.to_path_buf(), source };
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .map_err(open_err)?;
+        // Before anything that reads the file: `PRAGMA synchronous` reads
+        // the schema, and without the timeout a concurrent writer makes it
+        // fail at once with "database is locked" (seen in the issue 11
+        // stress test).
+        conn.busy_timeout(busy).map_err(open_err)?;
         if writer {
             tune(&conn).map_err(open_err)?;
         }
-        conn.busy_timeout(busy).map_err(open_err)?;
-        let mut db = Db { conn, path: path.to_path_buf() };
+        let mut db = Db { conn, path: path.to_path_buf(), busy };
         db.migrate()?;
         Ok(db)
     }
@@ -169,7 +191,7 @@ impl Db {
         // WAL is persistent in the file: set once at creation.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         tune(&conn).map_err(open_err)?;
-        let mut db = Db { conn, path: path.to_path_buf() };
+        let mut db = Db { conn, path: path.to_path_buf(), busy };
         db.migrate()?;
         Ok(db)
     }
@@ -203,7 +225,24 @@ impl Db {
 
     /// Run `f` in a write transaction (`BEGIN IMMEDIATE`).
     pub fn write<T>(&mut self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, DbError>) -> Result<T, DbError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin transaction"))?;
+        // The busy handler waits for other writers; a lock reported
+        // without it (WAL set-up or removal by another process) is
+        // retried here, for up to the same busy timeout.
+        let start = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(2);
+        let tx = loop {
+            match rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate) {
+                Ok(tx) => break tx,
+                Err(e) => {
+                    let err = q("begin transaction")(e);
+                    if !err.is_contention() || start.elapsed() >= self.busy {
+                        return Err(err);
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                }
+            }
+        };
         let v = f(&tx)?;
         tx.commit().map_err(q("commit"))?;
         Ok(v)

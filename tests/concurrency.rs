@@ -125,3 +125,31 @@ fn live_lock_holder_makes_others_busy() {
     assert!(status.success());
     assert_eq!(env.ok("stop", json!({"vm_name": "slow"}))["changed"], json!(true));
 }
+
+/// Issue 11: many first requests on a fresh host create the database at
+/// once; none may fail with "database is locked" (switching the new file
+/// to WAL needs it to itself, and SQLite reports that without waiting).
+#[test]
+fn issue_11_first_requests_race_to_create_the_database() {
+    for round in 0..8 {
+        let env = Env::new();
+        let children: Vec<(Value, Child)> = (0..8)
+            .map(|i| {
+                let name = format!("first{i}");
+                let req = json!({"action": "define", "data": {"vm_name": name, "definition": dummy_definition(&name)}});
+                let c = spawn(&env, &req);
+                (req, c)
+            })
+            .collect();
+        for (req, child) in children {
+            let out = child.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{req}: {e}: {stdout}"));
+            assert_eq!(v["success"], json!(true), "round {round}: {req}: {v}");
+        }
+        assert_eq!(env.ok("status", json!({}))["vms"].as_object().unwrap().len(), 8);
+        let conn = rusqlite::Connection::open(env.root().join("var/lib/geats/geats.db")).unwrap();
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal", "round {round}: the racing creators left the database out of WAL mode");
+    }
+}

@@ -185,6 +185,23 @@ impl Db {
             let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path).map_err(create_err)?;
             f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(create_err)?;
         }
+        // Several first requests may create it at once: switching to WAL
+        // needs the file to itself, and SQLite reports that lock without
+        // the busy handler, so retry within the busy timeout.
+        let start = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(2);
+        loop {
+            match Db::try_create(path, busy) {
+                Err(e) if e.is_contention() && start.elapsed() < busy => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_create(path: &Path, busy: std::time::Duration) -> Result<Db, DbError> {
         let open_err = |source| DbError::Open { path: path.to_path_buf(), source };
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(busy).map_err(open_err)?;
@@ -211,6 +228,11 @@ impl Db {
         }
         if version > SCHEMA_VERSION {
             return Err(DbError::TooNew { path: self.path.clone(), found: version, known: SCHEMA_VERSION });
+        }
+        if version == 0 {
+            // A new file another process is still creating: whoever gets
+            // here first makes it WAL (persistent in the file).
+            self.conn.pragma_update(None, "journal_mode", "WAL").map_err(|source| DbError::Open { path: self.path.clone(), source })?;
         }
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin migration"))?;
         // Re-read inside the write lock: another process may have migrated.

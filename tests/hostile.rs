@@ -5,9 +5,10 @@
 //! and nothing appeared outside the root where a path in a name pointed.
 //! (Many of these are also fixtures of `every_fixture_in_both_transports`,
 //! which snapshots their messages; this test adds the ones the fixtures
-//! lack and the check of the roots. Template archives with absolute
-//! paths, `..`, symlink-then-write and hard links out of the root are
-//! refused by `template::tests`.)
+//! lack and the check of the roots.) Template archives with absolute
+//! paths, `..`, symlink-then-write and hard links out of the root fail
+//! define and provision through the agent and write nothing outside;
+//! `template::tests` covers every archive format and device nodes.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -183,4 +184,86 @@ fn issue_11_hostile_input_changes_nothing_under_the_roots() {
     }
     assert_eq!(roots(&env)[0], before[0], "the victim's config changed");
     env.ok("deprovision", json!({"vm_name": victim}));
+}
+
+/// A raw gzip'd tar: names and link targets as bytes, so absolute and `..`
+/// names (which `tar::Builder` refuses) can be made. `(kind, name, target
+/// or content)`, kind `f` file, `s` symlink, `h` hard link, `d` directory.
+fn evil_archive(path: &Path, entries: &[(char, &str, &str)]) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (kind, name, arg) in entries {
+        let mut h = tar::Header::new_gnu();
+        let data: &[u8] = match kind {
+            'f' => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                arg.as_bytes()
+            }
+            'd' => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                b""
+            }
+            _ => {
+                h.set_entry_type(if *kind == 's' { tar::EntryType::Symlink } else { tar::EntryType::Link });
+                h.set_mode(0o777);
+                h.as_old_mut().linkname[..arg.len()].copy_from_slice(arg.as_bytes());
+                b""
+            }
+        };
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(path).unwrap(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &b.into_inner().unwrap()).unwrap();
+    gz.finish().unwrap();
+}
+
+/// Template archives that try to write outside the root file system:
+/// define and provision fail (`storage_failed`, exit 1), roll back, and
+/// nothing outside the root changed.
+#[test]
+fn issue_11_hostile_templates_write_nothing_outside() {
+    if let Some(why) = missing() {
+        return skip("issue_11_hostile_templates_write_nothing_outside", &why);
+    }
+    let env = Env::new();
+    let templates = env.root().join("var/lib/geats/templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "secret").unwrap();
+    let o = outside.path().display().to_string();
+    let (abs, up, secret) = (format!("{o}/pwned"), format!("../../../../../../../../../..{o}/pwned"), format!("{o}/secret"));
+    let cases: Vec<(&str, Vec<(char, &str, &str)>)> = vec![
+        ("absolute", vec![('d', "etc", ""), ('f', &abs, "x")]),
+        ("dotdot", vec![('f', &up, "x")]),
+        ("symlink_then_write", vec![('s', "etc", &o), ('f', "etc/pwned", "x")]),
+        ("hard_link_out", vec![('h', "etc-secret", &secret)]),
+        ("hard_link_through_symlink", vec![('s', "evil", &o), ('h', "h", "evil/secret")]),
+    ];
+    let vm = format!("gt{}", std::process::id());
+    let _lxc = Containers::new(&env.root().join("var/lib/lxc"), &[&vm]);
+    for (name, entries) in &cases {
+        evil_archive(&templates.join(format!("{name}.tar.gz")), entries);
+    }
+    let before = roots(&env);
+    for (name, _) in &cases {
+        for action in ["define", "provision"] {
+            let bytes = request(action, json!({"vm_name": vm, "definition": {"template": name}}));
+            refused(&env, &format!("{action} with template {name}"), &bytes, "storage_failed", 1);
+            assert_eq!(env.fail("info", json!({"vm_name": vm}))["errorcode"], json!("not_found"), "{name}: the failed {action} left the VM");
+        }
+    }
+    let mut left: Vec<String> = std::fs::read_dir(outside.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, vec!["secret".to_string()], "something was written outside the root");
+    assert_eq!(std::fs::read_to_string(outside.path().join("secret")).unwrap(), "secret");
+    assert_eq!(std::os::unix::fs::MetadataExt::nlink(&std::fs::metadata(outside.path().join("secret")).unwrap()), 1, "a hard link to the secret was made");
+    let after = roots(&env);
+    for ((dir, a), (_, b)) in before.iter().zip(&after) {
+        assert!(a == b, "the failed defines left something under {dir}:\nbefore {a:?}\nafter {b:?}");
+    }
 }

@@ -186,10 +186,13 @@ fn issue_11_hostile_input_changes_nothing_under_the_roots() {
     env.ok("deprovision", json!({"vm_name": victim}));
 }
 
+/// One archive entry: (kind, name, target or content).
+type Entry<'a> = (char, &'a str, &'a str);
+
 /// A raw gzip'd tar: names and link targets as bytes, so absolute and `..`
 /// names (which `tar::Builder` refuses) can be made. `(kind, name, target
 /// or content)`, kind `f` file, `s` symlink, `h` hard link, `d` directory.
-fn evil_archive(path: &Path, entries: &[(char, &str, &str)]) {
+fn evil_archive(path: &Path, entries: &[Entry<'_>]) {
     let mut b = tar::Builder::new(Vec::new());
     for (kind, name, arg) in entries {
         let mut h = tar::Header::new_gnu();
@@ -237,7 +240,7 @@ fn issue_11_hostile_templates_write_nothing_outside() {
     std::fs::write(outside.path().join("secret"), "secret").unwrap();
     let o = outside.path().display().to_string();
     let (abs, up, secret) = (format!("{o}/pwned"), format!("../../../../../../../../../..{o}/pwned"), format!("{o}/secret"));
-    let cases: Vec<(&str, Vec<(char, &str, &str)>)> = vec![
+    let cases: Vec<(&str, Vec<Entry<'_>>)> = vec![
         ("absolute", vec![('d', "etc", ""), ('f', &abs, "x")]),
         ("dotdot", vec![('f', &up, "x")]),
         ("symlink_then_write", vec![('s', "etc", &o), ('f', "etc/pwned", "x")]),

@@ -240,7 +240,9 @@ impl Manager {
         }
     }
 
-    /// Rebuild the database from the record files (`geats recover`). A
+    /// Rebuild the database from the record files (`geats recover`): those
+    /// of the records directory, then those the VM types keep beside each
+    /// VM (so a lost records directory loses nothing that still runs). A
     /// database file that cannot be opened is moved aside first. Returns
     /// the names of the VMs recovered.
     pub fn recover(&self) -> Result<Vec<String>> {
@@ -251,18 +253,27 @@ impl Manager {
             tracing::warn!("moved unreadable database to {}", aside.display());
         }
         let mut db = if path.exists() { Db::open(path, self.config.busy_timeout)? } else { Db::create(path, self.config.busy_timeout)? };
+        let mut found: Vec<(std::path::PathBuf, Vec<u8>)> = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&self.config.records_dir) {
+            let mut files: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
+            files.sort();
+            for f in files {
+                let text = std::fs::read(&f).map_err(error::io("read", &f))?;
+                found.push((f, text));
+            }
+        }
+        for t in self.config.vm_types.keys() {
+            let vmt = crate::vm::build(&self.config, t)?;
+            for text in vmt.kept_records() {
+                found.push((std::path::PathBuf::from(format!("(kept by VM type {t})")), text));
+            }
+        }
         let mut names = Vec::new();
-        let rd = match std::fs::read_dir(&self.config.records_dir) {
-            Ok(rd) => rd,
-            Err(_) => return Ok(names),
-        };
-        let mut files: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
-        files.sort();
-        for f in files {
-            let text = std::fs::read_to_string(&f).map_err(error::io("read", &f))?;
-            let rec: RecordFile = serde_json::from_str(&text).map_err(|e| Error::CorruptRecord { path: f.clone(), problem: e.to_string() })?;
+        for (f, text) in found {
+            let rec: RecordFile = serde_json::from_slice(&text).map_err(|e| Error::CorruptRecord { path: f.clone(), problem: e.to_string() })?;
             if db.vm(&rec.vm.name)?.is_none() {
                 db.put_vm(&rec.vm, &rec.volumes)?;
+                Self::write_record(&self.config, &rec.vm, &rec.volumes)?;
                 names.push(rec.vm.name.to_string());
             }
         }
@@ -274,12 +285,20 @@ impl Manager {
         config.records_dir.join(format!("{vm}.json"))
     }
 
-    /// Write a VM's record file.
+    /// Write a VM's record file, and keep a copy beside a defined VM's
+    /// own files (`VmType::keep_record`).
     pub(crate) fn write_record(config: &Config, rec: &VmRecord, volumes: &[VolumeRecord]) -> Result<()> {
         std::fs::create_dir_all(&config.records_dir).map_err(error::io("create", &config.records_dir))?;
         let text = serde_json::to_vec_pretty(&RecordFile { vm: rec.clone(), volumes: volumes.to_vec() }).unwrap_or_default();
         let path = Self::record_path(config, &rec.name);
-        write_atomic(&path, &text, 0o600).map_err(error::io("write", &path))
+        write_atomic(&path, &text, 0o600).map_err(error::io("write", &path))?;
+        if rec.defined {
+            let vmt = crate::vm::build(config, &rec.vm_type)?;
+            if vmt.exists(&rec.name) {
+                vmt.keep_record(&rec.name, &text)?;
+            }
+        }
+        Ok(())
     }
 
     /// Remove a VM's record file.

@@ -245,6 +245,22 @@ pub trait VmType: std::fmt::Debug {
         Vec::new()
     }
 
+    /// Keep `record` (what only geats knows of a defined VM: its
+    /// definition and volume records, JSON) beside the VM's own files, as
+    /// LXD keeps `backup.yaml`, so that `geats recover` finds it even when
+    /// the database and its records directory are both lost. Called
+    /// after [`VmType::define`]; [`VmType::undefine`] removes it. The
+    /// default keeps nothing.
+    fn keep_record(&self, _vm: &VmName, _record: &[u8]) -> Result<(), VmError> {
+        Ok(())
+    }
+
+    /// Every record kept by [`VmType::keep_record`] on this host, for
+    /// `geats recover`.
+    fn kept_records(&self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+
     /// Whether the host can run this type (for Choria's activation check).
     fn available(&self) -> bool {
         true

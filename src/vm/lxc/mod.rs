@@ -10,7 +10,8 @@
 //! Files per container, under `LXCPATH/NAME/`: `config` (LXC's), `lxc.log`
 //! (LXC's log of the last start, at `log_level`), `geats.pid` (the monitor
 //! pid, written by `lxc-start -p` and removed by LXC at stop) and
-//! `geats.json` (where the rootfs is and whether geats owns it).
+//! `geats-record.json` (geats' definition and volume records, for
+//! `geats recover`; `geats.json` was written by earlier versions).
 //!
 //! Settings (`[vm_types.lxc]`): `lxcpath` (default `ROOT/var/lib/lxc`),
 //! `shutdown_timeout` (seconds, default 30), `default_rootfs_prefix`
@@ -57,6 +58,9 @@ pub struct Lxc {
     log_level: String,
     extra: BTreeMap<String, String>,
 }
+
+/// geats' record of a container, beside its LXC config (`geats recover`).
+const RECORD: &str = "geats-record.json";
 
 const LOG_LEVELS: [&str; 9] = ["TRACE", "DEBUG", "INFO", "NOTICE", "WARN", "ERROR", "CRIT", "ALERT", "FATAL"];
 
@@ -239,7 +243,7 @@ impl VmType for Lxc {
     fn undefine(&self, vm: &VmName) -> Result<(), VmError> {
         let dir = self.dir(vm);
         // geats.json: written by earlier versions.
-        for f in ["config", "lxc.log", "geats.pid", "geats.json"] {
+        for f in ["config", "lxc.log", "geats.pid", "geats.json", RECORD] {
             remove_if_exists(&dir.join(f))?;
         }
         if let Err(e) = crate::sys::fsutil::ignore_missing(std::fs::remove_dir(&dir)) {
@@ -250,6 +254,15 @@ impl VmType for Lxc {
 
     fn exists(&self, vm: &VmName) -> bool {
         self.file(vm, "config").is_file()
+    }
+
+    fn keep_record(&self, vm: &VmName, record: &[u8]) -> Result<(), VmError> {
+        let path = self.file(vm, RECORD);
+        write_atomic(&path, record, 0o600).map_err(Self::io("write", &path))
+    }
+
+    fn kept_records(&self) -> Vec<Vec<u8>> {
+        self.list().iter().filter_map(|vm| std::fs::read(self.file(vm, RECORD)).ok()).collect()
     }
 
     /// The containers of the lxcpath: its directories holding a `config`.

@@ -158,24 +158,35 @@ impl Rig {
 
     /// The checks after one kill, then drive the VM to the end.
     fn check_after_kill(&self, action: &str, at: &str, marker: bool) {
+        self.check_after(action, at, marker, true);
+    }
+
+    /// The checks after one kill; `interrupted`: the kill came between the
+    /// action's first step and its end (always so for the step kill
+    /// points), so a repair must have happened.
+    fn check_after(&self, action: &str, at: &str, marker: bool, interrupted: bool) {
         let what = format!("{action} killed at {at}");
         // The next request answers within 10 s: success or not_found.
         let t = Instant::now();
         let req = json!({"action": "info", "data": {"vm_name": self.vm}});
         let (code, v, err) = self.env.stdio(&req.to_string());
-        assert!(t.elapsed() < Duration::from_secs(10), "{what}: info took {:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(10), "{what}: info took {:?}: {v} {err}", t.elapsed());
         assert_eq!(code, 0, "{what}: {err}");
         check_envelope("info", &v);
         let db = rusqlite::Connection::open(self.env.root().join("var/lib/geats/geats.db")).unwrap();
         let open: i64 = db.query_row("SELECT count(*) FROM journal WHERE ended IS NULL", [], |r| r.get(0)).unwrap();
         assert_eq!(open, 0, "{what}: info left an interrupted journal entry");
-        let outcome: String = db
-            .query_row("SELECT outcome FROM journal WHERE action = ?1 ORDER BY id DESC LIMIT 1", [action], |r| r.get(0))
-            .unwrap();
-        assert!(outcome == "rolled_back" || outcome == "rolled_forward", "{what}: outcome {outcome}");
+        if interrupted {
+            let outcome: String = db
+                .query_row("SELECT outcome FROM journal WHERE action = ?1 ORDER BY id DESC LIMIT 1", [action], |r| r.get(0))
+                .unwrap();
+            assert!(outcome == "rolled_back" || outcome == "rolled_forward", "{what}: outcome {outcome}");
+        }
         let there = if v["success"] == json!(true) {
-            let repaired = v["data"]["repaired"].as_array().unwrap_or_else(|| panic!("{what}: the reply does not say a repair happened: {v}"));
-            assert_eq!(repaired[0]["action"], json!(action), "{what}: {v}");
+            if interrupted {
+                let repaired = v["data"]["repaired"].as_array().unwrap_or_else(|| panic!("{what}: the reply does not say a repair happened: {v}"));
+                assert_eq!(repaired[0]["action"], json!(action), "{what}: {v}");
+            }
             assert!(self.config().is_file(), "{what}: info succeeds but the LXC config is gone");
             let running = v["data"]["state"][0] == json!("running");
             assert_eq!(running, self.lxc_state() == "RUNNING", "{what}: info says {} but lxc-info {}", v["data"]["state"], self.lxc_state());
@@ -232,7 +243,7 @@ fn kill_at_every_step(test: &str, action: &str, existing: bool) {
     if !Path::new("/sbin/mkfs.ext4").exists() && !Path::new("/usr/sbin/mkfs.ext4").exists() {
         return skip(test, "mkfs.ext4 is not installed (apt-get install e2fsprogs)");
     }
-    let rig = Rig::new(&format!("{}{}", &action[..2], if existing { "x" } else { "" }), existing);
+    let rig = Rig::new(&format!("{}{}", &action[..3], if existing { "x" } else { "" }), existing);
     let n = rig.step_count(action);
     assert!(n >= 2, "{action} ran {n} steps");
     let mut points = 0;
@@ -308,4 +319,60 @@ fn issue_11_next_mutating_request_repairs_first() {
     // Nothing left to repair: the next reply is the plain one.
     let r = env.ok("start", json!({"vm_name": "d"}));
     assert!(r.get("repaired").is_none(), "{r}");
+}
+
+/// The issue's own experiment: SIGKILL of the agent's pid alone at k/7 of
+/// an action's run time, whatever it is doing (its children, `lxc-start`,
+/// `mkfs`, may go on and finish on their own), then the same checks.
+fn kill_at_fractions(test: &str, action: &str) {
+    if let Some(why) = missing() {
+        return skip(test, &why);
+    }
+    let rig = Rig::new(&format!("{}t", &action[..3]), false);
+    rig.prepare(action);
+    let t = Instant::now();
+    rig.ok(action);
+    let run = t.elapsed();
+    rig.ok("deprovision");
+    for k in 1..7u32 {
+        let at = run * k / 7;
+        let marker = rig.prepare(action);
+        let mut c = rig.env.cmd();
+        c.args(["agent", "--stdio"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        let mut child = c.spawn().unwrap();
+        {
+            use std::io::Write;
+            let mut sin = child.stdin.take().unwrap();
+            sin.write_all(rig.request(action).to_string().as_bytes()).unwrap();
+        }
+        std::thread::sleep(at);
+        let _ = child.kill();
+        let _ = child.wait();
+        rig.check_after_kill_any(action, &format!("{k}/7 of {run:?}"), marker);
+    }
+}
+
+impl Rig {
+    /// As `check_after_kill`, for a kill that may have come before the
+    /// action's first step or after its end (then nothing is repaired).
+    fn check_after_kill_any(&self, action: &str, at: &str, marker: bool) {
+        let db = rusqlite::Connection::open(self.env.root().join("var/lib/geats/geats.db")).ok();
+        let open: i64 = db.and_then(|db| db.query_row("SELECT count(*) FROM journal WHERE ended IS NULL", [], |r| r.get(0)).ok()).unwrap_or(0);
+        self.check_after(action, at, marker, open > 0);
+    }
+}
+
+#[test]
+fn issue_11_crash_define_at_fractions_of_its_run_time() {
+    kill_at_fractions("issue_11_crash_define_at_fractions_of_its_run_time", "define");
+}
+
+#[test]
+fn issue_11_crash_start_at_fractions_of_its_run_time() {
+    kill_at_fractions("issue_11_crash_start_at_fractions_of_its_run_time", "start");
+}
+
+#[test]
+fn issue_11_crash_deprovision_at_fractions_of_its_run_time() {
+    kill_at_fractions("issue_11_crash_deprovision_at_fractions_of_its_run_time", "deprovision");
 }

@@ -162,6 +162,14 @@ fn reached(entry: &Unfinished, prefix: &str) -> bool {
 }
 
 fn repair_one(op: &mut Op<'_>, vm: &VmName, entry: &Unfinished) -> Result<Resolution> {
+    // A tool the dead process started may still be at work on the VM
+    // (`lxc-stop` goes on after its parent is killed): repair the state
+    // it leaves, not the one it is passing through.
+    if let Some(rec) = op.db().map(|db| db.vm(vm)).transpose()?.flatten() {
+        vm::build(op.config, &rec.vm_type)?.settle(vm);
+    } else if let Some(t) = entry.intent.as_ref().and_then(|i| i["definition"]["vm_type"].as_str()).and_then(|t| crate::names::TypeName::new(t).ok()) {
+        vm::build(op.config, &t)?.settle(vm);
+    }
     match entry.action.as_str() {
         "define" | "provision" => repair_definition(op, vm, entry),
         "start" => {

@@ -245,6 +245,12 @@ pub trait VmType: std::fmt::Debug {
         Vec::new()
     }
 
+    /// Wait (boundedly) for the tools a killed geats left running on `vm`
+    /// (an `lxc-start` or `lxc-stop` goes on after its parent dies) to
+    /// finish, so that a repair sees the state they leave. The default
+    /// has no tools to wait for.
+    fn settle(&self, _vm: &VmName) {}
+
     /// Keep `record` (what only geats knows of a defined VM: its
     /// definition and volume records, JSON) beside the VM's own files, as
     /// LXD keeps `backup.yaml`, so that `geats recover` finds it even when

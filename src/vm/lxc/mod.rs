@@ -256,6 +256,17 @@ impl VmType for Lxc {
         self.file(vm, "config").is_file()
     }
 
+    /// Waits while an `lxc-*` tool runs on this container (`-P LXCPATH
+    /// -n NAME` in its command line, as geats runs them), up to the
+    /// shutdown timeout plus 10 s.
+    fn settle(&self, vm: &VmName) {
+        let limit = self.shutdown_timeout + Duration::from_secs(10);
+        let t = std::time::Instant::now();
+        while t.elapsed() < limit && state::tools_running(&self.lxcpath, vm.as_str()) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn keep_record(&self, vm: &VmName, record: &[u8]) -> Result<(), VmError> {
         let path = self.file(vm, RECORD);
         write_atomic(&path, record, 0o600).map_err(Self::io("write", &path))
@@ -283,6 +294,14 @@ impl VmType for Lxc {
         }
         if !self.exists(vm) {
             return Err(VmError::Hypervisor { hypervisor: "lxc", step: "start", vm: vm.clone(), detail: format!("no LXC config at {}", self.file(vm, "config").display()) });
+        }
+        // A monitor of this container still running while it is not
+        // running is a stop in progress (e.g. an `lxc-stop` left by a
+        // killed geats, issue 11): starting now fails to enter the
+        // cgroup it is removing, so let it finish first.
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_secs(10) && state::scan_monitors(&self.lxcpath).contains_key(vm.as_str()) && !self.is_running(vm) {
+            std::thread::sleep(Duration::from_millis(50));
         }
         state::remove_stale_cgroups(vm.as_str());
         let log = self.file(vm, "lxc.log");

@@ -253,7 +253,7 @@ pub enum Error {
     #[error("{0}")]
     NotSupported(String),
     /// The database is missing while VMs exist.
-    #[error("database {path} is missing or unreadable, but {count} VM record(s) exist under {records}; run `geats recover` to rebuild it")]
+    #[error("database {path} is missing or unreadable, but {count} VM(s) exist (records under {records}, or containers); run `geats recover` to rebuild it")]
     DatabaseMissing {
         /// The database file.
         path: String,
@@ -294,9 +294,10 @@ impl Error {
             },
             Error::Config(_) => C::ConfigInvalid,
             Error::Db(e) if e.is_contention() => C::Busy,
+            Error::Db(e) if e.is_io() => C::IoFailed,
             Error::Db(e) => match e {
                 DbError::Open { .. } | DbError::TooNew { .. } | DbError::Corrupt { .. } => C::DatabaseMissing,
-                DbError::CreateDir { .. } | DbError::Query { .. } => C::Internal,
+                DbError::CreateDir { .. } | DbError::CreateFile { .. } | DbError::Query { .. } => C::Internal,
             },
             Error::Vm(e) => match e {
                 VmError::Invalid { .. } => C::InvalidData,

@@ -14,7 +14,8 @@ use geats::storage::{StorageError, Volume};
 use serde_json::{json, Value};
 
 use crate::common::{self, skip};
-use crate::storage::{all_under, leftovers, need_root, BtrfsMount, Fixture, Releaser};
+use crate::common::leftovers;
+use crate::storage::{all_under, need_root, BtrfsMount, Fixture, Releaser};
 
 fn sn(s: &str) -> SnapshotName {
     SnapshotName::new(s).expect("snapshot name")

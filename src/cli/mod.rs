@@ -179,6 +179,19 @@ pub enum Command {
     },
     /// Rebuild a lost database from the VM record files.
     Recover,
+    /// Compare the database with the VM types and the storage and list
+    /// every difference. Exit 0: none; 1: some; 2 or more: the check
+    /// could not run.
+    Check {
+        /// Print a JSON array of `{vm, kind, detail}`.
+        #[arg(long)]
+        json: bool,
+        /// Fix what can be fixed safely (finish or undo interrupted
+        /// actions, write missing VM configs and record files again from
+        /// the database), then say what is left.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Attach to a VM's console.
     Console {
         /// The VM.
@@ -429,6 +442,23 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             let names = m.recover()?;
             table::print_text(&format!("recovered {} VM(s){}{}\n", names.len(), if names.is_empty() { "" } else { ": " }, names.join(", ")));
             Ok(0)
+        }
+        Command::Check { json, repair } => {
+            let found = if repair { m.check_repair() } else { m.check() };
+            let diffs = match found {
+                Ok(d) => d,
+                // 1 means "differences": a check that cannot run is 2 or more.
+                Err(e) => {
+                    eprintln!("geats: error: {} [{}]", e.message(), e.code());
+                    return Ok(e.code().exit_class().code().max(2));
+                }
+            };
+            if json {
+                table::print_json(&diffs);
+            } else {
+                table::print_check(&diffs);
+            }
+            Ok(u8::from(diffs.iter().any(|d| d.repaired != Some(true))))
         }
         Command::Console { name } => {
             let vm = vm_name(&name)?;

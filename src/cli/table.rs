@@ -46,8 +46,8 @@ fn json_state_str(v: &serde_json::Value) -> String {
 }
 
 /// One line for a mutating action.
-pub fn print_action(action: &str, vm: Option<&VmName>, reply: &Reply) {
-    let vm = vm.map(|v| v.to_string()).unwrap_or_default();
+pub fn print_action(action: &str, vm_name: Option<&VmName>, reply: &Reply) {
+    let vm = vm_name.map(|v| v.to_string()).unwrap_or_default();
     let what = |changed: bool| if changed { "done" } else { "nothing to do" };
     match reply {
         Reply::DryRun(d) => {
@@ -78,6 +78,12 @@ pub fn print_action(action: &str, vm: Option<&VmName>, reply: &Reply) {
             }
         }
         Reply::Status(_) | Reply::Info(_) => print_json(reply),
+        Reply::Repaired(r) => {
+            for rep in &r.repaired {
+                println!("{vm}: repaired an interrupted {} (journal entry {}): {}", rep.action, rep.journal_id, rep.resolution.replace('_', " "));
+            }
+            print_action(action, vm_name, &r.reply);
+        }
     }
 }
 
@@ -230,4 +236,25 @@ pub fn print_history(entries: &[crate::db::JournalEntry]) {
         })
         .collect();
     render(&["STARTED", "VM", "ACTION", "OUTCOME", "CHANGED", "CALLER", "REQUEST ID"], &rows);
+}
+
+/// The `geats check` table (nothing when there is no difference).
+pub fn print_check(diffs: &[crate::manager::Difference]) {
+    if diffs.is_empty() {
+        println!("no differences: the database agrees with the VM types and the storage");
+        return;
+    }
+    let repair = diffs.iter().any(|d| d.repaired.is_some());
+    let rows: Vec<Vec<String>> = diffs
+        .iter()
+        .map(|d| {
+            let mut r = vec![d.vm.clone(), d.kind.to_string(), d.detail.clone()];
+            if repair {
+                r.push(if d.repaired == Some(true) { "yes".into() } else { "no".into() });
+            }
+            r
+        })
+        .collect();
+    let headers: &[&str] = if repair { &["VM", "KIND", "DETAIL", "REPAIRED"] } else { &["VM", "KIND", "DETAIL"] };
+    render(headers, &rows);
 }

@@ -9,7 +9,7 @@ use super::Manager;
 use crate::db::{self, VmRecord, VolumeRecord};
 use crate::definition::Definition;
 use crate::error::{Error, Result};
-use crate::names::{TypeName, VmName};
+use crate::names::{TypeName, VmName, VolumeName};
 use crate::request::{Action, RequestError};
 use crate::state::{power_disposition, Disposition, Power, PowerAction};
 use crate::storage::{Kind, StorageError};
@@ -129,7 +129,7 @@ fn restore_record(op: &mut Op<'_>, vm: &VmName, old: Option<&(VmRecord, Vec<Volu
     }
 }
 
-fn save_record(op: &mut Op<'_>, rec: &VmRecord, vols: &[VolumeRecord]) -> Result<()> {
+pub(super) fn save_record(op: &mut Op<'_>, rec: &VmRecord, vols: &[VolumeRecord]) -> Result<()> {
     let config = op.config;
     op.db_mut()?.put_vm(rec, vols)?;
     Manager::write_record(config, rec, vols)
@@ -170,7 +170,7 @@ fn provision(op: &mut Op<'_>, vm: &VmName, def: &Definition) -> Outcome {
 /// A definition checked against the configuration, the VM type, its
 /// storage and what exists: everything `define` and `provision` decide
 /// before their first step.
-struct Plan {
+pub(super) struct Plan {
     def: Definition,
     type_name: TypeName,
     vmt: Box<dyn VmType>,
@@ -179,7 +179,7 @@ struct Plan {
     existing: Option<(VmRecord, Vec<VolumeRecord>)>,
 }
 
-fn plan_definition(op: &Op<'_>, vm: &VmName, def_in: &Definition) -> Result<Plan> {
+pub(super) fn plan_definition(op: &Op<'_>, vm: &VmName, def_in: &Definition) -> Result<Plan> {
     let config = op.config;
     let mut def = def_in.clone();
     let type_name = def.vm_type.clone().unwrap_or_else(|| config.default_vm_type.clone());
@@ -252,11 +252,20 @@ fn plan_definition(op: &Op<'_>, vm: &VmName, def_in: &Definition) -> Result<Plan
 /// The steps of `define` and `provision`: define new volumes (provision:
 /// format the others), install the template onto the root and write the
 /// guest files, define the VM in the hypervisor, record it.
-fn apply_definition(op: &mut Op<'_>, vm: &VmName, plan: Plan, provision: bool) -> Outcome {
+pub(super) fn apply_definition(op: &mut Op<'_>, vm: &VmName, plan: Plan, provision: bool) -> Outcome {
     let Plan { def, type_name, vmt, mut vols, template, existing } = plan;
     let vm_existed = existing.as_ref().is_some_and(|(r, _)| r.defined) && vmt.exists(vm);
     let old_rec = existing.as_ref().map(|(r, _)| r.clone());
     let (created, locked) = existing.as_ref().map_or_else(|| (db::now(), false), |(r, _)| (r.created.clone(), r.locked));
+    // What recovery needs to finish or undo this action if the process
+    // is killed half-way (`recovery.rs`), journaled before the first step.
+    let new_volumes: Vec<&VolumeName> = vols.iter().filter(|v| !v.volume.exists()).map(Vol::name).collect();
+    op.set_intent(serde_json::json!({
+        "definition": def,
+        "existed": existing.is_some(),
+        "vm_existed": vm_existed,
+        "new_volumes": new_volumes,
+    }));
     let vmt_ref: &dyn VmType = &*vmt;
     with_rollback(op, vm, vmt_ref, &mut vols, |op, vols| {
         let mut new_volume = vec![false; vols.len()];
@@ -327,7 +336,7 @@ fn install_root(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition
     op.step(format!("deactivate volume {name}"), None, |_| Ok(root.volume.deactivate()?))
 }
 
-fn power(op: &mut Op<'_>, vm: &VmName, action: PowerAction) -> Outcome {
+pub(super) fn power(op: &mut Op<'_>, vm: &VmName, action: PowerAction) -> Outcome {
     let Loaded { vmt, mut vols, .. } = load_defined(op, vm)?;
     let state = vmt.state(vm);
     let verb = match action {
@@ -378,7 +387,7 @@ pub(super) fn deactivate_all(op: &mut Op<'_>, vols: &mut [Vol]) -> Result<()> {
 }
 
 /// Release the volumes of a VM that stopped on its own.
-fn tidy(op: &mut Op<'_>, vols: &mut [Vol]) -> Result<()> {
+pub(super) fn tidy(op: &mut Op<'_>, vols: &mut [Vol]) -> Result<()> {
     for v in vols.iter_mut().rev() {
         if v.volume.is_active() {
             op.step(format!("deactivate volume {} (the VM stopped on its own)", v.name()), None, |_| Ok(v.volume.deactivate()?))?;
@@ -407,7 +416,7 @@ fn deprovision(op: &mut Op<'_>, vm: &VmName) -> Outcome {
 }
 
 /// The steps of `undefine` and `deprovision`.
-fn remove(op: &mut Op<'_>, vm: &VmName, loaded: Loaded, destroy: bool) -> Outcome {
+pub(super) fn remove(op: &mut Op<'_>, vm: &VmName, loaded: Loaded, destroy: bool) -> Outcome {
     let Loaded { rec, vmt, mut vols } = loaded;
     if rec.locked {
         return Err(Error::Locked(vm.clone()));

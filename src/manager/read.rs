@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::volumes;
-use super::reply::{HostStats, InfoReply, ListRow, RowState, StatusReply, VmStatus, VolumeInfo};
+use super::reply::{HostStats, InfoReply, ListRow, Repair, RowState, StatusReply, VmStatus, VolumeInfo};
 use super::Manager;
 use crate::db::{Db, VmRecord};
 use crate::error::{Error, Result};
@@ -23,9 +23,14 @@ fn state_of(states: &BTreeMap<VmName, VmState>, vm: &VmName) -> VmState {
 
 impl Manager {
     /// `status`: every defined VM with its definition and state, and the
-    /// host's figures.
+    /// host's figures (after repairing any VM whose action was killed).
     pub fn status(&self) -> Result<StatusReply> {
-        let db = self.db_read()?;
+        self.status_repaired().map(|(s, _)| s)
+    }
+
+    /// `status`, and the repairs done first.
+    pub(super) fn status_repaired(&self) -> Result<(StatusReply, Vec<Repair>)> {
+        let (repairs, db) = self.converged_read(None)?;
         let (records, _types, states) = self.observe(db.as_ref())?;
         let ram = match &db {
             Some(db) => db.ram_promised()?,
@@ -34,7 +39,7 @@ impl Manager {
         let status = self.host_stats(ram, records.len());
         let kept = self.kept(db.as_ref())?;
         let vms = records.into_iter().map(|r| (r.name.clone(), VmStatus { state: state_of(&states, &r.name), privileged: r.definition.privileged, definition: r.definition })).collect();
-        Ok(StatusReply { vms, kept, status })
+        Ok((StatusReply { vms, kept, status }, repairs))
     }
 
     /// The rows of `geats list`: name, state, admin lock, VM type, primary
@@ -108,9 +113,16 @@ impl Manager {
         }
     }
 
-    /// `info`: one defined VM.
+    /// `info`: one defined VM (after repairing it if an action on it was
+    /// killed).
     pub fn info(&self, vm: &VmName) -> Result<InfoReply> {
-        let Some(db) = self.db_read()? else { return Err(Error::NotFound(vm.clone())) };
+        self.info_repaired(vm).map(|(i, _)| i)
+    }
+
+    /// `info`, and the repairs done first.
+    pub(super) fn info_repaired(&self, vm: &VmName) -> Result<(InfoReply, Vec<Repair>)> {
+        let (repairs, db) = self.converged_read(Some(vm))?;
+        let Some(db) = db else { return Err(Error::NotFound(vm.clone())) };
         let rec = match db.vm(vm)? {
             Some(r) if r.defined => r,
             _ => return Err(Error::NotFound(vm.clone())),
@@ -135,7 +147,7 @@ impl Manager {
             })
             .collect();
         let snapshots = db.snapshots(vm)?.into_iter().map(|s| super::reply::SnapshotInfo { name: s.name, created: s.created, size_bytes: s.size_bytes }).collect();
-        Ok(InfoReply {
+        let info = InfoReply {
             name: rec.name,
             vm_type: rec.vm_type,
             state: vmt.state(vm),
@@ -150,7 +162,8 @@ impl Manager {
             updated: rec.updated,
             console: vmt.console_command(vm),
             plugin: vmt.info(vm),
-        })
+        };
+        Ok((info, repairs))
     }
 
     /// The definition, VM type and hypervisor access of a defined VM, for

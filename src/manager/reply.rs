@@ -42,6 +42,9 @@ pub enum Reply {
     DryRun(DryRunReply),
     /// A request id that already completed: the reply recorded then.
     Replayed(Value),
+    /// Any reply of a request that first repaired an interrupted action
+    /// on its VM: the reply's own keys plus `repaired`.
+    Repaired(Box<RepairedReply>),
 }
 
 impl Reply {
@@ -57,6 +60,17 @@ impl Reply {
             Reply::Restore(r) => Some(r.changed),
             Reply::DryRun(r) => Some(r.changed),
             Reply::Replayed(v) => v.get("changed").and_then(Value::as_bool),
+            Reply::Repaired(r) => r.reply.changed(),
+        }
+    }
+
+    /// This reply, reporting `repairs` if there were any (a reply without
+    /// repairs is byte for byte what it always was).
+    pub fn with_repairs(self, repairs: Vec<Repair>) -> Reply {
+        if repairs.is_empty() {
+            self
+        } else {
+            Reply::Repaired(Box::new(RepairedReply { reply: self, repaired: repairs }))
         }
     }
 
@@ -308,5 +322,41 @@ pub struct DryRunReply {
     /// Whether the real run would change anything.
     pub changed: bool,
     /// The steps the real run would take.
+    pub steps: Vec<String>,
+}
+
+/// A reply plus the repairs its request did first.
+#[derive(Debug, Clone)]
+pub struct RepairedReply {
+    /// The action's own reply; its keys come out at the top level.
+    pub reply: Reply,
+    /// What was repaired before the action ran.
+    pub repaired: Vec<Repair>,
+}
+
+impl Serialize for RepairedReply {
+    // By hand: `#[serde(flatten)]` of the recursive `Reply` does not
+    // terminate at compile time.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        let mut v = serde_json::to_value(&self.reply).map_err(S::Error::custom)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("repaired".into(), serde_json::to_value(&self.repaired).map_err(S::Error::custom)?);
+        }
+        v.serialize(s)
+    }
+}
+
+/// One interrupted action (its process was killed) that a later request
+/// finished or undid before doing its own work.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Repair {
+    /// The interrupted action.
+    pub action: String,
+    /// Its journal entry.
+    pub journal_id: i64,
+    /// `rolled_back` (undone) or `rolled_forward` (finished).
+    pub resolution: String,
+    /// The steps the repair ran.
     pub steps: Vec<String>,
 }

@@ -275,6 +275,35 @@ pub trait VmType: std::fmt::Debug {
         None
     }
 
+    /// Every VM this type holds on the host, whoever made it (`geats
+    /// check` compares them with the database). One directory read, no
+    /// process per VM. The default knows none.
+    fn list(&self) -> Vec<VmName> {
+        Vec::new()
+    }
+
+    /// Wait (boundedly) for the tools a killed geats left running on `vm`
+    /// (an `lxc-start` or `lxc-stop` goes on after its parent dies) to
+    /// finish, so that a repair sees the state they leave. The default
+    /// has no tools to wait for.
+    fn settle(&self, _vm: &VmName) {}
+
+    /// Keep `record` (what only geats knows of a defined VM: its
+    /// definition and volume records, JSON) beside the VM's own files, as
+    /// LXD keeps `backup.yaml`, so that `geats recover` finds it even when
+    /// the database and its records directory are both lost. Called
+    /// after [`VmType::define`]; [`VmType::undefine`] removes it. The
+    /// default keeps nothing.
+    fn keep_record(&self, _vm: &VmName, _record: &[u8]) -> Result<(), VmError> {
+        Ok(())
+    }
+
+    /// Every record kept by [`VmType::keep_record`] on this host, for
+    /// `geats recover`.
+    fn kept_records(&self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+
     /// Whether the host can run this type (for Choria's activation check).
     fn available(&self) -> bool {
         true

@@ -10,7 +10,8 @@
 //! Files per container, under `LXCPATH/NAME/`: `config` (LXC's), `lxc.log`
 //! (LXC's log of the last start, at `log_level`), `geats.pid` (the monitor
 //! pid, written by `lxc-start -p` and removed by LXC at stop) and
-//! `geats.json` (where the rootfs is and whether geats owns it).
+//! `geats-record.json` (geats' definition and volume records, for
+//! `geats recover`; `geats.json` was written by earlier versions).
 //!
 //! Settings (`[vm_types.lxc]`): `lxcpath` (default `ROOT/var/lib/lxc`),
 //! `shutdown_timeout` (seconds, default 30), `default_rootfs_prefix`
@@ -108,6 +109,9 @@ pub struct Lxc {
     idmapped_mounts: confine::IdmappedMounts,
     devices: Vec<&'static str>,
 }
+
+/// geats' record of a container, beside its LXC config (`geats recover`).
+const RECORD: &str = "geats-record.json";
 
 const LOG_LEVELS: [&str; 9] = ["TRACE", "DEBUG", "INFO", "NOTICE", "WARN", "ERROR", "CRIT", "ALERT", "FATAL"];
 
@@ -518,7 +522,7 @@ impl VmType for Lxc {
 
     fn undefine(&self, vm: &VmName) -> Result<(), VmError> {
         let dir = self.dir(vm);
-        for f in ["config", "lxc.log", "geats.pid", "geats.json", "seccomp"] {
+        for f in ["config", "lxc.log", "geats.pid", "geats.json", "seccomp", RECORD] {
             remove_if_exists(&dir.join(f))?;
         }
         if let Err(e) = crate::sys::fsutil::ignore_missing(std::fs::remove_dir(&dir)) {
@@ -531,12 +535,52 @@ impl VmType for Lxc {
         self.file(vm, "config").is_file()
     }
 
+    /// Waits while an `lxc-*` tool runs on this container (`-P LXCPATH
+    /// -n NAME` in its command line, as geats runs them), up to the
+    /// shutdown timeout plus 10 s.
+    fn settle(&self, vm: &VmName) {
+        let limit = self.shutdown_timeout + Duration::from_secs(10);
+        let t = std::time::Instant::now();
+        while t.elapsed() < limit && state::tools_running(&self.lxcpath, vm.as_str()) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn keep_record(&self, vm: &VmName, record: &[u8]) -> Result<(), VmError> {
+        let path = self.file(vm, RECORD);
+        write_atomic(&path, record, 0o600).map_err(Self::io("write", &path))
+    }
+
+    fn kept_records(&self) -> Vec<Vec<u8>> {
+        self.list().iter().filter_map(|vm| std::fs::read(self.file(vm, RECORD)).ok()).collect()
+    }
+
+    /// The containers of the lxcpath: its directories holding a `config`.
+    fn list(&self) -> Vec<VmName> {
+        let Ok(rd) = std::fs::read_dir(&self.lxcpath) else { return Vec::new() };
+        let mut out: Vec<VmName> = rd
+            .flatten()
+            .filter(|e| e.path().join("config").is_file())
+            .filter_map(|e| VmName::new(e.file_name().to_string_lossy().as_ref()).ok())
+            .collect();
+        out.sort();
+        out
+    }
+
     fn start(&self, vm: &VmName) -> Result<(), VmError> {
         if self.is_running(vm) {
             return Ok(());
         }
         if !self.exists(vm) {
             return Err(VmError::Hypervisor { hypervisor: "lxc", step: "start", vm: vm.clone(), detail: format!("no LXC config at {}", self.file(vm, "config").display()) });
+        }
+        // A monitor of this container still running while it is not
+        // running is a stop in progress (e.g. an `lxc-stop` left by a
+        // killed geats, issue 11): starting now fails to enter the
+        // cgroup it is removing, so let it finish first.
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_secs(10) && state::scan_monitors(&self.lxcpath).contains_key(vm.as_str()) && !self.is_running(vm) {
+            std::thread::sleep(Duration::from_millis(50));
         }
         if let Some(Meta { rootfs, owned, definition: Some(def), volumes, .. }) = self.read_meta(vm) {
             let att: Vec<AttachedVolume> = volumes

@@ -84,6 +84,7 @@ pub struct Cmd {
     argv: Vec<OsString>,
     stdin: Option<Vec<u8>>,
     timeout: Duration,
+    group: bool,
 }
 
 impl Cmd {
@@ -95,7 +96,7 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        Cmd { argv: argv.into_iter().map(|a| a.as_ref().to_os_string()).collect(), stdin: None, timeout: Duration::from_secs(60) }
+        Cmd { argv: argv.into_iter().map(|a| a.as_ref().to_os_string()).collect(), stdin: None, timeout: Duration::from_secs(60), group: false }
     }
 
     /// Append one argument.
@@ -113,6 +114,15 @@ impl Cmd {
     /// Kill the child after this long.
     pub fn timeout(mut self, t: Duration) -> Cmd {
         self.timeout = t;
+        self
+    }
+
+    /// Run it in a process group of its own, and make the timeout cover
+    /// everything in that group: when it passes, the whole group is
+    /// killed, also processes the command left behind holding its output
+    /// open (a hook script's `sleep`). For programs geats does not know.
+    pub fn own_group(mut self) -> Cmd {
+        self.group = true;
         self
     }
 
@@ -159,6 +169,10 @@ impl Cmd {
         c.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if self.group {
+            use std::os::unix::process::CommandExt;
+            c.process_group(0);
+        }
         let mut child = c.spawn().map_err(|source| ExecError::Spawn { program: self.program(), source })?;
         if let (Some(data), Some(mut sin)) = (self.stdin.clone(), child.stdin.take()) {
             std::thread::spawn(move || {
@@ -188,6 +202,7 @@ impl Cmd {
                 Ok(Some(st)) => break st,
                 Ok(None) if start.elapsed() >= self.timeout => {
                     let _ = child.kill();
+                    self.kill_group(child.id());
                     let _ = child.wait();
                     let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
                     return Err(ExecError::Timeout { argv: self.shown(), secs: self.timeout.as_secs(), stderr });
@@ -199,9 +214,31 @@ impl Cmd {
                 Err(source) => return Err(ExecError::Spawn { program: self.program(), source }),
             }
         };
+        if self.group {
+            // Whatever it left behind may hold the output open: wait for
+            // that only until the timeout.
+            while !(t_out.is_finished() && t_err.is_finished()) {
+                if start.elapsed() >= self.timeout {
+                    self.kill_group(child.id());
+                    let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
+                    return Err(ExecError::Timeout { argv: self.shown(), secs: self.timeout.as_secs(), stderr });
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         let stdout = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
         let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
         Ok(Output { code: status.code(), stdout, stderr })
+    }
+
+    /// Kill the process group of a command run with [`Cmd::own_group`]
+    /// (its id is the child's pid).
+    fn kill_group(&self, pid: u32) {
+        if self.group {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
     }
 
     /// Run with the terminal attached (console, ssh, exec): stdin, stdout
@@ -238,6 +275,18 @@ mod tests {
         assert_eq!(o.stdout, "hello");
         let o = Cmd::new(["env"]).run().unwrap();
         assert!(o.stdout.contains("LC_ALL=C") && !o.stdout.contains("HOME="), "{}", o.stdout);
+    }
+
+    #[test]
+    fn own_group_timeout_covers_what_the_command_left_behind() {
+        let t = Instant::now();
+        let e = Cmd::new(["sh", "-c", "sleep 30 & exit 0"]).own_group().timeout(Duration::from_millis(300)).run().unwrap_err();
+        assert!(matches!(e, ExecError::Timeout { .. }), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        let t = Instant::now();
+        let e = Cmd::new(["sh", "-c", "sleep 30"]).own_group().timeout(Duration::from_millis(300)).run().unwrap_err();
+        assert!(matches!(e, ExecError::Timeout { .. }), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     }
 
     #[test]

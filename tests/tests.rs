@@ -18,6 +18,8 @@ mod agent_contract;
 mod architecture;
 mod concurrency;
 mod ecosystem;
+mod events;
+mod lxc_events;
 mod lxc_lifecycle;
 mod plugins;
 mod schemas;

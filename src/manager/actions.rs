@@ -31,7 +31,7 @@ pub(super) fn run(op: &mut Op<'_>, action: &Action) -> Outcome {
         Action::Deprovision(vm) => deprovision(op, vm),
         Action::Lock(vm) => set_admin_lock(op, vm, true),
         Action::Unlock(vm) => set_admin_lock(op, vm, false),
-        Action::Status | Action::Info(_) | Action::Migrate(..) => {
+        Action::Status | Action::Info(_) | Action::Migrate(..) | Action::Events { .. } => {
             Err(Error::Internal(format!("{} is not a mutating action", action.name())))
         }
     }
@@ -287,6 +287,7 @@ fn apply_definition(op: &mut Op<'_>, vm: &VmName, plan: Plan, provision: bool) -
             defined: true,
             created: created.clone(),
             updated: db::now(),
+            intent: Default::default(),
         };
         let vrecs = volumes::records(vols);
         let undo = Undo::RestoreRecord(existing.clone().map(Box::new));

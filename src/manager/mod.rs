@@ -10,6 +10,7 @@
 //! neither the lock table nor the journal.
 
 mod actions;
+mod events;
 mod op;
 mod read;
 pub mod reply;
@@ -32,6 +33,9 @@ pub use reply::Reply;
 #[derive(Debug)]
 pub struct Manager {
     config: Config,
+    /// Events this request committed, for the hooks to run once the
+    /// request's transactions and lease are done.
+    pending: std::cell::RefCell<Vec<crate::db::Event>>,
 }
 
 /// What one VM's record file holds: everything only geats knows about it.
@@ -46,7 +50,7 @@ pub struct RecordFile {
 impl Manager {
     /// A manager over this configuration. Does no I/O.
     pub fn new(config: Config) -> Manager {
-        Manager { config }
+        Manager { config, pending: Default::default() }
     }
 
     /// The configuration.
@@ -56,9 +60,16 @@ impl Manager {
 
     /// Run one request and return its reply data.
     pub fn execute(&self, req: &Request) -> Result<Reply> {
+        let out = self.dispatch(req);
+        self.run_hooks();
+        out
+    }
+
+    fn dispatch(&self, req: &Request) -> Result<Reply> {
         match &req.action {
             Action::Status => self.status().map(Reply::Status),
             Action::Info(vm) => self.info(vm).map(|i| Reply::Info(Box::new(i))),
+            Action::Events { since, limit } => self.events(*since, *limit).map(Reply::Events),
             Action::Migrate(_, dest) => Err(Error::NotSupported(format!(
                 "migrate to {dest} is not supported by any configured VM type yet"
             ))),
@@ -162,9 +173,10 @@ impl Manager {
         }
         let me = me();
         self.acquire_lease(&mut db, &vm, action, me)?;
+        let before = events::before(&db, &vm);
         let meta = op::Meta { vm: vm.clone(), action, caller: req.caller.clone(), request_id: req.request_id.clone() };
         let result = (|| {
-            let mut op = Op::real(&self.config, &mut db, meta);
+            let mut op = Op::real(&self.config, &mut db, meta.clone());
             let out = actions::run(&mut op, &req.action);
             // Bad input refused before any step leaves no trace; refusals
             // and no-ops of valid requests are journaled too.
@@ -179,6 +191,7 @@ impl Manager {
                     Ok(reply) => db.journal_end(jid, "ok", reply.changed(), &steps, Some(&reply.to_json()))?,
                     Err(e) => db.journal_end(jid, e.code().as_str(), None, &steps, None)?,
                 }
+                self.note_action(&mut db, before, &req.action, &meta, &out);
             }
             out
         })();

@@ -1,13 +1,13 @@
-//! The read-only actions, `status` and `info`: no lock, no write
-//! transaction, no journal entry. The running state always comes from the
-//! VM type, in one pass per VM type for `status`.
+//! The read-only actions, `status` and `info`: no lock, no journal entry,
+//! and no write transaction unless a drift began or ended (then one short
+//! one, see `events.rs`). The running state always comes from the VM type,
+//! in one pass per VM type for `status`.
 
 use std::collections::BTreeMap;
 
-use super::volumes;
-use super::reply::{HostStats, InfoReply, ListRow, StatusReply, VmStatus, VolumeInfo};
-use super::Manager;
-use crate::db::{Db, VmRecord};
+use super::reply::{HealthReport, HostStats, InfoReply, ListRow, StatusReply, VmStatus, VolumeInfo};
+use super::{events, volumes, Manager};
+use crate::db::{Db, Intent, VmRecord};
 use crate::error::{Error, Result};
 use crate::names::{TypeName, VmName};
 use crate::state::VmState;
@@ -25,14 +25,31 @@ impl Manager {
     /// `status`: every defined VM with its definition and state, and the
     /// host's figures.
     pub fn status(&self) -> Result<StatusReply> {
-        let db = self.db_read()?;
-        let (records, _types, states) = self.observe(db.as_ref())?;
+        let mut db = self.db_read()?;
+        // A drift is only recorded if no action recorded anything since
+        // the states were observed (db::events).
+        let read_at = self.read_started();
+        let (records, types, states) = self.observe(db.as_ref())?;
+        let basis = self.health_basis(db.as_ref(), read_at, &records)?;
         let ram = match &db {
             Some(db) => db.ram_promised()?,
             None => 0,
         };
         let status = self.host_stats(ram, records.len());
-        let vms = records.into_iter().map(|r| (r.name.clone(), VmStatus { state: state_of(&states, &r.name), definition: r.definition })).collect();
+        let mut vms = BTreeMap::new();
+        let mut intents = Vec::with_capacity(records.len());
+        for r in records {
+            let state = state_of(&states, &r.name);
+            let health = events::judge(&r.intent, basis.lease(&r.name), &state, || types.get(&r.vm_type).and_then(|t| t.exit_reason(&r.name)));
+            intents.push((r.name.clone(), r.intent));
+            vms.insert(r.name, VmStatus { state, definition: r.definition, health });
+        }
+        if let Some(db) = db.as_mut() {
+            let judged: Vec<(&VmName, &Intent, &HealthReport)> =
+                intents.iter().filter_map(|(n, i)| Some((n, i, &vms.get(n)?.health))).collect();
+            self.note_drifts(db, &basis, &judged);
+        }
+        self.run_hooks();
         Ok(StatusReply { vms, status })
     }
 
@@ -109,12 +126,18 @@ impl Manager {
 
     /// `info`: one defined VM.
     pub fn info(&self, vm: &VmName) -> Result<InfoReply> {
-        let Some(db) = self.db_read()? else { return Err(Error::NotFound(vm.clone())) };
+        let Some(mut db) = self.db_read()? else { return Err(Error::NotFound(vm.clone())) };
         let rec = match db.vm(vm)? {
             Some(r) if r.defined => r,
             _ => return Err(Error::NotFound(vm.clone())),
         };
+        let read_at = self.read_started();
         let vmt = vm::build(&self.config, &rec.vm_type)?;
+        let state = vmt.state(vm);
+        let basis = self.health_basis(Some(&db), read_at, [&rec])?;
+        let health = events::judge(&rec.intent, basis.lease(vm), &state, || vmt.exit_reason(vm));
+        self.note_drifts(&mut db, &basis, &[(vm, &rec.intent, &health)]);
+        self.run_hooks();
         let vols = volumes::open(&self.config, vm, &rec.definition, &*vmt)?;
         let storage = vols
             .iter()
@@ -136,7 +159,8 @@ impl Manager {
         Ok(InfoReply {
             name: rec.name,
             vm_type: rec.vm_type,
-            state: vmt.state(vm),
+            state,
+            health,
             locked: rec.locked,
             usage: vmt.usage(vm),
             ip: vmt.primary_ip(vm, &rec.definition),

@@ -99,14 +99,24 @@ pub enum Action {
     Restore(VmName, SnapshotName),
     /// Remove a snapshot.
     DeleteSnapshot(VmName, SnapshotName),
+    /// The event feed: events after `since`, at most `limit`.
+    Events {
+        /// Only events with a greater seq.
+        since: i64,
+        /// At most this many.
+        limit: u32,
+    },
 }
 
 impl Action {
     /// The action names, as on the wire.
-    pub const NAMES: [&'static str; 16] = [
+    pub const NAMES: [&'static str; 17] = [
         "status", "info", "define", "provision", "start", "stop", "shutdown", "reboot", "undefine", "deprovision", "lock", "unlock", "migrate",
-        "snapshot", "restore", "delete_snapshot",
+        "snapshot", "restore", "delete_snapshot", "events",
     ];
+
+    /// The default `limit` of `events`.
+    pub const EVENTS_LIMIT: u32 = 1000;
 
     /// The wire name.
     pub fn name(&self) -> &'static str {
@@ -127,13 +137,14 @@ impl Action {
             Action::Snapshot(..) => "snapshot",
             Action::Restore(..) => "restore",
             Action::DeleteSnapshot(..) => "delete_snapshot",
+            Action::Events { .. } => "events",
         }
     }
 
     /// The VM it acts on.
     pub fn vm(&self) -> Option<&VmName> {
         match self {
-            Action::Status => None,
+            Action::Status | Action::Events { .. } => None,
             Action::Info(v)
             | Action::Define(v, _)
             | Action::Provision(v, _)
@@ -154,7 +165,7 @@ impl Action {
 
     /// Does it change anything (and so take a lock and a journal entry)?
     pub fn is_mutating(&self) -> bool {
-        !matches!(self, Action::Status | Action::Info(_))
+        !matches!(self, Action::Status | Action::Info(_) | Action::Events { .. })
     }
 }
 
@@ -236,6 +247,11 @@ pub fn parse(name: &str, mut data: Value, caller: Option<String>, envelope_reque
         "snapshot" => Action::Snapshot(vm()?, snapshot()?),
         "restore" => Action::Restore(vm()?, snapshot()?),
         "delete_snapshot" => Action::DeleteSnapshot(vm()?, snapshot()?),
+        // The schema bounds both (integers, since >= 0, 1 <= limit <= 10000).
+        "events" => Action::Events {
+            since: data.get("since").and_then(Value::as_i64).unwrap_or(0),
+            limit: data.get("limit").and_then(Value::as_u64).map_or(Action::EVENTS_LIMIT, |l| u32::try_from(l).unwrap_or(u32::MAX)),
+        },
         other => return Err(RequestError::UnknownAction(other.to_string())),
     };
     let dry_run = data.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
@@ -275,6 +291,17 @@ mod tests {
         assert!(matches!(parse("start", json!([1]), None, None), Err(RequestError::Invalid(_))));
         let e = parse("define", json!({"vm_name": "a", "definition": {"name": "b"}}), None, None).unwrap_err();
         assert!(e.to_string().contains("/definition/name"), "{e}");
+    }
+
+    #[test]
+    fn events_defaults_and_bounds() {
+        let r = parse("events", json!({}), None, None).unwrap();
+        assert_eq!(r.action, Action::Events { since: 0, limit: Action::EVENTS_LIMIT });
+        let r = parse("events", json!({"since": 7, "limit": 2}), None, None).unwrap();
+        assert_eq!(r.action, Action::Events { since: 7, limit: 2 });
+        assert!(matches!(parse("events", json!({"since": -1}), None, None), Err(RequestError::Invalid(_))));
+        assert!(matches!(parse("events", json!({"limit": 0}), None, None), Err(RequestError::Invalid(_))));
+        assert!(matches!(parse("events", json!({"since": "3"}), None, None), Err(RequestError::Invalid(_))));
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub const SCHEMAS: &[(&str, &str)] = &[
     ("request/snapshot.json", include_str!("../schemas/request/snapshot.json")),
     ("request/restore.json", include_str!("../schemas/request/restore.json")),
     ("request/delete_snapshot.json", include_str!("../schemas/request/delete_snapshot.json")),
+    ("request/events.json", include_str!("../schemas/request/events.json")),
     ("reply/status.json", include_str!("../schemas/reply/status.json")),
     ("reply/info.json", include_str!("../schemas/reply/info.json")),
     ("reply/define.json", include_str!("../schemas/reply/define.json")),
@@ -47,6 +48,7 @@ pub const SCHEMAS: &[(&str, &str)] = &[
     ("reply/snapshot.json", include_str!("../schemas/reply/snapshot.json")),
     ("reply/restore.json", include_str!("../schemas/reply/restore.json")),
     ("reply/delete_snapshot.json", include_str!("../schemas/reply/delete_snapshot.json")),
+    ("reply/events.json", include_str!("../schemas/reply/events.json")),
     ("reply/error.json", include_str!("../schemas/reply/error.json")),
 ];
 

@@ -171,6 +171,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the event feed: lifecycle changes, failures and drifts, oldest first.
+    Events {
+        /// Only events with a greater seq (a previous run's last seq).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        since: i64,
+        /// Keep polling and print events as they come (Ctrl-C ends).
+        #[arg(long)]
+        follow: bool,
+        /// Seconds between polls with --follow.
+        #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+        interval: f64,
+        /// Print JSON: the reply, or with --follow one event per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the OS templates.
     Templates {
         /// Print JSON.
@@ -427,6 +442,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             }
             Ok(0)
         }
+        Command::Events { since, follow, interval, json } => events(&m, since, follow, interval, json),
         Command::Templates { json } => {
             let t = crate::template::available(&m.config().template_dir);
             if json {
@@ -526,6 +542,37 @@ fn snapshot_due(m: &Manager, opts: &ActOpts) -> Result<u8, Error> {
         table::print_json(&out);
     }
     Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// `geats events`: one page, or with `follow` every event as it comes.
+/// Each poll is the agent's `events` request, validated the same way.
+fn events(m: &Manager, mut since: i64, follow: bool, interval: f64, json: bool) -> Result<u8, Error> {
+    if !(0.05..=3600.0).contains(&interval) {
+        return Err(RequestError::invalid("/interval", format!("{interval} is not a number of seconds from 0.05 to 3600")).into());
+    }
+    loop {
+        let req = request::parse("events", json!({"since": since}), Some(caller()), None)?;
+        let crate::manager::Reply::Events(page) = m.execute(&req)? else {
+            return Err(Error::Internal("events answered something else".into()));
+        };
+        if page.gap {
+            tracing::warn!(since, "events after {since} were pruned (see [events] in the config); showing what is kept");
+        }
+        match (follow, json) {
+            (false, true) => table::print_json(&page),
+            (true, true) => page.events.iter().for_each(table::print_json_line),
+            (_, false) => page.events.iter().for_each(table::print_event),
+        }
+        // A page that ended at the limit: ask again at once.
+        let full = page.events.len() as u32 >= request::Action::EVENTS_LIMIT;
+        since = page.last_seq;
+        if !follow {
+            return Ok(0);
+        }
+        if !full {
+            std::thread::sleep(std::time::Duration::from_secs_f64(interval));
+        }
+    }
 }
 
 fn interactive(argv: Vec<String>) -> Result<u8, Error> {

@@ -5,7 +5,8 @@
 
 use serde::Serialize;
 
-use crate::manager::reply::{InfoReply, ListRow, Reply, RowState, StatusReply};
+use crate::db::Event;
+use crate::manager::reply::{HealthReport, InfoReply, ListRow, Reply, RowState, StatusReply};
 use crate::names::VmName;
 use crate::state::VmState;
 
@@ -77,7 +78,7 @@ pub fn print_action(action: &str, vm_name: Option<&VmName>, reply: &Reply) {
                 None => println!("{vm}: {action}: {changed} (answered from the journal)"),
             }
         }
-        Reply::Status(_) | Reply::Info(_) => print_json(reply),
+        Reply::Status(_) | Reply::Info(_) | Reply::Events(_) => print_json(reply),
         Reply::Repaired(r) => {
             for rep in &r.repaired {
                 println!("{vm}: repaired an interrupted {} (journal entry {}): {}", rep.action, rep.journal_id, rep.resolution.replace('_', " "));
@@ -155,6 +156,8 @@ pub fn print_info(i: &InfoReply) {
     println!("Name:        {}", i.name);
     println!("Type:        {}", i.vm_type);
     println!("State:       {}", state_str(&i.state));
+    println!("Desired:     {}", or_dash(i.health.desired.as_ref()));
+    println!("Health:      {}", health_str(&i.health));
     println!("Locked:      {}", if i.locked { "yes" } else { "no" });
     println!("Privileged:  {}", if i.privileged { "yes (root inside is root on the host)" } else { "no" });
     if let Some(desc) = &d.description {
@@ -210,9 +213,56 @@ pub fn print_status(st: &StatusReply) {
     let rows: Vec<Vec<String>> = st
         .vms
         .iter()
-        .map(|(n, v)| vec![n.to_string(), state_str(&v.state), or_dash(v.definition.vm_type.as_ref())])
+        .map(|(n, v)| {
+            vec![n.to_string(), state_str(&v.state), or_dash(v.health.desired.as_ref()), health_str(&v.health), or_dash(v.definition.vm_type.as_ref())]
+        })
         .collect();
-    render(&["NAME", "STATE", "TYPE"], &rows);
+    render(&["NAME", "STATE", "DESIRED", "HEALTH", "TYPE"], &rows);
+}
+
+/// Health with what explains it: the action in flight, the exit reason.
+fn health_str(h: &HealthReport) -> String {
+    let mut s = h.health.as_str().to_string();
+    if let Some(f) = &h.in_flight {
+        s.push_str(&format!(" ({} for {:.0} s by {})", f.action, f.running_s, f.caller.as_deref().unwrap_or("?")));
+    }
+    if let Some(r) = &h.exit_reason {
+        s.push_str(&format!(" ({})", r.replace(['\n', '\r'], " ")));
+    }
+    s
+}
+
+/// One line per event, for `geats events` (also while following, so no
+/// column widths that depend on later lines).
+pub fn print_event(e: &Event) {
+    let outcome = match (e.ok, &e.errorcode) {
+        (true, _) => "ok".to_string(),
+        (false, Some(c)) => format!("failed: {c}"),
+        (false, None) => "drift".to_string(),
+    };
+    let mut line = format!(
+        "{:>6}  {}  {}  {}  {}  {}  {}",
+        e.seq,
+        e.time,
+        e.vm.as_deref().unwrap_or("-"),
+        e.kind,
+        outcome,
+        e.caller.as_deref().unwrap_or("-"),
+        e.request_id.as_deref().unwrap_or("-")
+    );
+    if let Some(d) = &e.detail {
+        line.push_str(&format!("  {}", d.replace(['\n', '\r'], " ")));
+    }
+    println!("{line}");
+}
+
+/// One event as a line of JSON (`geats events --follow --json`).
+pub fn print_json_line<T: Serialize + ?Sized>(v: &T) {
+    use std::io::Write;
+    let value = serde_json::to_value(v).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{value}");
+    let _ = out.flush();
 }
 
 /// The `geats history` table.

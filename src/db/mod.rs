@@ -7,6 +7,7 @@
 //! The schema version is `PRAGMA user_version`; [`MIGRATIONS`] brings an
 //! older file up to date.
 
+mod events;
 mod journal;
 mod leases;
 mod snapshots;
@@ -16,13 +17,14 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
+pub use events::{Drift, Event, EventPage, LeaseInfo, NewEvent, Retention};
 pub use journal::{JournalEntry, JournalId, Unfinished};
 pub use leases::LeaseHolder;
 pub use snapshots::SnapshotRecord;
-pub use vms::{VmRecord, VolumeRecord};
+pub use vms::{Desired, Intent, VmRecord, VolumeRecord};
 
 /// Schema migrations: entry N brings version N to N+1.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("snapshots.sql"), include_str!("journal_intent.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("snapshots.sql"), include_str!("journal_intent.sql"), include_str!("schema_events.sql")];
 
 /// The current schema version.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -289,7 +291,12 @@ fn tune(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Now as RFC 3339 UTC with milliseconds, e.g. `2026-11-23T09:40:01.123Z`.
 pub fn now() -> String {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    rfc3339(std::time::SystemTime::now())
+}
+
+/// A time as RFC 3339 UTC with milliseconds, the form [`now`] writes.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Civil from days (Howard Hinnant's algorithm).
@@ -311,9 +318,39 @@ pub fn now() -> String {
     )
 }
 
+/// Milliseconds since the epoch of a time [`now`] wrote
+/// (`2026-11-23T09:40:01.123Z`); `None` for any other text.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 24 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'.' || b[23] != b'Z' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss, ms) = (n(11..13)?, n(14..16)?, n(17..19)?, n(20..23)?);
+    // Days from civil (Howard Hinnant's algorithm), the inverse of `rfc3339`.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86400 + hh * 3600 + mm * 60 + ss) * 1000) + ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_round_trip() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_123_456);
+        let s = rfc3339(t);
+        assert_eq!(parse_rfc3339_ms(&s), Some(1_795_000_123_456), "{s}");
+        assert_eq!(parse_rfc3339_ms("2000-02-29T23:59:59.999Z"), Some(951_868_799_999));
+        assert_eq!(parse_rfc3339_ms("nope"), None);
+    }
 
     #[test]
     fn create_then_reopen() {

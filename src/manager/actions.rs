@@ -34,7 +34,7 @@ pub(super) fn run(op: &mut Op<'_>, action: &Action) -> Outcome {
         Action::Snapshot(vm, name) => super::snapshots::snapshot(op, vm, name),
         Action::Restore(vm, name) => super::snapshots::restore(op, vm, name),
         Action::DeleteSnapshot(vm, name) => super::snapshots::delete(op, vm, name),
-        Action::Status | Action::Info(_) | Action::Migrate(..) => {
+        Action::Status | Action::Info(_) | Action::Migrate(..) | Action::Events { .. } => {
             Err(Error::Internal(format!("{} is not a mutating action", action.name())))
         }
     }
@@ -302,6 +302,7 @@ pub(super) fn apply_definition(op: &mut Op<'_>, vm: &VmName, plan: Plan, provisi
             defined: true,
             created: created.clone(),
             updated: db::now(),
+            intent: Default::default(),
         };
         let vrecs = volumes::records(vols);
         let undo = Undo::RestoreRecord(existing.clone().map(Box::new));

@@ -11,6 +11,7 @@
 
 mod actions;
 mod check;
+mod events;
 mod kept;
 mod op;
 mod read;
@@ -37,6 +38,9 @@ pub use reply::Reply;
 #[derive(Debug)]
 pub struct Manager {
     config: Config,
+    /// Events this request committed, for the hooks to run once the
+    /// request's transactions and lease are done.
+    pending: std::cell::RefCell<Vec<crate::db::Event>>,
 }
 
 /// What one VM's record file holds: everything only geats knows about it.
@@ -54,7 +58,7 @@ pub struct RecordFile {
 impl Manager {
     /// A manager over this configuration. Does no I/O.
     pub fn new(config: Config) -> Manager {
-        Manager { config }
+        Manager { config, pending: Default::default() }
     }
 
     /// The configuration.
@@ -64,9 +68,16 @@ impl Manager {
 
     /// Run one request and return its reply data.
     pub fn execute(&self, req: &Request) -> Result<Reply> {
+        let out = self.dispatch(req);
+        self.run_hooks();
+        out
+    }
+
+    fn dispatch(&self, req: &Request) -> Result<Reply> {
         match &req.action {
             Action::Status => self.status_repaired().map(|(s, r)| Reply::Status(s).with_repairs(r)),
             Action::Info(vm) => self.info_repaired(vm).map(|(i, r)| Reply::Info(Box::new(i)).with_repairs(r)),
+            Action::Events { since, limit } => self.events(*since, *limit).map(Reply::Events),
             Action::Migrate(_, dest) => Err(Error::NotSupported(format!(
                 "migrate to {dest} is not supported by any configured VM type yet"
             ))),
@@ -179,6 +190,7 @@ impl Manager {
         let mut db = self.db_write()?;
         let me = me();
         self.acquire_lease(&mut db, &vm, action, me)?;
+        let before = events::before(&db, &vm);
         let meta = op::Meta { vm: vm.clone(), action, caller: req.caller.clone(), request_id: req.request_id.clone() };
         let mut repairs = Vec::new();
         let result = (|| {
@@ -192,7 +204,7 @@ impl Manager {
                     return Ok(Reply::Replayed(reply));
                 }
             }
-            let mut op = Op::real(&self.config, &mut db, meta);
+            let mut op = Op::real(&self.config, &mut db, meta.clone());
             let out = actions::run(&mut op, &req.action);
             // Bad input refused before any step leaves no trace; refusals
             // and no-ops of valid requests are journaled too.
@@ -207,6 +219,7 @@ impl Manager {
                     Ok(reply) => db.journal_end(jid, "ok", reply.changed(), &steps, Some(&reply.to_json()))?,
                     Err(e) => db.journal_end(jid, e.code().as_str(), None, &steps, None)?,
                 }
+                self.note_action(&mut db, before, &req.action, &meta, &out);
             }
             out
         })();

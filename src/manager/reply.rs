@@ -45,13 +45,15 @@ pub enum Reply {
     /// Any reply of a request that first repaired an interrupted action
     /// on its VM: the reply's own keys plus `repaired`.
     Repaired(Box<RepairedReply>),
+    /// `events`.
+    Events(EventsReply),
 }
 
 impl Reply {
     /// Did the action change anything? `None` for reads.
     pub fn changed(&self) -> Option<bool> {
         match self {
-            Reply::Status(_) | Reply::Info(_) => None,
+            Reply::Status(_) | Reply::Info(_) | Reply::Events(_) => None,
             Reply::Define(r) => Some(r.changed),
             Reply::Power(r) => Some(r.changed),
             Reply::Removed(r) => Some(r.changed),
@@ -111,6 +113,83 @@ pub struct VmStatus {
     pub state: VmState,
     /// Whether root inside is root on the host (`definition.privileged`).
     pub privileged: bool,
+    /// Desired against observed.
+    #[serde(flatten)]
+    pub health: HealthReport,
+}
+
+/// How a VM's observed state compares with its intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Desired and observed agree (or no intent was ever recorded).
+    Ok,
+    /// It should run but does not.
+    DownUnexpected,
+    /// It runs but should not.
+    UpUnexpected,
+    /// A live process holds its operation lease.
+    InFlight,
+    /// The VM type could not tell its state.
+    Unknown,
+}
+
+impl Health {
+    /// The wire word, which is also the kind of a drift's event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::DownUnexpected => "down_unexpected",
+            Health::UpUnexpected => "up_unexpected",
+            Health::InFlight => "in_flight",
+            Health::Unknown => "unknown",
+        }
+    }
+}
+
+/// The intent, the health, and what explains it: the keys `status`
+/// entries and `info` share.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthReport {
+    /// `running`, `stopped`, or null when no intent was recorded.
+    pub desired: Option<crate::db::Desired>,
+    /// Desired against observed.
+    pub health: Health,
+    /// The action under way, when `in_flight`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<InFlight>,
+    /// Why it stopped, when `down_unexpected` and the VM type knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_reason: Option<String>,
+}
+
+/// The action holding a VM's operation lease.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InFlight {
+    /// The action.
+    pub action: String,
+    /// Who asked, once its journal entry is open.
+    pub caller: Option<String>,
+    /// Its request id, once its journal entry is open.
+    pub request_id: Option<String>,
+    /// When it took the lease (RFC 3339).
+    pub since: String,
+    /// How long it has run, seconds.
+    pub running_s: f64,
+    /// The process running it.
+    pub pid: i64,
+}
+
+/// `events`: one page of the feed.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventsReply {
+    /// Events with `seq > since`, oldest first.
+    pub events: Vec<crate::db::Event>,
+    /// The next request's `since`.
+    pub last_seq: i64,
+    /// Present (and true) when events after `since` were pruned.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub gap: bool,
 }
 
 /// The host's figures: the original keys (kB, load average) plus what a
@@ -160,6 +239,9 @@ pub struct InfoReply {
     pub definition: Definition,
     /// `[state, substate]`.
     pub state: VmState,
+    /// Desired against observed.
+    #[serde(flatten)]
+    pub health: HealthReport,
     /// The admin lock.
     pub locked: bool,
     /// Whether root inside is root on the host (`definition.privileged`).

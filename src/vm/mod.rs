@@ -244,6 +244,12 @@ pub trait VmType: std::fmt::Debug {
         vms.iter().map(|v| (v.clone(), self.state(v))).collect()
     }
 
+    /// Why a VM that should run has stopped, if the VM type knows (LXC:
+    /// from its log of the last start). Only asked for a stopped VM.
+    fn exit_reason(&self, _vm: &VmName) -> Option<String> {
+        None
+    }
+
     /// Memory and CPU usage.
     fn usage(&self, _vm: &VmName) -> Usage {
         Usage::default()

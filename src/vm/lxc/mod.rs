@@ -246,6 +246,19 @@ impl Lxc {
         })
     }
 
+    /// How the container's init ended, as the monitor logs it at level
+    /// INFO or finer when init exits (so only with `log_level = "INFO"`):
+    /// ```text
+    /// lxc-start c1 20261201120102.481 INFO     error - ../src/lxc/error.c:lxc_error_set_and_log:34 - Child <4242> ended on signal Killed(9)
+    /// ```
+    /// gives `init ended on signal Killed(9)`.
+    fn log_exit(&self, vm: &VmName) -> Option<String> {
+        let text = std::fs::read_to_string(self.file(vm, "lxc.log")).ok()?;
+        let line = text.lines().rev().find(|l| l.contains("lxc_error_set_and_log"))?;
+        let at = line.find("ended on ")?;
+        Some(format!("init {}", line[at..].trim()))
+    }
+
     fn read_meta(&self, vm: &VmName) -> Option<Meta> {
         serde_json::from_str(&std::fs::read_to_string(self.file(vm, "geats.json")).ok()?).ok()
     }
@@ -704,6 +717,10 @@ impl VmType for Lxc {
         let sockets = state::abstract_sockets();
         let scan = std::cell::OnceCell::new();
         vms.iter().map(|v| (v.clone(), self.state_with(v, &sockets, &scan))).collect()
+    }
+
+    fn exit_reason(&self, vm: &VmName) -> Option<String> {
+        self.log_exit(vm).or_else(|| self.log_error(vm))
     }
 
     fn usage(&self, vm: &VmName) -> Usage {

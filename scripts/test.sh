@@ -72,6 +72,7 @@ packages=(
   ruby mcollective mcollective-client rabbitmq-server  # MCollective contract tests
   openssh-server openssh-client          # Vagoth over SSH
   sqlite3 groff-base                     # docs examples (backup), man page check
+  python3 e2fsprogs                      # exec plugins: the test plugins and examples/plugins
 )
 missing=()
 for p in "${packages[@]}"; do

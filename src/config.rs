@@ -66,6 +66,52 @@ struct FileConfig {
     vm_types: BTreeMap<String, VmTypeConfig>,
     #[serde(default)]
     storage_types: BTreeMap<String, StorageTypeConfig>,
+    #[serde(default)]
+    events: EventsFile,
+    #[serde(default)]
+    hooks: HooksFile,
+}
+
+/// `[events]`: the retention of the event feed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsFile {
+    keep: Option<u64>,
+    max_age_days: Option<f64>,
+}
+
+/// `[hooks]`: programs run after an event is committed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HooksFile {
+    on_event: Option<PathBuf>,
+    timeout: Option<f64>,
+    #[serde(default)]
+    by_kind: BTreeMap<String, PathBuf>,
+}
+
+/// The event kinds a hook may be configured for: every mutating action
+/// and the two drifts.
+pub const EVENT_KINDS: [&str; 12] = [
+    "define", "provision", "start", "stop", "shutdown", "reboot", "undefine", "deprovision", "lock", "unlock", "down_unexpected", "up_unexpected",
+];
+
+/// The hooks: which program runs for an event, and for how long at most.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    /// Run for every event without a program of its own kind.
+    pub on_event: Option<PathBuf>,
+    /// Run for events of one kind, instead of `on_event`.
+    pub by_kind: BTreeMap<String, PathBuf>,
+    /// How long all the hooks of one request may take together.
+    pub timeout: Duration,
+}
+
+impl Hooks {
+    /// The program for an event of `kind`, if any.
+    pub fn for_kind(&self, kind: &str) -> Option<&Path> {
+        self.by_kind.get(kind).or(self.on_event.as_ref()).map(PathBuf::as_path)
+    }
 }
 
 /// A configured VM type: its driver and the driver's own settings.
@@ -123,6 +169,12 @@ pub struct Config {
     pub vm_types: BTreeMap<TypeName, VmTypeConfig>,
     /// The storage types by name.
     pub storage_types: BTreeMap<TypeName, StorageTypeConfig>,
+    /// Keep at most this many events (`[events] keep`, default 10000).
+    pub events_keep: u64,
+    /// Keep no event older than this (`[events] max_age_days`, default 30).
+    pub events_max_age: Duration,
+    /// `[hooks]`.
+    pub hooks: Hooks,
 }
 
 /// The embedded defaults' name for diagnostics.
@@ -207,6 +259,32 @@ impl Config {
                 }
             }
         }
+        let events_keep = file.events.keep.unwrap_or(10_000);
+        if events_keep == 0 {
+            return Err(invalid("events.keep", "0 would keep no event; use at least 1".into()));
+        }
+        let days = file.events.max_age_days.unwrap_or(30.0);
+        if !(days > 0.0 && days <= 36_500.0) {
+            return Err(invalid("events.max_age_days", format!("{days} is not a number of days above 0 and at most 36500")));
+        }
+        let events_max_age = Duration::from_secs_f64(days * 86400.0);
+        let hook_path = |key: &str, p: PathBuf| -> Result<PathBuf, ConfigError> {
+            if p.is_absolute() {
+                Ok(p)
+            } else {
+                Err(invalid(key, format!("{} is not an absolute path (hooks run without a shell or a search path)", p.display())))
+            }
+        };
+        let on_event = file.hooks.on_event.map(|p| hook_path("hooks.on_event", p)).transpose()?;
+        let mut by_kind = BTreeMap::new();
+        for (kind, p) in file.hooks.by_kind {
+            let key = format!("hooks.by_kind.{kind}");
+            if !EVENT_KINDS.contains(&kind.as_str()) {
+                return Err(invalid(&key, format!("{kind} is not an event kind ({})", EVENT_KINDS.join(", "))));
+            }
+            by_kind.insert(kind, hook_path(&key, p)?);
+        }
+        let hooks = Hooks { on_event, by_kind, timeout: seconds("hooks.timeout", file.hooks.timeout, 10.0)? };
         let request_limit = file.request_limit.unwrap_or(1 << 20);
         if request_limit < 1024 {
             return Err(invalid("request_limit", format!("{request_limit} bytes is too small; use at least 1024")));
@@ -226,6 +304,9 @@ impl Config {
             default_vm_type,
             vm_types,
             storage_types,
+            events_keep,
+            events_max_age,
+            hooks,
             source,
             root,
         })
@@ -335,6 +416,22 @@ mod tests {
     fn bad_key_names_file_line_and_key() {
         let e = Config::from_toml("root = \"/\"\nbogus = 1\n", Some("/etc/g.toml".into()), None).unwrap_err().to_string();
         assert!(e.contains("/etc/g.toml") && e.contains("line 2") && e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn events_and_hooks() {
+        let c = Config::from_toml("", None, None).unwrap();
+        assert_eq!((c.events_keep, c.events_max_age), (10_000, Duration::from_secs(30 * 86400)));
+        assert!(c.hooks.for_kind("start").is_none());
+        let t = "[events]\nkeep = 5\n[hooks]\non_event = \"/a\"\ntimeout = 2\n[hooks.by_kind]\ndown_unexpected = \"/b\"\n";
+        let c = Config::from_toml(t, None, None).unwrap();
+        assert_eq!(c.events_keep, 5);
+        assert_eq!(c.hooks.for_kind("start"), Some(Path::new("/a")));
+        assert_eq!(c.hooks.for_kind("down_unexpected"), Some(Path::new("/b")));
+        assert_eq!(c.hooks.timeout, Duration::from_secs(2));
+        for bad in ["[hooks]\non_event = \"rel\"\n", "[hooks.by_kind]\nexplode = \"/x\"\n", "[events]\nkeep = 0\n"] {
+            assert!(Config::from_toml(bad, None, None).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -64,6 +64,44 @@ pub struct Definition {
     /// before starting the next (the largest of the group counts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_delay: Option<u32>,
+    /// Snapshot retention and schedule (`geats snapshot --due`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<SnapshotPolicy>,
+}
+
+/// What a definition asks of snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotPolicy {
+    /// Keep at most this many: a new snapshot beyond it deletes the oldest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<u32>,
+    /// Take one named by date when one is due (`geats snapshot --due`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+}
+
+/// How often `geats snapshot --due` takes a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Once an hour.
+    Hourly,
+    /// Once a day.
+    Daily,
+    /// Once a week.
+    Weekly,
+}
+
+impl Schedule {
+    /// The period, seconds.
+    pub fn period_s(self) -> i64 {
+        match self {
+            Schedule::Hourly => 3600,
+            Schedule::Daily => 86_400,
+            Schedule::Weekly => 7 * 86_400,
+        }
+    }
 }
 
 /// How a NIC attaches to the host.

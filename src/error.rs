@@ -216,6 +216,14 @@ pub enum Error {
     /// The named VM does not exist.
     #[error("no VM named {0} (see `geats list`)")]
     NotFound(VmName),
+    /// The VM has no snapshot of that name.
+    #[error("VM {vm} has no snapshot named {snapshot} (see `geats snapshots {vm}`)")]
+    NoSnapshot {
+        /// The VM.
+        vm: VmName,
+        /// The snapshot asked for.
+        snapshot: String,
+    },
     /// The VM carries the admin lock.
     #[error("VM {0} is locked by an administrator; run `geats unlock {0}` first")]
     Locked(VmName),
@@ -245,7 +253,7 @@ pub enum Error {
     #[error("{0}")]
     NotSupported(String),
     /// The database is missing while VMs exist.
-    #[error("database {path} is missing or unreadable, but {count} VM record(s) exist under {records}; run `geats recover` to rebuild it")]
+    #[error("database {path} is missing or unreadable, but {count} VM(s) exist (records under {records}, or containers); run `geats recover` to rebuild it")]
     DatabaseMissing {
         /// The database file.
         path: String,
@@ -286,15 +294,16 @@ impl Error {
             },
             Error::Config(_) => C::ConfigInvalid,
             Error::Db(e) if e.is_contention() => C::Busy,
+            Error::Db(e) if e.is_io() => C::IoFailed,
             Error::Db(e) => match e {
                 DbError::Open { .. } | DbError::TooNew { .. } | DbError::Corrupt { .. } => C::DatabaseMissing,
-                DbError::CreateDir { .. } | DbError::Query { .. } => C::Internal,
+                DbError::CreateDir { .. } | DbError::CreateFile { .. } | DbError::Query { .. } => C::Internal,
             },
             Error::Vm(e) => match e {
                 VmError::Invalid { .. } => C::InvalidData,
                 VmError::Io { .. } => C::IoFailed,
                 VmError::Hypervisor { .. } => C::Hypervisor,
-                VmError::Tool { .. } | VmError::Failed { .. } => C::ToolFailed,
+                VmError::Tool { .. } | VmError::Failed { .. } | VmError::Plugin { .. } => C::ToolFailed,
                 VmError::NotSupported(_) => C::NotSupported,
                 VmError::Refused { .. } => C::InvalidState,
             },
@@ -302,6 +311,9 @@ impl Error {
                 StorageError::TypeNotAllowed { .. } | StorageError::BadOption { .. } => C::InvalidData,
                 StorageError::Config(_) => C::ConfigInvalid,
                 StorageError::Io { .. } | StorageError::Tool { .. } | StorageError::State { .. } => C::StorageFailed,
+                StorageError::Plugin { .. } => C::ToolFailed,
+                StorageError::NotSupported { .. } => C::NotSupported,
+                StorageError::NoSnapshot { .. } => C::NotFound,
             },
             Error::Template(e) => match e {
                 TemplateError::NotFound { .. } => C::InvalidData,
@@ -311,6 +323,7 @@ impl Error {
             Error::Io { .. } => C::IoFailed,
             Error::CorruptRecord { .. } => C::Internal,
             Error::NotFound(_) => C::NotFound,
+            Error::NoSnapshot { .. } => C::NotFound,
             Error::Locked(_) => C::VmLocked,
             Error::Busy { .. } => C::Busy,
             Error::InvalidState { .. } => C::InvalidState,

@@ -30,6 +30,9 @@ fn init_logging(default: tracing::Level, verbose: u8, quiet: bool) {
 }
 
 fn main() -> ExitCode {
+    // Whatever umask the caller left, nothing geats creates is writable by
+    // others (issue 11).
+    geats::sys::proc::restrict_umask();
     let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
     let argv0 = args.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_string()).unwrap_or_default();
     let verbose = args.iter().filter(|a| a.as_str() == "-v" || a.as_str() == "--verbose").count() as u8;

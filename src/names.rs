@@ -127,6 +127,10 @@ name_type!(
     TypeName, "type", 63, NAME_PATTERN
 );
 name_type!(
+    /// The name of a snapshot of a VM's volumes (the VM-name pattern).
+    SnapshotName, "snapshot", 63, NAME_PATTERN
+);
+name_type!(
     /// A host bridge or parent interface name.
     BridgeName, "bridge", 15, IFNAME_PATTERN
 );

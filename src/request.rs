@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use crate::definition::Definition;
-use crate::names::VmName;
+use crate::names::{SnapshotName, VmName};
 use crate::schema;
 
 /// One thing wrong with a request: where (a JSON pointer relative to the
@@ -93,13 +93,30 @@ pub enum Action {
     Unlock(VmName),
     /// Move to another host.
     Migrate(VmName, String),
+    /// Take a snapshot of every volume, under one name.
+    Snapshot(VmName, SnapshotName),
+    /// Bring every volume back to a snapshot.
+    Restore(VmName, SnapshotName),
+    /// Remove a snapshot.
+    DeleteSnapshot(VmName, SnapshotName),
+    /// The event feed: events after `since`, at most `limit`.
+    Events {
+        /// Only events with a greater seq.
+        since: i64,
+        /// At most this many.
+        limit: u32,
+    },
 }
 
 impl Action {
     /// The action names, as on the wire.
-    pub const NAMES: [&'static str; 13] = [
+    pub const NAMES: [&'static str; 17] = [
         "status", "info", "define", "provision", "start", "stop", "shutdown", "reboot", "undefine", "deprovision", "lock", "unlock", "migrate",
+        "snapshot", "restore", "delete_snapshot", "events",
     ];
+
+    /// The default `limit` of `events`.
+    pub const EVENTS_LIMIT: u32 = 1000;
 
     /// The wire name.
     pub fn name(&self) -> &'static str {
@@ -117,13 +134,17 @@ impl Action {
             Action::Lock(_) => "lock",
             Action::Unlock(_) => "unlock",
             Action::Migrate(..) => "migrate",
+            Action::Snapshot(..) => "snapshot",
+            Action::Restore(..) => "restore",
+            Action::DeleteSnapshot(..) => "delete_snapshot",
+            Action::Events { .. } => "events",
         }
     }
 
     /// The VM it acts on.
     pub fn vm(&self) -> Option<&VmName> {
         match self {
-            Action::Status => None,
+            Action::Status | Action::Events { .. } => None,
             Action::Info(v)
             | Action::Define(v, _)
             | Action::Provision(v, _)
@@ -135,13 +156,16 @@ impl Action {
             | Action::Deprovision(v)
             | Action::Lock(v)
             | Action::Unlock(v)
-            | Action::Migrate(v, _) => Some(v),
+            | Action::Migrate(v, _)
+            | Action::Snapshot(v, _)
+            | Action::Restore(v, _)
+            | Action::DeleteSnapshot(v, _) => Some(v),
         }
     }
 
     /// Does it change anything (and so take a lock and a journal entry)?
     pub fn is_mutating(&self) -> bool {
-        !matches!(self, Action::Status | Action::Info(_))
+        !matches!(self, Action::Status | Action::Info(_) | Action::Events { .. })
     }
 }
 
@@ -194,6 +218,10 @@ pub fn parse(name: &str, mut data: Value, caller: Option<String>, envelope_reque
         def.check(vm).map_err(|(p, e)| RequestError::invalid(format!("/definition{p}"), e))?;
         Ok(Box::new(def))
     };
+    let snapshot = || -> Result<SnapshotName, RequestError> {
+        let s = data.get("snapshot").and_then(Value::as_str).unwrap_or_default();
+        SnapshotName::new(s).map_err(|e| RequestError::invalid("/snapshot", e))
+    };
     let action = match name {
         "status" => Action::Status,
         "info" => Action::Info(vm()?),
@@ -216,6 +244,14 @@ pub fn parse(name: &str, mut data: Value, caller: Option<String>, envelope_reque
         "lock" => Action::Lock(vm()?),
         "unlock" => Action::Unlock(vm()?),
         "migrate" => Action::Migrate(vm()?, data.get("vm_destination").and_then(Value::as_str).unwrap_or_default().to_string()),
+        "snapshot" => Action::Snapshot(vm()?, snapshot()?),
+        "restore" => Action::Restore(vm()?, snapshot()?),
+        "delete_snapshot" => Action::DeleteSnapshot(vm()?, snapshot()?),
+        // The schema bounds both (integers, since >= 0, 1 <= limit <= 10000).
+        "events" => Action::Events {
+            since: data.get("since").and_then(Value::as_i64).unwrap_or(0),
+            limit: data.get("limit").and_then(Value::as_u64).map_or(Action::EVENTS_LIMIT, |l| u32::try_from(l).unwrap_or(u32::MAX)),
+        },
         other => return Err(RequestError::UnknownAction(other.to_string())),
     };
     let dry_run = data.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
@@ -255,6 +291,17 @@ mod tests {
         assert!(matches!(parse("start", json!([1]), None, None), Err(RequestError::Invalid(_))));
         let e = parse("define", json!({"vm_name": "a", "definition": {"name": "b"}}), None, None).unwrap_err();
         assert!(e.to_string().contains("/definition/name"), "{e}");
+    }
+
+    #[test]
+    fn events_defaults_and_bounds() {
+        let r = parse("events", json!({}), None, None).unwrap();
+        assert_eq!(r.action, Action::Events { since: 0, limit: Action::EVENTS_LIMIT });
+        let r = parse("events", json!({"since": 7, "limit": 2}), None, None).unwrap();
+        assert_eq!(r.action, Action::Events { since: 7, limit: 2 });
+        assert!(matches!(parse("events", json!({"since": -1}), None, None), Err(RequestError::Invalid(_))));
+        assert!(matches!(parse("events", json!({"limit": 0}), None, None), Err(RequestError::Invalid(_))));
+        assert!(matches!(parse("events", json!({"since": "3"}), None, None), Err(RequestError::Invalid(_))));
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub const SCHEMAS: &[(&str, &str)] = &[
     ("request/lock.json", include_str!("../schemas/request/lock.json")),
     ("request/unlock.json", include_str!("../schemas/request/unlock.json")),
     ("request/migrate.json", include_str!("../schemas/request/migrate.json")),
+    ("request/snapshot.json", include_str!("../schemas/request/snapshot.json")),
+    ("request/restore.json", include_str!("../schemas/request/restore.json")),
+    ("request/delete_snapshot.json", include_str!("../schemas/request/delete_snapshot.json")),
+    ("request/events.json", include_str!("../schemas/request/events.json")),
     ("reply/status.json", include_str!("../schemas/reply/status.json")),
     ("reply/info.json", include_str!("../schemas/reply/info.json")),
     ("reply/define.json", include_str!("../schemas/reply/define.json")),
@@ -41,6 +45,10 @@ pub const SCHEMAS: &[(&str, &str)] = &[
     ("reply/lock.json", include_str!("../schemas/reply/lock.json")),
     ("reply/unlock.json", include_str!("../schemas/reply/unlock.json")),
     ("reply/migrate.json", include_str!("../schemas/reply/migrate.json")),
+    ("reply/snapshot.json", include_str!("../schemas/reply/snapshot.json")),
+    ("reply/restore.json", include_str!("../schemas/reply/restore.json")),
+    ("reply/delete_snapshot.json", include_str!("../schemas/reply/delete_snapshot.json")),
+    ("reply/events.json", include_str!("../schemas/reply/events.json")),
     ("reply/error.json", include_str!("../schemas/reply/error.json")),
 ];
 

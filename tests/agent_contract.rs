@@ -94,6 +94,7 @@ fn every_fixture_in_both_transports() {
             insta::assert_json_snapshot!(name, snap, {
                 ".**.created" => "[time]",
                 ".**.updated" => "[time]",
+                ".**.time" => "[time]",
                 ".**.used_bytes" => "[bytes]",
                 ".stdio.data.status" => "[host figures]",
                 ".mcollective.reply.status" => "[host figures]",

@@ -33,7 +33,7 @@ fn every_schema_compiles_under_the_reference_validator() {
     }
 }
 
-fn agree(name: &str, data: &Value, context: &str) {
+pub fn agree(name: &str, data: &Value, context: &str) {
     let ours = geats::schema::validate(name, data);
     let theirs = reference_validate(name, data);
     match (&ours, &theirs) {

@@ -17,23 +17,23 @@ use crate::common::{self, skip};
 
 /// A private root with a config; on drop, releases any mount and loop
 /// device left under it (printing what it had to clean), then removes it.
-struct Fixture {
+pub(crate) struct Fixture {
     dir: tempfile::TempDir,
     config: Config,
 }
 
 impl Fixture {
-    fn new(toml: &str) -> Fixture {
+    pub(crate) fn new(toml: &str) -> Fixture {
         let dir = tempfile::Builder::new().prefix("geats-storage-").tempdir().expect("tempdir");
         let config = Config::from_toml(toml, Some(dir.path().join("geats.toml")), Some(dir.path().to_path_buf())).expect("config");
         Fixture { dir, config }
     }
 
-    fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         self.dir.path()
     }
 
-    fn open(&self, vm: &str, spec: serde_json::Value) -> Result<Box<dyn Volume>, StorageError> {
+    pub(crate) fn open(&self, vm: &str, spec: serde_json::Value) -> Result<Box<dyn Volume>, StorageError> {
         let spec: VolumeSpec = serde_json::from_value(spec).expect("volume spec");
         storage::open(&self.config, &VmName::new(vm).expect("vm name"), &spec, "/definition/storage/0")
     }
@@ -49,34 +49,9 @@ impl Drop for Fixture {
     }
 }
 
-/// Mounts and loop devices under `dir`.
-fn leftovers(dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = common::mounts_under(dir).into_iter().map(|m| format!("mount {}", m.mount_point.display())).collect();
-    let losetup = Command::new("losetup").arg("-a").output().expect("losetup -a");
-    for line in String::from_utf8_lossy(&losetup.stdout).lines() {
-        if line.contains(&*dir.to_string_lossy()) {
-            out.push(format!("loop {line}"));
-        }
-    }
-    out
-}
+use common::{leftovers, release_under};
 
-/// Unmount everything under `dir` (deepest first) and detach loop devices
-/// backed by files under it.
-fn release_under(dir: &Path) {
-    let mut mounts: Vec<PathBuf> = common::mounts_under(dir).into_iter().map(|m| m.mount_point).collect();
-    mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for m in mounts {
-        let _ = Command::new("umount").arg("-l").arg(&m).status();
-    }
-    for (dev, file) in common::loop_devices() {
-        if file.starts_with(&*dir.to_string_lossy()) {
-            let _ = Command::new("losetup").arg("-d").arg(&dev).status();
-        }
-    }
-}
-
-fn need_root(test: &str) -> bool {
+pub(crate) fn need_root(test: &str) -> bool {
     if !common::is_root() {
         skip(test, &common::Missing::root("needs root for loop devices and mounts"));
         return false;
@@ -96,7 +71,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn all_under(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn all_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(p) = stack.pop() {
@@ -489,7 +464,7 @@ fn issue_5_agent_define_rolls_back_a_failed_chain() {
 }
 
 /// Releases mounts and loop devices under a directory on drop.
-struct Releaser(PathBuf);
+pub(crate) struct Releaser(pub(crate) PathBuf);
 
 impl Drop for Releaser {
     fn drop(&mut self) {
@@ -499,13 +474,13 @@ impl Drop for Releaser {
 
 /// A btrfs file system on a loop-mounted sparse file, made for one test;
 /// unmounted, detached and removed on drop.
-struct BtrfsMount {
+pub(crate) struct BtrfsMount {
     dir: tempfile::TempDir,
-    mnt: PathBuf,
+    pub(crate) mnt: PathBuf,
 }
 
 impl BtrfsMount {
-    fn new() -> BtrfsMount {
+    pub(crate) fn new() -> BtrfsMount {
         let dir = tempfile::Builder::new().prefix("geats-btrfs-").tempdir().expect("tempdir");
         let img = dir.path().join("btrfs.img");
         let mnt = dir.path().join("mnt");
@@ -521,7 +496,7 @@ impl BtrfsMount {
     }
 
     /// Subvolumes other than the template cache.
-    fn subvolumes(&self) -> Vec<String> {
+    pub(crate) fn subvolumes(&self) -> Vec<String> {
         let out = Command::new("btrfs").args(["subvolume", "list", "-o"]).arg(&self.mnt).output().expect("btrfs subvolume list");
         String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.contains(".templates")).map(str::to_string).collect()
     }
@@ -608,7 +583,7 @@ fn cache_entry(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// A template archive `NAME.tar.gz` with `etc/hostname` in `dir/templates`.
-fn make_template(dir: &Path, name: &str) -> Option<geats::template::Template> {
+pub(crate) fn make_template(dir: &Path, name: &str) -> Option<geats::template::Template> {
     make_template_with(dir, name, &format!("{name}\n"))
 }
 

@@ -159,6 +159,14 @@ pub fn run(args: &AgentArgs) -> u8 {
     reply::deliver(&transport, reply)
 }
 
+/// Parse request bytes as the agent does (size limit, UTF-8, JSON,
+/// envelope keys, schema, names, definition types): the whole input side
+/// of a request, without reading a file. For other front ends and for the
+/// property tests (`tests/fuzz.rs`).
+pub fn parse_request(bytes: &[u8], limit: usize) -> Result<crate::request::Request, RequestError> {
+    envelope::parse(bytes, limit)
+}
+
 /// Outcome of one request: the reply, or the error.
 pub type Served = Result<crate::manager::Reply, Error>;
 

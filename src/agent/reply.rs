@@ -15,6 +15,13 @@ fn write_reply(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     write_replace(path, data, 0o600, false)
 }
 
+/// A reply as JSON bytes. Straight into a byte buffer: `Value`'s
+/// `Display` goes through `fmt::Write` and cost a `status` of 100 VMs
+/// about 0.45M instructions more (callgrind).
+fn bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_else(|_| v.to_string().into_bytes())
+}
+
 /// Deliver the outcome; returns the exit code.
 pub fn deliver(transport: &Transport, served: Served) -> u8 {
     match transport {
@@ -33,8 +40,8 @@ pub fn deliver(transport: &Transport, served: Served) -> u8 {
                 eprintln!("geats: {} [{}]", e.message(), e.code());
             }
             let mut out = std::io::stdout().lock();
-            let text = envelope.to_string();
-            match out.write_all(text.as_bytes()).and_then(|_| out.write_all(b"\n")).and_then(|_| out.flush()) {
+            let text = bytes(&envelope);
+            match out.write_all(&text).and_then(|_| out.write_all(b"\n")).and_then(|_| out.flush()) {
                 Ok(()) => 0,
                 Err(_) => ExitClass::Other.code(),
             }
@@ -48,7 +55,7 @@ pub fn deliver(transport: &Transport, served: Served) -> u8 {
                     (error_object(e), e.code().exit_class())
                 }
             };
-            match write_reply(reply, body.to_string().as_bytes()) {
+            match write_reply(reply, &bytes(&body)) {
                 Ok(()) => class.code(),
                 Err(e) => {
                     eprintln!("cannot write reply file {}: {e}", reply.display());
@@ -64,7 +71,7 @@ pub fn deliver(transport: &Transport, served: Served) -> u8 {
                     json!({"statuscode": e.code().exit_class().code(), "statusmsg": e.message(), "data": error_object(e)})
                 }
             };
-            match write_reply(reply, body.to_string().as_bytes()) {
+            match write_reply(reply, &bytes(&body)) {
                 // Choria ignores the reply file on any non-zero exit.
                 Ok(()) => 0,
                 Err(e) => {

@@ -131,6 +131,43 @@ pub enum Command {
     Lock(VmArgs),
     /// Clear the admin lock.
     Unlock(VmArgs),
+    /// Take a snapshot of every volume of a VM (`--delete`: remove one;
+    /// `--due`: take the scheduled snapshots that are due, for a timer).
+    Snapshot {
+        /// The VM.
+        #[arg(required_unless_present = "due")]
+        name: Option<String>,
+        /// The snapshot's name.
+        #[arg(required_unless_present = "due")]
+        snapshot: Option<String>,
+        /// Delete the snapshot instead.
+        #[arg(long, conflicts_with = "due")]
+        delete: bool,
+        /// Snapshot every VM whose definition's `snapshots.schedule` is due, named auto-YYYYMMDD-HHMM.
+        #[arg(long, conflicts_with_all = ["name", "snapshot"])]
+        due: bool,
+        /// Acting options.
+        #[command(flatten)]
+        opts: ActOpts,
+    },
+    /// Bring every volume of a VM back to a snapshot (a running VM is shut down and started again).
+    Restore {
+        /// The VM.
+        name: String,
+        /// The snapshot.
+        snapshot: String,
+        /// Acting options.
+        #[command(flatten)]
+        opts: ActOpts,
+    },
+    /// List a VM's snapshots, oldest first.
+    Snapshots {
+        /// The VM.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Move a VM to another host (not supported yet).
     Migrate {
         /// The VM.
@@ -149,6 +186,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the event feed: lifecycle changes, failures and drifts, oldest first.
+    Events {
+        /// Only events with a greater seq (a previous run's last seq).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        since: i64,
+        /// Keep polling and print events as they come (Ctrl-C ends).
+        #[arg(long)]
+        follow: bool,
+        /// Seconds between polls with --follow.
+        #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+        interval: f64,
+        /// Print JSON: the reply, or with --follow one event per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the OS templates.
     Templates {
         /// Print JSON.
@@ -157,6 +209,19 @@ pub enum Command {
     },
     /// Rebuild a lost database from the VM record files.
     Recover,
+    /// Compare the database with the VM types and the storage and list
+    /// every difference. Exit 0: none; 1: some; 2 or more: the check
+    /// could not run.
+    Check {
+        /// Print a JSON array of `{vm, kind, detail}`.
+        #[arg(long)]
+        json: bool,
+        /// Fix what can be fixed safely (finish or undo interrupted
+        /// actions, write missing VM configs and record files again from
+        /// the database), then say what is left.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Attach to a VM's console.
     Console {
         /// The VM.
@@ -369,6 +434,24 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
         Command::Deprovision(a) => act(&m, "deprovision", json!({"vm_name": a.name}), &a.opts),
         Command::Lock(a) => act(&m, "lock", json!({"vm_name": a.name}), &a.opts),
         Command::Unlock(a) => act(&m, "unlock", json!({"vm_name": a.name}), &a.opts),
+        Command::Snapshot { name, snapshot, delete, due, opts } => {
+            if due {
+                return snapshot_due(&m, &opts);
+            }
+            let action = if delete { "delete_snapshot" } else { "snapshot" };
+            act(&m, action, json!({"vm_name": name, "snapshot": snapshot}), &opts)
+        }
+        Command::Restore { name, snapshot, opts } => act(&m, "restore", json!({"vm_name": name, "snapshot": snapshot}), &opts),
+        Command::Snapshots { name, json } => {
+            let vm = vm_name(&name)?;
+            let list = m.snapshots(&vm)?;
+            if json {
+                table::print_json(&list);
+            } else {
+                table::print_snapshots(&list);
+            }
+            Ok(0)
+        }
         Command::Migrate { name, destination } => {
             let opts = ActOpts { dry_run: false, json: false };
             act(&m, "migrate", json!({"vm_name": name, "vm_destination": destination}), &opts)
@@ -383,6 +466,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             }
             Ok(0)
         }
+        Command::Events { since, follow, interval, json } => events(&m, since, follow, interval, json),
         Command::Templates { json } => {
             let t = crate::template::available(&m.config().template_dir);
             if json {
@@ -398,6 +482,23 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             let names = m.recover()?;
             table::print_text(&format!("recovered {} VM(s){}{}\n", names.len(), if names.is_empty() { "" } else { ": " }, names.join(", ")));
             Ok(0)
+        }
+        Command::Check { json, repair } => {
+            let found = if repair { m.check_repair() } else { m.check() };
+            let diffs = match found {
+                Ok(d) => d,
+                // 1 means "differences": a check that cannot run is 2 or more.
+                Err(e) => {
+                    eprintln!("geats: error: {} [{}]", e.message(), e.code());
+                    return Ok(e.code().exit_class().code().max(2));
+                }
+            };
+            if json {
+                table::print_json(&diffs);
+            } else {
+                table::print_check(&diffs);
+            }
+            Ok(u8::from(diffs.iter().any(|d| d.repaired != Some(true))))
         }
         Command::Console { name } => {
             let vm = vm_name(&name)?;
@@ -462,6 +563,66 @@ fn set_key(def: &mut Value, kv: &str) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// `geats snapshot --due`: one line per snapshot taken; exit 1 if any failed.
+fn snapshot_due(m: &Manager, opts: &ActOpts) -> Result<u8, Error> {
+    if opts.dry_run {
+        return Err(RequestError::invalid("/dry_run", "snapshot --due has no dry run").into());
+    }
+    let mut failed = 0;
+    let mut out = Vec::new();
+    for d in m.snapshot_due(Some(caller()))? {
+        match d.result {
+            Ok(reply) => {
+                if opts.json {
+                    out.push(json!({"vm_name": d.vm, "reply": reply.to_json()}));
+                } else {
+                    table::print_action("snapshot", Some(&d.vm), &reply);
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("geats: error: {}: {} [{}]", d.vm, e.message(), e.code());
+                out.push(json!({"vm_name": d.vm, "errorcode": e.code().as_str(), "message": e.message()}));
+            }
+        }
+    }
+    if opts.json {
+        table::print_json(&out);
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// `geats events`: one page, or with `follow` every event as it comes.
+/// Each poll is the agent's `events` request, validated the same way.
+fn events(m: &Manager, mut since: i64, follow: bool, interval: f64, json: bool) -> Result<u8, Error> {
+    if !(0.05..=3600.0).contains(&interval) {
+        return Err(RequestError::invalid("/interval", format!("{interval} is not a number of seconds from 0.05 to 3600")).into());
+    }
+    loop {
+        let req = request::parse("events", json!({"since": since}), Some(caller()), None)?;
+        let crate::manager::Reply::Events(page) = m.execute(&req)? else {
+            return Err(Error::Internal("events answered something else".into()));
+        };
+        if page.gap {
+            tracing::warn!(since, "events after {since} were pruned (see [events] in the config); showing what is kept");
+        }
+        match (follow, json) {
+            (false, true) => table::print_json(&page),
+            (true, true) => page.events.iter().for_each(table::print_json_line),
+            (_, false) => page.events.iter().for_each(table::print_event),
+        }
+        // A page that ended at the limit: ask again at once.
+        let full = page.events.len() as u32 >= request::Action::EVENTS_LIMIT;
+        since = page.last_seq;
+        if !follow {
+            return Ok(0);
+        }
+        if !full {
+            std::thread::sleep(std::time::Duration::from_secs_f64(interval));
+        }
+    }
 }
 
 fn interactive(argv: Vec<String>) -> Result<u8, Error> {

@@ -5,7 +5,8 @@
 
 use serde::Serialize;
 
-use crate::manager::reply::{InfoReply, ListRow, Reply, RowState, StatusReply};
+use crate::db::Event;
+use crate::manager::reply::{HealthReport, InfoReply, ListRow, Reply, RowState, StatusReply};
 use crate::names::VmName;
 use crate::state::VmState;
 
@@ -46,8 +47,8 @@ fn json_state_str(v: &serde_json::Value) -> String {
 }
 
 /// One line for a mutating action.
-pub fn print_action(action: &str, vm: Option<&VmName>, reply: &Reply) {
-    let vm = vm.map(|v| v.to_string()).unwrap_or_default();
+pub fn print_action(action: &str, vm_name: Option<&VmName>, reply: &Reply) {
+    let vm = vm_name.map(|v| v.to_string()).unwrap_or_default();
     let what = |changed: bool| if changed { "done" } else { "nothing to do" };
     match reply {
         Reply::DryRun(d) => {
@@ -71,6 +72,13 @@ pub fn print_action(action: &str, vm: Option<&VmName>, reply: &Reply) {
         Reply::Power(r) => println!("{vm}: {action}: {}; now {}", what(r.changed), state_str(&r.state)),
         Reply::AdminLock(r) => println!("{vm}: {action}: {}; {}", what(r.changed), if r.locked { "locked" } else { "unlocked" }),
         Reply::Removed(r) => println!("{vm}: {action}: {}", what(r.changed)),
+        Reply::Snapshot(r) => {
+            println!("{vm}: snapshot {} taken at {}", r.snapshot, r.created);
+            for old in &r.expired {
+                println!("{vm}: snapshot {old} deleted (the definition keeps fewer)");
+            }
+        }
+        Reply::Restore(r) => println!("{vm}: restored snapshot {}; now {}", r.snapshot, state_str(&r.state)),
         Reply::Replayed(v) => {
             let changed = what(reply.changed().unwrap_or(false));
             match v.get("state") {
@@ -78,7 +86,13 @@ pub fn print_action(action: &str, vm: Option<&VmName>, reply: &Reply) {
                 None => println!("{vm}: {action}: {changed} (answered from the journal)"),
             }
         }
-        Reply::Status(_) | Reply::Info(_) => print_json(reply),
+        Reply::Status(_) | Reply::Info(_) | Reply::Events(_) => print_json(reply),
+        Reply::Repaired(r) => {
+            for rep in &r.repaired {
+                println!("{vm}: repaired an interrupted {} (journal entry {}): {}", rep.action, rep.journal_id, rep.resolution.replace('_', " "));
+            }
+            print_action(action, vm_name, &r.reply);
+        }
     }
 }
 
@@ -97,6 +111,12 @@ fn render(headers: &[&str], rows: &[Vec<String>]) {
     for r in rows {
         line(r.clone());
     }
+}
+
+/// `geats snapshots VM`: name, created, size; oldest first.
+pub fn print_snapshots(rows: &[crate::manager::reply::SnapshotInfo]) {
+    let rows: Vec<Vec<String>> = rows.iter().map(|s| vec![s.name.to_string(), s.created.clone(), bytes(s.size_bytes)]).collect();
+    render(&["NAME", "CREATED", "SIZE"], &rows);
 }
 
 /// The `geats list` table.
@@ -144,6 +164,8 @@ pub fn print_info(i: &InfoReply) {
     println!("Name:        {}", i.name);
     println!("Type:        {}", i.vm_type);
     println!("State:       {}", state_str(&i.state));
+    println!("Desired:     {}", or_dash(i.health.desired.as_ref()));
+    println!("Health:      {}", health_str(&i.health));
     println!("Locked:      {}", if i.locked { "yes" } else { "no" });
     println!("Privileged:  {}", if i.privileged { "yes (root inside is root on the host)" } else { "no" });
     if let Some(desc) = &d.description {
@@ -170,6 +192,9 @@ pub fn print_info(i: &InfoReply) {
             bytes(v.size_bytes),
             v.mountpoint.as_ref().map(|m| format!(" at {m}")).unwrap_or_default()
         );
+    }
+    for s in &i.snapshots {
+        println!("Snapshot:    {} {} {}", s.name, s.created, bytes(s.size_bytes));
     }
     if let Some(c) = &i.console {
         println!("Console:     {}", c.join(" "));
@@ -199,9 +224,56 @@ pub fn print_status(st: &StatusReply) {
     let rows: Vec<Vec<String>> = st
         .vms
         .iter()
-        .map(|(n, v)| vec![n.to_string(), state_str(&v.state), or_dash(v.definition.vm_type.as_ref())])
+        .map(|(n, v)| {
+            vec![n.to_string(), state_str(&v.state), or_dash(v.health.desired.as_ref()), health_str(&v.health), or_dash(v.definition.vm_type.as_ref())]
+        })
         .collect();
-    render(&["NAME", "STATE", "TYPE"], &rows);
+    render(&["NAME", "STATE", "DESIRED", "HEALTH", "TYPE"], &rows);
+}
+
+/// Health with what explains it: the action in flight, the exit reason.
+fn health_str(h: &HealthReport) -> String {
+    let mut s = h.health.as_str().to_string();
+    if let Some(f) = &h.in_flight {
+        s.push_str(&format!(" ({} for {:.0} s by {})", f.action, f.running_s, f.caller.as_deref().unwrap_or("?")));
+    }
+    if let Some(r) = &h.exit_reason {
+        s.push_str(&format!(" ({})", r.replace(['\n', '\r'], " ")));
+    }
+    s
+}
+
+/// One line per event, for `geats events` (also while following, so no
+/// column widths that depend on later lines).
+pub fn print_event(e: &Event) {
+    let outcome = match (e.ok, &e.errorcode) {
+        (true, _) => "ok".to_string(),
+        (false, Some(c)) => format!("failed: {c}"),
+        (false, None) => "drift".to_string(),
+    };
+    let mut line = format!(
+        "{:>6}  {}  {}  {}  {}  {}  {}",
+        e.seq,
+        e.time,
+        e.vm.as_deref().unwrap_or("-"),
+        e.kind,
+        outcome,
+        e.caller.as_deref().unwrap_or("-"),
+        e.request_id.as_deref().unwrap_or("-")
+    );
+    if let Some(d) = &e.detail {
+        line.push_str(&format!("  {}", d.replace(['\n', '\r'], " ")));
+    }
+    println!("{line}");
+}
+
+/// One event as a line of JSON (`geats events --follow --json`).
+pub fn print_json_line<T: Serialize + ?Sized>(v: &T) {
+    use std::io::Write;
+    let value = serde_json::to_value(v).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{value}");
+    let _ = out.flush();
 }
 
 /// The `geats history` table.
@@ -225,4 +297,25 @@ pub fn print_history(entries: &[crate::db::JournalEntry]) {
         })
         .collect();
     render(&["STARTED", "VM", "ACTION", "OUTCOME", "CHANGED", "CALLER", "REQUEST ID"], &rows);
+}
+
+/// The `geats check` table (nothing when there is no difference).
+pub fn print_check(diffs: &[crate::manager::Difference]) {
+    if diffs.is_empty() {
+        println!("no differences: the database agrees with the VM types and the storage");
+        return;
+    }
+    let repair = diffs.iter().any(|d| d.repaired.is_some());
+    let rows: Vec<Vec<String>> = diffs
+        .iter()
+        .map(|d| {
+            let mut r = vec![d.vm.clone(), d.kind.to_string(), d.detail.clone()];
+            if repair {
+                r.push(if d.repaired == Some(true) { "yes".into() } else { "no".into() });
+            }
+            r
+        })
+        .collect();
+    let headers: &[&str] = if repair { &["VM", "KIND", "DETAIL", "REPAIRED"] } else { &["VM", "KIND", "DETAIL"] };
+    render(headers, &rows);
 }

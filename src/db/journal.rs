@@ -37,24 +37,106 @@ pub struct JournalEntry {
     pub steps: Vec<String>,
 }
 
+/// A journal entry that never ended, as recovery reads it.
+#[derive(Debug, Clone)]
+pub struct Unfinished {
+    /// Row id.
+    pub id: JournalId,
+    /// The action.
+    pub action: String,
+    /// The process that ran it.
+    pub pid: i64,
+    /// Steps completed.
+    pub steps: Vec<String>,
+    /// The step that had begun (its side effect may or may not have
+    /// happened).
+    pub pending: Option<String>,
+    /// What the action set out to do.
+    pub intent: Option<serde_json::Value>,
+}
+
 impl Db {
-    /// Record the start of an action.
-    pub fn journal_begin(&mut self, vm: Option<&VmName>, action: &str, caller: Option<&str>, request_id: Option<&str>) -> Result<JournalId, DbError> {
+    /// Record the start of an action, with what it intends to do (before
+    /// its first side effect).
+    pub fn journal_begin(
+        &mut self,
+        vm: Option<&VmName>,
+        action: &str,
+        caller: Option<&str>,
+        request_id: Option<&str>,
+        intent: Option<&serde_json::Value>,
+    ) -> Result<JournalId, DbError> {
         self.write(|tx| {
             tx.execute(
-                "INSERT INTO journal (vm, action, caller, request_id, pid, started) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![vm.map(VmName::as_str), action, caller, request_id, std::process::id() as i64, now()],
+                "INSERT INTO journal (vm, action, caller, request_id, pid, started, intent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![vm.map(VmName::as_str), action, caller, request_id, std::process::id() as i64, now(), intent.map(|i| i.to_string())],
             )
             .map_err(q("write journal"))?;
             Ok(tx.last_insert_rowid())
         })
     }
 
-    /// Record the steps completed so far.
+    /// Record the step about to run, before its side effect.
+    pub fn journal_pending(&mut self, id: JournalId, step: &str) -> Result<(), DbError> {
+        self.write(|tx| {
+            tx.execute("UPDATE journal SET pending = ?2 WHERE id = ?1", params![id, step]).map_err(q("write journal"))?;
+            Ok(())
+        })
+    }
+
+    /// Record the steps completed so far (the pending one among them).
     pub fn journal_steps(&mut self, id: JournalId, steps: &[String]) -> Result<(), DbError> {
         let s = serde_json::to_string(steps).unwrap_or_else(|_| "[]".into());
         self.write(|tx| {
-            tx.execute("UPDATE journal SET steps = ?2 WHERE id = ?1", params![id, s]).map_err(q("write journal"))?;
+            tx.execute("UPDATE journal SET steps = ?2, pending = NULL WHERE id = ?1", params![id, s]).map_err(q("write journal"))?;
+            Ok(())
+        })
+    }
+
+    /// The entries of `vm` that never ended, oldest first: running now (by
+    /// the lease holder) or killed.
+    pub fn journal_unfinished(&self, vm: &VmName) -> Result<Vec<Unfinished>, DbError> {
+        let mut st = self
+            .conn()
+            .prepare_cached("SELECT id, action, pid, steps, pending, intent FROM journal WHERE vm = ?1 AND ended IS NULL ORDER BY id")
+            .map_err(q("read journal"))?;
+        let rows = st
+            .query_map([vm.as_str()], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?, r.get::<_, Option<String>>(4)?, r.get::<_, Option<String>>(5)?))
+            })
+            .map_err(q("read journal"))?;
+        rows.map(|r| {
+            let (id, action, pid, steps, pending, intent) = r.map_err(q("read journal"))?;
+            Ok(Unfinished {
+                id,
+                action,
+                pid,
+                steps: serde_json::from_str(&steps).map_err(|e| DbError::Corrupt { what: format!("steps of journal entry {id}"), problem: e.to_string() })?,
+                pending,
+                intent: match intent {
+                    Some(t) => Some(serde_json::from_str(&t).map_err(|e| DbError::Corrupt { what: format!("intent of journal entry {id}"), problem: e.to_string() })?),
+                    None => None,
+                },
+            })
+        })
+        .collect()
+    }
+
+    /// The VMs that have entries that never ended.
+    pub fn journal_unfinished_vms(&self) -> Result<Vec<String>, DbError> {
+        let mut st = self.conn().prepare_cached("SELECT DISTINCT vm FROM journal WHERE ended IS NULL AND vm IS NOT NULL ORDER BY vm").map_err(q("read journal"))?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(q("read journal"))?;
+        rows.collect::<Result<_, _>>().map_err(q("read journal"))
+    }
+
+    /// Close an interrupted entry: `outcome` says how it was resolved
+    /// (`rolled_back`, `rolled_forward`), `steps` are its own steps
+    /// followed by those of the repair.
+    pub fn journal_resolve(&mut self, id: JournalId, outcome: &str, steps: &[String]) -> Result<(), DbError> {
+        let s = serde_json::to_string(steps).unwrap_or_else(|_| "[]".into());
+        self.write(|tx| {
+            tx.execute("UPDATE journal SET ended = ?2, outcome = ?3, steps = ?4, pending = NULL WHERE id = ?1", params![id, now(), outcome, s])
+                .map_err(q("write journal"))?;
             Ok(())
         })
     }
@@ -64,7 +146,7 @@ impl Db {
         let s = serde_json::to_string(steps).unwrap_or_else(|_| "[]".into());
         self.write(|tx| {
             tx.execute(
-                "UPDATE journal SET ended = ?2, outcome = ?3, changed = ?4, steps = ?5, reply = ?6 WHERE id = ?1",
+                "UPDATE journal SET ended = ?2, outcome = ?3, changed = ?4, steps = ?5, reply = ?6, pending = NULL WHERE id = ?1",
                 params![id, now(), outcome, changed, s, reply.map(|r| r.to_string())],
             )
             .map_err(q("write journal"))?;

@@ -7,20 +7,24 @@
 //! The schema version is `PRAGMA user_version`; [`MIGRATIONS`] brings an
 //! older file up to date.
 
+mod events;
 mod journal;
 mod leases;
+mod snapshots;
 mod vms;
 
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-pub use journal::{JournalEntry, JournalId};
+pub use events::{Drift, Event, EventPage, LeaseInfo, NewEvent, Retention};
+pub use journal::{JournalEntry, JournalId, Unfinished};
 pub use leases::LeaseHolder;
-pub use vms::{VmRecord, VolumeRecord};
+pub use snapshots::SnapshotRecord;
+pub use vms::{Desired, Intent, VmRecord, VolumeRecord};
 
 /// Schema migrations: entry N brings version N to N+1.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("snapshots.sql"), include_str!("journal_intent.sql"), include_str!("schema_events.sql")];
 
 /// The current schema version.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -40,6 +44,15 @@ pub enum DbError {
     #[error("cannot create database directory {path}")]
     CreateDir {
         /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database file could not be created (a read-only or full file
+    /// system).
+    #[error("cannot create database file {path}")]
+    CreateFile {
+        /// The file.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
@@ -80,13 +93,28 @@ impl DbError {
             DbError::Open { source, .. } | DbError::Query { source, .. } => {
                 matches!(source.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
             }
-            DbError::CreateDir { .. } | DbError::TooNew { .. } | DbError::Corrupt { .. } => false,
+            DbError::CreateDir { .. } | DbError::CreateFile { .. } | DbError::TooNew { .. } | DbError::Corrupt { .. } => false,
+        }
+    }
+
+    /// Did the file system fail it (full, read-only, an I/O error), rather
+    /// than the database's content?
+    pub fn is_io(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self {
+            DbError::CreateDir { .. } | DbError::CreateFile { .. } => true,
+            DbError::Open { source, .. } | DbError::Query { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(C::DiskFull | C::ReadOnly | C::SystemIoFailure | C::CannotOpen | C::PermissionDenied)
+            ),
+            DbError::TooNew { .. } | DbError::Corrupt { .. } => false,
         }
     }
 
     /// Is the file itself unusable (missing, unreadable, too new, corrupt)?
+    /// A full or read-only file system is not the file's fault.
     pub fn is_unusable_file(&self) -> bool {
-        !self.is_contention() && matches!(self, DbError::Open { .. } | DbError::TooNew { .. } | DbError::Corrupt { .. })
+        !self.is_contention() && !self.is_io() && matches!(self, DbError::Open { .. } | DbError::TooNew { .. } | DbError::Corrupt { .. })
     }
 }
 
@@ -99,6 +127,7 @@ pub(crate) fn q(what: &'static str) -> impl FnOnce(rusqlite::Error) -> DbError {
 pub struct Db {
     conn: Connection,
     path: PathBuf,
+    busy: std::time::Duration,
 }
 
 impl Db {
@@ -114,30 +143,76 @@ impl Db {
     }
 
     fn open_as(path: &Path, busy: std::time::Duration, writer: bool) -> Result<Db, DbError> {
+        // SQLite can report a lock while a WAL is being set up or removed
+        // by another connection's open or close without calling the busy
+        // handler; retry those within the busy timeout too.
+        let start = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(2);
+        loop {
+            match Db::try_open(path, busy, writer) {
+                Err(e) if e.is_contention() && start.elapsed() < busy => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_open(path: &Path, busy: std::time::Duration, writer: bool) -> Result<Db, DbError> {
         let open_err = |source| DbError::Open { path: path.to_path_buf(), source };
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .map_err(open_err)?;
+        // Before anything that reads the file: `PRAGMA synchronous` reads
+        // the schema, and without the timeout a concurrent writer makes it
+        // fail at once with "database is locked" (seen in the issue 11
+        // stress test).
+        conn.busy_timeout(busy).map_err(open_err)?;
         if writer {
             tune(&conn).map_err(open_err)?;
         }
-        conn.busy_timeout(busy).map_err(open_err)?;
-        let mut db = Db { conn, path: path.to_path_buf() };
+        let mut db = Db { conn, path: path.to_path_buf(), busy };
         db.migrate()?;
         Ok(db)
     }
 
-    /// Create a new database file (and its directory).
+    /// Create a new database file (and its directory). The file is made
+    /// mode 0600 before SQLite opens it, whatever the umask: SQLite gives
+    /// its `-wal` and `-shm` files the mode of the database file.
     pub fn create(path: &Path, busy: std::time::Duration) -> Result<Db, DbError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir { path: dir.to_path_buf(), source })?;
         }
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let create_err = |source| DbError::CreateFile { path: path.to_path_buf(), source };
+            let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path).map_err(create_err)?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(create_err)?;
+        }
+        // Several first requests may create it at once: switching to WAL
+        // needs the file to itself, and SQLite reports that lock without
+        // the busy handler, so retry within the busy timeout.
+        let start = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(2);
+        loop {
+            match Db::try_create(path, busy) {
+                Err(e) if e.is_contention() && start.elapsed() < busy => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_create(path: &Path, busy: std::time::Duration) -> Result<Db, DbError> {
         let open_err = |source| DbError::Open { path: path.to_path_buf(), source };
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(busy).map_err(open_err)?;
         // WAL is persistent in the file: set once at creation.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         tune(&conn).map_err(open_err)?;
-        let mut db = Db { conn, path: path.to_path_buf() };
+        let mut db = Db { conn, path: path.to_path_buf(), busy };
         db.migrate()?;
         Ok(db)
     }
@@ -158,6 +233,11 @@ impl Db {
         if version > SCHEMA_VERSION {
             return Err(DbError::TooNew { path: self.path.clone(), found: version, known: SCHEMA_VERSION });
         }
+        if version == 0 {
+            // A new file another process is still creating: whoever gets
+            // here first makes it WAL (persistent in the file).
+            self.conn.pragma_update(None, "journal_mode", "WAL").map_err(|source| DbError::Open { path: self.path.clone(), source })?;
+        }
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin migration"))?;
         // Re-read inside the write lock: another process may have migrated.
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(q("read schema version"))?;
@@ -171,7 +251,24 @@ impl Db {
 
     /// Run `f` in a write transaction (`BEGIN IMMEDIATE`).
     pub fn write<T>(&mut self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, DbError>) -> Result<T, DbError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin transaction"))?;
+        // The busy handler waits for other writers; a lock reported
+        // without it (WAL set-up or removal by another process) is
+        // retried here, for up to the same busy timeout.
+        let start = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(2);
+        let tx = loop {
+            match rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate) {
+                Ok(tx) => break tx,
+                Err(e) => {
+                    let err = q("begin transaction")(e);
+                    if !err.is_contention() || start.elapsed() >= self.busy {
+                        return Err(err);
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                }
+            }
+        };
         let v = f(&tx)?;
         tx.commit().map_err(q("commit"))?;
         Ok(v)
@@ -194,7 +291,12 @@ fn tune(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Now as RFC 3339 UTC with milliseconds, e.g. `2026-11-23T09:40:01.123Z`.
 pub fn now() -> String {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    rfc3339(std::time::SystemTime::now())
+}
+
+/// A time as RFC 3339 UTC with milliseconds, the form [`now`] writes.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Civil from days (Howard Hinnant's algorithm).
@@ -216,9 +318,39 @@ pub fn now() -> String {
     )
 }
 
+/// Milliseconds since the epoch of a time [`now`] wrote
+/// (`2026-11-23T09:40:01.123Z`); `None` for any other text.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 24 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'.' || b[23] != b'Z' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss, ms) = (n(11..13)?, n(14..16)?, n(17..19)?, n(20..23)?);
+    // Days from civil (Howard Hinnant's algorithm), the inverse of `rfc3339`.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86400 + hh * 3600 + mm * 60 + ss) * 1000) + ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_round_trip() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_123_456);
+        let s = rfc3339(t);
+        assert_eq!(parse_rfc3339_ms(&s), Some(1_795_000_123_456), "{s}");
+        assert_eq!(parse_rfc3339_ms("2000-02-29T23:59:59.999Z"), Some(951_868_799_999));
+        assert_eq!(parse_rfc3339_ms("nope"), None);
+    }
 
     #[test]
     fn create_then_reopen() {

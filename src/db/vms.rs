@@ -24,6 +24,25 @@ pub struct VmRecord {
     pub created: String,
     /// When last changed.
     pub updated: String,
+    /// The intent and outstanding drift, read with the row (issue 14);
+    /// written only by `db::events`, never by [`Db::put_vm`], and not
+    /// kept in record files.
+    #[serde(skip)]
+    pub intent: Intent,
+}
+
+/// What a VM should be doing, as recorded: the `desired` and `drift`
+/// columns of its row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Intent {
+    /// None recorded yet (or a value this geats does not know).
+    pub desired: Option<Desired>,
+    /// A read already reported a drift that has not ended.
+    pub drift: bool,
+    /// False when no operation lease row existed as the row was read;
+    /// true when one did (its holder may be dead) or when the read did not
+    /// check (the list of all VMs).
+    pub leased: bool,
 }
 
 /// What a storage driver recorded about one volume.
@@ -37,14 +56,49 @@ pub struct VolumeRecord {
     pub record: serde_json::Value,
 }
 
+/// The intent an action expressed: the `desired` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    /// start, reboot.
+    Running,
+    /// stop, shutdown, define of a new VM.
+    Stopped,
+}
+
+impl Desired {
+    /// The stored and wire word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Desired::Running => "running",
+            Desired::Stopped => "stopped",
+        }
+    }
+
+    /// From the stored word.
+    pub fn parse(s: &str) -> Option<Desired> {
+        match s {
+            "running" => Some(Desired::Running),
+            "stopped" => Some(Desired::Stopped),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Desired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> DbError {
     DbError::Corrupt { what: what.to_string(), problem: e.to_string() }
 }
 
-type VmRow = (String, String, String, bool, bool, String, String);
+type VmRow = (String, String, String, bool, bool, String, String, Option<Desired>, bool, bool);
 
 fn vm_from_row(r: VmRow) -> Result<VmRecord, DbError> {
-    let (name, vm_type, def, locked, defined, created, updated) = r;
+    let (name, vm_type, def, locked, defined, created, updated, desired, drift, leased) = r;
     Ok(VmRecord {
         name: VmName::new(&name).map_err(|e| corrupt("VM name", e))?,
         vm_type: TypeName::new(&vm_type).map_err(|e| corrupt(&format!("VM type of {name}"), e))?,
@@ -53,26 +107,35 @@ fn vm_from_row(r: VmRow) -> Result<VmRecord, DbError> {
         defined,
         created,
         updated,
+        intent: Intent { desired, drift, leased },
     })
 }
 
-const VM_COLS: &str = "name, vm_type, definition, locked, defined, created, updated";
+const VM_COLS: &str = "name, vm_type, definition, locked, defined, created, updated, desired, drift IS NOT NULL";
+
+// For one VM the last column tells whether an operation lease row exists,
+// so `info` asks for the lease only then (cheaper than one more statement);
+// for the list, one read of the (usually empty) lease table is cheaper
+// than a lookup per row, so it says "maybe" (issue 14).
+const ONE_LEASED: &str = "EXISTS (SELECT 1 FROM op_locks WHERE op_locks.vm = vms.name)";
+const LIST_LEASED: &str = "1";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+    let desired = r.get_ref(7)?.as_str_or_null().ok().flatten().and_then(Desired::parse);
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, desired, r.get(8)?, r.get(9)?))
 }
 
 impl Db {
     /// One VM, defined or kept.
     pub fn vm(&self, name: &VmName) -> Result<Option<VmRecord>, DbError> {
-        let sql = format!("SELECT {VM_COLS} FROM vms WHERE name = ?1");
+        let sql = format!("SELECT {VM_COLS}, {ONE_LEASED} FROM vms WHERE name = ?1");
         let r = self.conn().query_row(&sql, [name.as_str()], row).optional().map_err(q("read VM"))?;
         r.map(vm_from_row).transpose()
     }
 
     /// All VMs, defined ones only unless `with_kept`.
     pub fn vms(&self, with_kept: bool) -> Result<Vec<VmRecord>, DbError> {
-        let sql = format!("SELECT {VM_COLS} FROM vms WHERE defined = 1 OR ?1 ORDER BY name");
+        let sql = format!("SELECT {VM_COLS}, {LIST_LEASED} FROM vms WHERE defined = 1 OR ?1 ORDER BY name");
         let mut st = self.conn().prepare_cached(&sql).map_err(q("list VMs"))?;
         let rows = st.query_map([with_kept], row).map_err(q("list VMs"))?;
         rows.map(|r| r.map_err(q("list VMs")).and_then(vm_from_row)).collect()
@@ -125,6 +188,7 @@ impl Db {
     pub fn delete_vm(&mut self, name: &VmName) -> Result<(), DbError> {
         self.write(|tx| {
             tx.execute("DELETE FROM volumes WHERE vm = ?1", [name.as_str()]).map_err(q("delete volumes"))?;
+            tx.execute("DELETE FROM snapshots WHERE vm = ?1", [name.as_str()]).map_err(q("delete snapshots"))?;
             tx.execute("DELETE FROM vms WHERE name = ?1", [name.as_str()]).map_err(q("delete VM"))?;
             Ok(())
         })

@@ -9,14 +9,14 @@ use super::Manager;
 use crate::db::{self, VmRecord, VolumeRecord};
 use crate::definition::Definition;
 use crate::error::{Error, Result};
-use crate::names::{TypeName, VmName};
+use crate::names::{TypeName, VmName, VolumeName};
 use crate::request::{Action, RequestError};
 use crate::state::{power_disposition, Disposition, Power, PowerAction};
 use crate::storage::{Kind, StorageError};
 use crate::template::{self, Template};
 use crate::vm::{self, VmType};
 
-type Outcome = Result<Reply>;
+pub(super) type Outcome = Result<Reply>;
 
 /// Run a mutating action.
 pub(super) fn run(op: &mut Op<'_>, action: &Action) -> Outcome {
@@ -31,7 +31,10 @@ pub(super) fn run(op: &mut Op<'_>, action: &Action) -> Outcome {
         Action::Deprovision(vm) => deprovision(op, vm),
         Action::Lock(vm) => set_admin_lock(op, vm, true),
         Action::Unlock(vm) => set_admin_lock(op, vm, false),
-        Action::Status | Action::Info(_) | Action::Migrate(..) => {
+        Action::Snapshot(vm, name) => super::snapshots::snapshot(op, vm, name),
+        Action::Restore(vm, name) => super::snapshots::restore(op, vm, name),
+        Action::DeleteSnapshot(vm, name) => super::snapshots::delete(op, vm, name),
+        Action::Status | Action::Info(_) | Action::Migrate(..) | Action::Events { .. } => {
             Err(Error::Internal(format!("{} is not a mutating action", action.name())))
         }
     }
@@ -42,14 +45,14 @@ fn invalid(pointer: &str, problem: impl std::fmt::Display) -> Error {
 }
 
 /// A VM as geats knows it: its record, VM type and volumes.
-struct Loaded {
-    rec: VmRecord,
-    vmt: Box<dyn VmType>,
-    vols: Vec<Vol>,
+pub(super) struct Loaded {
+    pub rec: VmRecord,
+    pub vmt: Box<dyn VmType>,
+    pub vols: Vec<Vol>,
 }
 
 /// Load any record of `vm`, defined or kept.
-fn load(op: &Op<'_>, vm: &VmName) -> Result<Option<Loaded>> {
+pub(super) fn load(op: &Op<'_>, vm: &VmName) -> Result<Option<Loaded>> {
     let Some(db) = op.db() else { return Ok(None) };
     let Some(rec) = db.vm(vm)? else { return Ok(None) };
     let vmt = vm::build(op.config, &rec.vm_type)?;
@@ -58,7 +61,7 @@ fn load(op: &Op<'_>, vm: &VmName) -> Result<Option<Loaded>> {
 }
 
 /// Load a defined VM or fail with `not_found`.
-fn load_defined(op: &Op<'_>, vm: &VmName) -> Result<Loaded> {
+pub(super) fn load_defined(op: &Op<'_>, vm: &VmName) -> Result<Loaded> {
     match load(op, vm)? {
         Some(l) if l.rec.defined => Ok(l),
         _ => Err(Error::NotFound(vm.clone())),
@@ -67,7 +70,7 @@ fn load_defined(op: &Op<'_>, vm: &VmName) -> Result<Loaded> {
 
 /// Run `f`; if it fails, undo its completed steps newest first and report
 /// the failure together with any failure of the cleanup.
-fn with_rollback(
+pub(super) fn with_rollback(
     op: &mut Op<'_>,
     vm: &VmName,
     vmt: &dyn VmType,
@@ -97,6 +100,9 @@ fn with_rollback(
             Undo::StopVm => vmt.stop(vm).map_err(Error::from),
             Undo::ApplyLive(old) => vmt.apply_live(vm, old).map(|_| ()).map_err(Error::from),
             Undo::RestoreRecord(old) => restore_record(op, vm, old.as_deref()),
+            Undo::DeleteSnapshot(i, name) => vols.get_mut(*i).map_or(Ok(()), |v| v.volume.delete_snapshot(name).map_err(Error::from)),
+            Undo::UnfreezeVm => vmt.unfreeze(vm).map_err(Error::from),
+            Undo::ForgetSnapshot(name) => super::snapshots::forget(op, vm, name),
         };
         if let Err(e) = r {
             cleanup.push(e.message());
@@ -124,7 +130,7 @@ fn restore_record(op: &mut Op<'_>, vm: &VmName, old: Option<&(VmRecord, Vec<Volu
     }
 }
 
-fn save_record(op: &mut Op<'_>, rec: &VmRecord, vols: &[VolumeRecord]) -> Result<()> {
+pub(super) fn save_record(op: &mut Op<'_>, rec: &VmRecord, vols: &[VolumeRecord]) -> Result<()> {
     let config = op.config;
     op.db_mut()?.put_vm(rec, vols)?;
     Manager::write_record(config, rec, vols)
@@ -165,7 +171,7 @@ fn provision(op: &mut Op<'_>, vm: &VmName, def: &Definition) -> Outcome {
 /// A definition checked against the configuration, the VM type, its
 /// storage and what exists: everything `define` and `provision` decide
 /// before their first step.
-struct Plan {
+pub(super) struct Plan {
     def: Definition,
     type_name: TypeName,
     vmt: Box<dyn VmType>,
@@ -174,7 +180,7 @@ struct Plan {
     existing: Option<(VmRecord, Vec<VolumeRecord>)>,
 }
 
-fn plan_definition(op: &Op<'_>, vm: &VmName, def_in: &Definition) -> Result<Plan> {
+pub(super) fn plan_definition(op: &Op<'_>, vm: &VmName, def_in: &Definition) -> Result<Plan> {
     let config = op.config;
     let mut def = def_in.clone();
     let type_name = def.vm_type.clone().unwrap_or_else(|| config.default_vm_type.clone());
@@ -247,7 +253,7 @@ fn plan_definition(op: &Op<'_>, vm: &VmName, def_in: &Definition) -> Result<Plan
 /// The steps of `define` and `provision`: define new volumes (provision:
 /// format the others), install the template onto the root and write the
 /// guest files, define the VM in the hypervisor, record it.
-fn apply_definition(op: &mut Op<'_>, vm: &VmName, plan: Plan, provision: bool) -> Outcome {
+pub(super) fn apply_definition(op: &mut Op<'_>, vm: &VmName, plan: Plan, provision: bool) -> Outcome {
     let Plan { def, type_name, vmt, mut vols, template, existing } = plan;
     let vm_existed = existing.as_ref().is_some_and(|(r, _)| r.defined) && vmt.exists(vm);
     // A running VM takes what can change live now, the rest at its next
@@ -259,6 +265,15 @@ fn apply_definition(op: &mut Op<'_>, vm: &VmName, plan: Plan, provision: bool) -
     let mut applied_live: Vec<&'static str> = Vec::new();
     let old_rec = existing.as_ref().map(|(r, _)| r.clone());
     let (created, locked) = existing.as_ref().map_or_else(|| (db::now(), false), |(r, _)| (r.created.clone(), r.locked));
+    // What recovery needs to finish or undo this action if the process
+    // is killed half-way (`recovery.rs`), journaled before the first step.
+    let new_volumes: Vec<&VolumeName> = vols.iter().filter(|v| !v.volume.exists()).map(Vol::name).collect();
+    op.set_intent(serde_json::json!({
+        "definition": def,
+        "existed": existing.is_some(),
+        "vm_existed": vm_existed,
+        "new_volumes": new_volumes,
+    }));
     let vmt_ref: &dyn VmType = &*vmt;
     with_rollback(op, vm, vmt_ref, &mut vols, |op, vols| {
         let mut new_volume = vec![false; vols.len()];
@@ -302,6 +317,7 @@ fn apply_definition(op: &mut Op<'_>, vm: &VmName, plan: Plan, provision: bool) -
             defined: true,
             created: created.clone(),
             updated: db::now(),
+            intent: Default::default(),
         };
         let vrecs = volumes::records(vols);
         let undo = Undo::RestoreRecord(existing.clone().map(Box::new));
@@ -343,7 +359,7 @@ fn install_root(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition
     op.step(format!("deactivate volume {name}"), None, |_| Ok(root.volume.deactivate()?))
 }
 
-fn power(op: &mut Op<'_>, vm: &VmName, action: PowerAction) -> Outcome {
+pub(super) fn power(op: &mut Op<'_>, vm: &VmName, action: PowerAction) -> Outcome {
     let Loaded { vmt, mut vols, .. } = load_defined(op, vm)?;
     let state = vmt.state(vm);
     let verb = match action {
@@ -386,7 +402,7 @@ fn power(op: &mut Op<'_>, vm: &VmName, action: PowerAction) -> Outcome {
     Ok(Reply::Power(PowerReply { state: vmt.state(vm), changed: true }))
 }
 
-fn deactivate_all(op: &mut Op<'_>, vols: &mut [Vol]) -> Result<()> {
+pub(super) fn deactivate_all(op: &mut Op<'_>, vols: &mut [Vol]) -> Result<()> {
     for v in vols.iter_mut().rev() {
         op.step(format!("deactivate volume {}", v.name()), None, |_| Ok(v.volume.deactivate()?))?;
     }
@@ -394,7 +410,7 @@ fn deactivate_all(op: &mut Op<'_>, vols: &mut [Vol]) -> Result<()> {
 }
 
 /// Release the volumes of a VM that stopped on its own.
-fn tidy(op: &mut Op<'_>, vols: &mut [Vol]) -> Result<()> {
+pub(super) fn tidy(op: &mut Op<'_>, vols: &mut [Vol]) -> Result<()> {
     for v in vols.iter_mut().rev() {
         if v.volume.is_active() {
             op.step(format!("deactivate volume {} (the VM stopped on its own)", v.name()), None, |_| Ok(v.volume.deactivate()?))?;
@@ -423,7 +439,7 @@ fn deprovision(op: &mut Op<'_>, vm: &VmName) -> Outcome {
 }
 
 /// The steps of `undefine` and `deprovision`.
-fn remove(op: &mut Op<'_>, vm: &VmName, loaded: Loaded, destroy: bool) -> Outcome {
+pub(super) fn remove(op: &mut Op<'_>, vm: &VmName, loaded: Loaded, destroy: bool) -> Outcome {
     let Loaded { rec, vmt, mut vols } = loaded;
     if rec.locked {
         return Err(Error::Locked(vm.clone()));

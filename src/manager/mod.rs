@@ -10,10 +10,14 @@
 //! neither the lock table nor the journal.
 
 mod actions;
+mod check;
+mod events;
 mod kept;
 mod op;
 mod read;
+mod recovery;
 pub mod reply;
+mod snapshots;
 mod volumes;
 
 use std::time::{Duration, Instant};
@@ -26,6 +30,7 @@ use crate::request::{Action, Request};
 use crate::sys::fsutil::write_atomic;
 use crate::sys::proc;
 
+pub use check::Difference;
 pub use op::Op;
 pub use reply::Reply;
 
@@ -33,6 +38,9 @@ pub use reply::Reply;
 #[derive(Debug)]
 pub struct Manager {
     config: Config,
+    /// Events this request committed, for the hooks to run once the
+    /// request's transactions and lease are done.
+    pending: std::cell::RefCell<Vec<crate::db::Event>>,
 }
 
 /// What one VM's record file holds: everything only geats knows about it.
@@ -42,12 +50,15 @@ pub struct RecordFile {
     pub vm: VmRecord,
     /// Its volumes.
     pub volumes: Vec<VolumeRecord>,
+    /// Its snapshots, oldest first (kept here too, so `recover` finds them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<crate::db::SnapshotRecord>,
 }
 
 impl Manager {
     /// A manager over this configuration. Does no I/O.
     pub fn new(config: Config) -> Manager {
-        Manager { config }
+        Manager { config, pending: Default::default() }
     }
 
     /// The configuration.
@@ -57,9 +68,16 @@ impl Manager {
 
     /// Run one request and return its reply data.
     pub fn execute(&self, req: &Request) -> Result<Reply> {
+        let out = self.dispatch(req);
+        self.run_hooks();
+        out
+    }
+
+    fn dispatch(&self, req: &Request) -> Result<Reply> {
         match &req.action {
-            Action::Status => self.status().map(Reply::Status),
-            Action::Info(vm) => self.info(vm).map(|i| Reply::Info(Box::new(i))),
+            Action::Status => self.status_repaired().map(|(s, r)| Reply::Status(s).with_repairs(r)),
+            Action::Info(vm) => self.info_repaired(vm).map(|(i, r)| Reply::Info(Box::new(i)).with_repairs(r)),
+            Action::Events { since, limit } => self.events(*since, *limit).map(Reply::Events),
             Action::Migrate(_, dest) => Err(Error::NotSupported(format!(
                 "migrate to {dest} is not supported by any configured VM type yet"
             ))),
@@ -72,16 +90,31 @@ impl Manager {
             | Action::Undefine(_)
             | Action::Deprovision(_)
             | Action::Lock(_)
-            | Action::Unlock(_) => self.mutate(req),
+            | Action::Unlock(_)
+            | Action::Snapshot(..)
+            | Action::Restore(..)
+            | Action::DeleteSnapshot(..) => self.mutate(req),
         }
     }
 
-    /// How many record files exist (only called when the database is
-    /// missing, so it is off the hot path).
+    /// How many VMs the roots hold: record files, plus VMs the VM types
+    /// hold that no record names. Only called when the database is
+    /// missing, so the directory reads are off the hot path.
     fn record_count(&self) -> usize {
-        std::fs::read_dir(&self.config.records_dir)
-            .map(|rd| rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")).count())
-            .unwrap_or(0)
+        let records: std::collections::BTreeSet<String> = std::fs::read_dir(&self.config.records_dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json").map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut containers = std::collections::BTreeSet::new();
+        for t in self.config.vm_types.keys() {
+            if let Ok(vmt) = crate::vm::build(&self.config, t) {
+                containers.extend(vmt.list().into_iter().map(|n| n.to_string()).filter(|n| !records.contains(n)));
+            }
+        }
+        records.len() + containers.len()
     }
 
     fn missing(&self) -> Error {
@@ -155,17 +188,23 @@ impl Manager {
             out?;
         }
         let mut db = self.db_write()?;
-        if let Some(id) = &req.request_id {
-            if let Some(reply) = db.journal_replay(Some(&vm), action, id)? {
-                tracing::info!(vm = %vm, action, request_id = %id, "answered from the journal");
-                return Ok(Reply::Replayed(reply));
-            }
-        }
         let me = me();
         self.acquire_lease(&mut db, &vm, action, me)?;
+        let before = events::before(&db, &vm);
         let meta = op::Meta { vm: vm.clone(), action, caller: req.caller.clone(), request_id: req.request_id.clone() };
+        let mut repairs = Vec::new();
         let result = (|| {
-            let mut op = Op::real(&self.config, &mut db, meta);
+            // Under the lease: first converge what a killed process left,
+            // then answer a request id that already completed (so two
+            // concurrent retries cannot both run), then act.
+            repairs = self.repair_interrupted(&mut db, &vm)?;
+            if let Some(id) = &req.request_id {
+                if let Some(reply) = db.journal_replay(Some(&vm), action, id)? {
+                    tracing::info!(vm = %vm, action, request_id = %id, "answered from the journal");
+                    return Ok(Reply::Replayed(reply));
+                }
+            }
+            let mut op = Op::real(&self.config, &mut db, meta.clone());
             let out = actions::run(&mut op, &req.action);
             // Bad input refused before any step leaves no trace; refusals
             // and no-ops of valid requests are journaled too.
@@ -180,13 +219,14 @@ impl Manager {
                     Ok(reply) => db.journal_end(jid, "ok", reply.changed(), &steps, Some(&reply.to_json()))?,
                     Err(e) => db.journal_end(jid, e.code().as_str(), None, &steps, None)?,
                 }
+                self.note_action(&mut db, before, &req.action, &meta, &out);
             }
             out
         })();
         if let Err(e) = db.release_lease(&vm, me) {
             tracing::warn!(vm = %vm, "cannot release the operation lease: {}", error::chain(&e));
         }
-        result
+        result.map(|r| r.with_repairs(repairs))
     }
 
     /// Take the VM's operation lease, waiting up to `lock_timeout` for a
@@ -221,7 +261,9 @@ impl Manager {
         }
     }
 
-    /// Rebuild the database from the record files (`geats recover`). A
+    /// Rebuild the database from the record files (`geats recover`): those
+    /// of the records directory, then those the VM types keep beside each
+    /// VM (so a lost records directory loses nothing that still runs). A
     /// database file that cannot be opened is moved aside first. Returns
     /// the names of the VMs recovered.
     pub fn recover(&self) -> Result<Vec<String>> {
@@ -232,18 +274,28 @@ impl Manager {
             tracing::warn!("moved unreadable database to {}", aside.display());
         }
         let mut db = if path.exists() { Db::open(path, self.config.busy_timeout)? } else { Db::create(path, self.config.busy_timeout)? };
+        let mut found: Vec<(std::path::PathBuf, Vec<u8>)> = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&self.config.records_dir) {
+            let mut files: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
+            files.sort();
+            for f in files {
+                let text = std::fs::read(&f).map_err(error::io("read", &f))?;
+                found.push((f, text));
+            }
+        }
+        for t in self.config.vm_types.keys() {
+            let vmt = crate::vm::build(&self.config, t)?;
+            for text in vmt.kept_records() {
+                found.push((std::path::PathBuf::from(format!("(kept by VM type {t})")), text));
+            }
+        }
         let mut names = Vec::new();
-        let rd = match std::fs::read_dir(&self.config.records_dir) {
-            Ok(rd) => rd,
-            Err(_) => return Ok(names),
-        };
-        let mut files: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
-        files.sort();
-        for f in files {
-            let text = std::fs::read_to_string(&f).map_err(error::io("read", &f))?;
-            let rec: RecordFile = serde_json::from_str(&text).map_err(|e| Error::CorruptRecord { path: f.clone(), problem: e.to_string() })?;
+        for (f, text) in found {
+            let rec: RecordFile = serde_json::from_slice(&text).map_err(|e| Error::CorruptRecord { path: f.clone(), problem: e.to_string() })?;
             if db.vm(&rec.vm.name)?.is_none() {
                 db.put_vm(&rec.vm, &rec.volumes)?;
+                db.put_snapshots(&rec.vm.name, &rec.snapshots)?;
+                Self::write_record_file(&self.config, RecordFile { vm: rec.vm.clone(), volumes: rec.volumes.clone(), snapshots: rec.snapshots.clone() })?;
                 names.push(rec.vm.name.to_string());
             }
         }
@@ -255,12 +307,27 @@ impl Manager {
         config.records_dir.join(format!("{vm}.json"))
     }
 
-    /// Write a VM's record file.
+    /// Write a VM's record file, keeping the snapshots it lists, and keep
+    /// a copy beside a defined VM's own files (`VmType::keep_record`).
     pub(crate) fn write_record(config: &Config, rec: &VmRecord, volumes: &[VolumeRecord]) -> Result<()> {
+        let snapshots = snapshots::recorded(config, &rec.name);
+        Self::write_record_file(config, RecordFile { vm: rec.clone(), volumes: volumes.to_vec(), snapshots })
+    }
+
+    /// Write a whole record file.
+    pub(crate) fn write_record_file(config: &Config, file: RecordFile) -> Result<()> {
+        let rec = &file.vm;
         std::fs::create_dir_all(&config.records_dir).map_err(error::io("create", &config.records_dir))?;
-        let text = serde_json::to_vec_pretty(&RecordFile { vm: rec.clone(), volumes: volumes.to_vec() }).unwrap_or_default();
+        let text = serde_json::to_vec_pretty(&file).unwrap_or_default();
         let path = Self::record_path(config, &rec.name);
-        write_atomic(&path, &text, 0o600).map_err(error::io("write", &path))
+        write_atomic(&path, &text, 0o600).map_err(error::io("write", &path))?;
+        if rec.defined {
+            let vmt = crate::vm::build(config, &rec.vm_type)?;
+            if vmt.exists(&rec.name) {
+                vmt.keep_record(&rec.name, &text)?;
+            }
+        }
+        Ok(())
     }
 
     /// Remove a VM's record file.
@@ -271,7 +338,7 @@ impl Manager {
 }
 
 /// This process: (pid, start time).
-fn me() -> (i64, u64) {
+pub(super) fn me() -> (i64, u64) {
     let pid = std::process::id() as i64;
     (pid, proc::start_time(pid).unwrap_or(0))
 }

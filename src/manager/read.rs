@@ -1,13 +1,13 @@
-//! The read-only actions, `status` and `info`: no lock, no write
-//! transaction, no journal entry. The running state always comes from the
-//! VM type, in one pass per VM type for `status`.
+//! The read-only actions, `status` and `info`: no lock, no journal entry,
+//! and no write transaction unless a drift began or ended (then one short
+//! one, see `events.rs`). The running state always comes from the VM type,
+//! in one pass per VM type for `status`.
 
 use std::collections::BTreeMap;
 
-use super::volumes;
-use super::reply::{HostStats, InfoReply, ListRow, RowState, StatusReply, VmStatus, VolumeInfo};
-use super::Manager;
-use crate::db::{Db, VmRecord};
+use super::reply::{HealthReport, HostStats, InfoReply, ListRow, Repair, RowState, StatusReply, VmStatus, VolumeInfo};
+use super::{events, volumes, Manager};
+use crate::db::{Db, Intent, VmRecord};
 use crate::error::{Error, Result};
 use crate::names::{TypeName, VmName};
 use crate::state::VmState;
@@ -23,18 +23,40 @@ fn state_of(states: &BTreeMap<VmName, VmState>, vm: &VmName) -> VmState {
 
 impl Manager {
     /// `status`: every defined VM with its definition and state, and the
-    /// host's figures.
+    /// host's figures (after repairing any VM whose action was killed).
     pub fn status(&self) -> Result<StatusReply> {
-        let db = self.db_read()?;
-        let (records, _types, states) = self.observe(db.as_ref())?;
+        self.status_repaired().map(|(s, _)| s)
+    }
+
+    /// `status`, and the repairs done first.
+    pub(super) fn status_repaired(&self) -> Result<(StatusReply, Vec<Repair>)> {
+        let (repairs, mut db) = self.converged_read(None)?;
+        // A drift is only recorded if no action recorded anything since
+        // the states were observed (db::events).
+        let read_at = self.read_started();
+        let (records, types, states) = self.observe(db.as_ref())?;
+        let basis = self.health_basis(db.as_ref(), read_at, &records)?;
         let ram = match &db {
             Some(db) => db.ram_promised()?,
             None => 0,
         };
         let status = self.host_stats(ram, records.len());
         let kept = self.kept(db.as_ref())?;
-        let vms = records.into_iter().map(|r| (r.name.clone(), VmStatus { state: state_of(&states, &r.name), privileged: r.definition.privileged, definition: r.definition })).collect();
-        Ok(StatusReply { vms, kept, status })
+        let mut vms = BTreeMap::new();
+        let mut intents = Vec::with_capacity(records.len());
+        for r in records {
+            let state = state_of(&states, &r.name);
+            let health = events::judge(&r.intent, basis.lease(&r.name), &state, || types.get(&r.vm_type).and_then(|t| t.exit_reason(&r.name)));
+            intents.push((r.name.clone(), r.intent));
+            vms.insert(r.name, VmStatus { state, privileged: r.definition.privileged, definition: r.definition, health });
+        }
+        if let Some(db) = db.as_mut() {
+            let judged: Vec<(&VmName, &Intent, &HealthReport)> =
+                intents.iter().filter_map(|(n, i)| Some((n, i, &vms.get(n)?.health))).collect();
+            self.note_drifts(db, &basis, &judged);
+        }
+        self.run_hooks();
+        Ok((StatusReply { vms, kept, status }, repairs))
     }
 
     /// The rows of `geats list`: name, state, admin lock, VM type, primary
@@ -108,14 +130,27 @@ impl Manager {
         }
     }
 
-    /// `info`: one defined VM.
+    /// `info`: one defined VM (after repairing it if an action on it was
+    /// killed).
     pub fn info(&self, vm: &VmName) -> Result<InfoReply> {
-        let Some(db) = self.db_read()? else { return Err(Error::NotFound(vm.clone())) };
+        self.info_repaired(vm).map(|(i, _)| i)
+    }
+
+    /// `info`, and the repairs done first.
+    pub(super) fn info_repaired(&self, vm: &VmName) -> Result<(InfoReply, Vec<Repair>)> {
+        let (repairs, db) = self.converged_read(Some(vm))?;
+        let Some(mut db) = db else { return Err(Error::NotFound(vm.clone())) };
         let rec = match db.vm(vm)? {
             Some(r) if r.defined => r,
             _ => return Err(Error::NotFound(vm.clone())),
         };
+        let read_at = self.read_started();
         let vmt = vm::build(&self.config, &rec.vm_type)?;
+        let state = vmt.state(vm);
+        let basis = self.health_basis(Some(&db), read_at, [&rec])?;
+        let health = events::judge(&rec.intent, basis.lease(vm), &state, || vmt.exit_reason(vm));
+        self.note_drifts(&mut db, &basis, &[(vm, &rec.intent, &health)]);
+        self.run_hooks();
         let vols = volumes::open(&self.config, vm, &rec.definition, &*vmt)?;
         let storage = vols
             .iter()
@@ -135,21 +170,26 @@ impl Manager {
             })
             .collect();
         let pending = vmt.pending(vm, &rec.definition);
-        Ok(InfoReply {
+        let snapshots = db.snapshots(vm)?.into_iter().map(|s| super::reply::SnapshotInfo { name: s.name, created: s.created, size_bytes: s.size_bytes }).collect();
+        let info = InfoReply {
             name: rec.name,
             vm_type: rec.vm_type,
-            state: vmt.state(vm),
+            state,
+            health,
             locked: rec.locked,
             privileged: rec.definition.privileged,
             usage: vmt.usage(vm),
             ip: vmt.primary_ip(vm, &rec.definition),
             definition: rec.definition,
             storage,
+            snapshots,
             created: rec.created,
             updated: rec.updated,
             console: vmt.console_command(vm),
+            plugin: vmt.info(vm),
             pending,
-        })
+        };
+        Ok((info, repairs))
     }
 
     /// The definition, VM type and hypervisor access of a defined VM, for

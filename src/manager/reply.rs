@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::definition::Definition;
-use crate::names::{TypeName, VmName, VolumeName};
+use crate::names::{SnapshotName, TypeName, VmName, VolumeName};
 use crate::state::VmState;
 use crate::vm::Usage;
 
@@ -34,23 +34,45 @@ pub enum Reply {
     Removed(RemovedReply),
     /// `lock` and `unlock` (the admin lock).
     AdminLock(AdminLockReply),
+    /// `snapshot`.
+    Snapshot(SnapshotReply),
+    /// `restore`.
+    Restore(RestoreReply),
     /// Any mutating action with `dry_run`.
     DryRun(DryRunReply),
     /// A request id that already completed: the reply recorded then.
     Replayed(Value),
+    /// Any reply of a request that first repaired an interrupted action
+    /// on its VM: the reply's own keys plus `repaired`.
+    Repaired(Box<RepairedReply>),
+    /// `events`.
+    Events(EventsReply),
 }
 
 impl Reply {
     /// Did the action change anything? `None` for reads.
     pub fn changed(&self) -> Option<bool> {
         match self {
-            Reply::Status(_) | Reply::Info(_) => None,
+            Reply::Status(_) | Reply::Info(_) | Reply::Events(_) => None,
             Reply::Define(r) => Some(r.changed),
             Reply::Power(r) => Some(r.changed),
             Reply::Removed(r) => Some(r.changed),
             Reply::AdminLock(r) => Some(r.changed),
+            Reply::Snapshot(r) => Some(r.changed),
+            Reply::Restore(r) => Some(r.changed),
             Reply::DryRun(r) => Some(r.changed),
             Reply::Replayed(v) => v.get("changed").and_then(Value::as_bool),
+            Reply::Repaired(r) => r.reply.changed(),
+        }
+    }
+
+    /// This reply, reporting `repairs` if there were any (a reply without
+    /// repairs is byte for byte what it always was).
+    pub fn with_repairs(self, repairs: Vec<Repair>) -> Reply {
+        if repairs.is_empty() {
+            self
+        } else {
+            Reply::Repaired(Box::new(RepairedReply { reply: self, repaired: repairs }))
         }
     }
 
@@ -91,6 +113,83 @@ pub struct VmStatus {
     pub state: VmState,
     /// Whether root inside is root on the host (`definition.privileged`).
     pub privileged: bool,
+    /// Desired against observed.
+    #[serde(flatten)]
+    pub health: HealthReport,
+}
+
+/// How a VM's observed state compares with its intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Desired and observed agree (or no intent was ever recorded).
+    Ok,
+    /// It should run but does not.
+    DownUnexpected,
+    /// It runs but should not.
+    UpUnexpected,
+    /// A live process holds its operation lease.
+    InFlight,
+    /// The VM type could not tell its state.
+    Unknown,
+}
+
+impl Health {
+    /// The wire word, which is also the kind of a drift's event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::DownUnexpected => "down_unexpected",
+            Health::UpUnexpected => "up_unexpected",
+            Health::InFlight => "in_flight",
+            Health::Unknown => "unknown",
+        }
+    }
+}
+
+/// The intent, the health, and what explains it: the keys `status`
+/// entries and `info` share.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthReport {
+    /// `running`, `stopped`, or null when no intent was recorded.
+    pub desired: Option<crate::db::Desired>,
+    /// Desired against observed.
+    pub health: Health,
+    /// The action under way, when `in_flight`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<InFlight>,
+    /// Why it stopped, when `down_unexpected` and the VM type knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_reason: Option<String>,
+}
+
+/// The action holding a VM's operation lease.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InFlight {
+    /// The action.
+    pub action: String,
+    /// Who asked, once its journal entry is open.
+    pub caller: Option<String>,
+    /// Its request id, once its journal entry is open.
+    pub request_id: Option<String>,
+    /// When it took the lease (RFC 3339).
+    pub since: String,
+    /// How long it has run, seconds.
+    pub running_s: f64,
+    /// The process running it.
+    pub pid: i64,
+}
+
+/// `events`: one page of the feed.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventsReply {
+    /// Events with `seq > since`, oldest first.
+    pub events: Vec<crate::db::Event>,
+    /// The next request's `since`.
+    pub last_seq: i64,
+    /// Present (and true) when events after `since` were pruned.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub gap: bool,
 }
 
 /// The host's figures: the original keys (kB, load average) plus what a
@@ -140,6 +239,9 @@ pub struct InfoReply {
     pub definition: Definition,
     /// `[state, substate]`.
     pub state: VmState,
+    /// Desired against observed.
+    #[serde(flatten)]
+    pub health: HealthReport,
     /// The admin lock.
     pub locked: bool,
     /// Whether root inside is root on the host (`definition.privileged`).
@@ -154,9 +256,14 @@ pub struct InfoReply {
     pub created: String,
     /// When its record last changed (RFC 3339).
     pub updated: String,
+    /// Its snapshots, oldest first.
+    pub snapshots: Vec<SnapshotInfo>,
     /// The argv that attaches to its console, if the VM type has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub console: Option<Vec<String>>,
+    /// What an exec VM type's plugin adds (its `info` reply).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<serde_json::Map<String, Value>>,
     /// Definition keys the running VM does not run with yet (applied at
     /// its next start). Absent when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -183,6 +290,43 @@ pub struct VolumeInfo {
     pub mountpoint: Option<String>,
     /// Attached or mounted now.
     pub active: bool,
+}
+
+/// One snapshot in `info` and `geats snapshots`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotInfo {
+    /// Its name.
+    pub name: SnapshotName,
+    /// When it was taken (RFC 3339 UTC).
+    pub created: String,
+    /// Bytes it takes, when every driver of the VM's volumes knows.
+    pub size_bytes: Option<u64>,
+}
+
+/// `snapshot`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotReply {
+    /// The snapshot taken.
+    pub snapshot: SnapshotName,
+    /// When.
+    pub created: String,
+    /// Bytes it takes, when every driver knows.
+    pub size_bytes: Option<u64>,
+    /// Older snapshots deleted because the definition keeps fewer.
+    pub expired: Vec<SnapshotName>,
+    /// Always true (a name that exists is refused).
+    pub changed: bool,
+}
+
+/// `restore`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReply {
+    /// The snapshot restored.
+    pub snapshot: SnapshotName,
+    /// The state afterwards (running again if it was running).
+    pub state: VmState,
+    /// Always true.
+    pub changed: bool,
 }
 
 /// One row of `geats list`.
@@ -272,5 +416,41 @@ pub struct DryRunReply {
     /// Whether the real run would change anything.
     pub changed: bool,
     /// The steps the real run would take.
+    pub steps: Vec<String>,
+}
+
+/// A reply plus the repairs its request did first.
+#[derive(Debug, Clone)]
+pub struct RepairedReply {
+    /// The action's own reply; its keys come out at the top level.
+    pub reply: Reply,
+    /// What was repaired before the action ran.
+    pub repaired: Vec<Repair>,
+}
+
+impl Serialize for RepairedReply {
+    // By hand: `#[serde(flatten)]` of the recursive `Reply` does not
+    // terminate at compile time.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        let mut v = serde_json::to_value(&self.reply).map_err(S::Error::custom)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("repaired".into(), serde_json::to_value(&self.repaired).map_err(S::Error::custom)?);
+        }
+        v.serialize(s)
+    }
+}
+
+/// One interrupted action (its process was killed) that a later request
+/// finished or undid before doing its own work.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Repair {
+    /// The interrupted action.
+    pub action: String,
+    /// Its journal entry.
+    pub journal_id: i64,
+    /// `rolled_back` (undone) or `rolled_forward` (finished).
+    pub resolution: String,
+    /// The steps the repair ran.
     pub steps: Vec<String>,
 }

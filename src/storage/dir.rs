@@ -1,10 +1,18 @@
 //! The `dir` driver: a plain directory `ROOT/VM/VOLUME` under the storage
 //! type's `root` (default `ROOT/var/lib/geats/volumes`). Provides a
 //! directory; activation has nothing to do.
+//!
+//! Snapshots are copies `ROOT/VM/.snapshots/VOLUME/NAME` (for a VM type's
+//! own root `DIR/VM`: `DIR/.snapshots/VM/NAME`), made with `cp -a
+//! --reflink=auto`: on a file system that shares extents (btrfs, xfs with
+//! reflink) a snapshot costs no copy of the data, elsewhere (ext4) it is a
+//! full copy, in time and space. Restore copies the snapshot back beside
+//! the volume and swaps it in (see [`super::snapshot`]).
 
 use std::path::PathBuf;
 
-use super::{empty_dir, remove_tree, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
+use super::{empty_dir, remove_tree, snapshot, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
+use crate::names::SnapshotName;
 
 /// A directory volume.
 #[derive(Debug)]
@@ -53,6 +61,7 @@ impl Volume for Dir {
     fn undefine(&mut self) -> Result<(), StorageError> {
         remove_tree(&self.volume, &self.path)?;
         // Remove the VM's directory once its last volume is gone.
+        snapshot::remove_all(&self.volume, &snapshot::dir_for(&self.path))?;
         if let Some(parent) = self.path.parent() {
             let _ = std::fs::remove_dir(parent);
         }
@@ -85,6 +94,34 @@ impl Volume for Dir {
 
     fn describe(&self) -> String {
         format!("directory {}", self.path.display())
+    }
+
+    fn snapshot(&mut self, name: &SnapshotName) -> Result<Option<u64>, StorageError> {
+        let target = snapshot::dir_for(&self.path).join(name.as_str());
+        remove_tree(&self.volume, &target)?;
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir).map_err(super::io_err(&self.volume, "create", dir))?;
+        }
+        snapshot::copy_tree(&self.volume, &self.path, &target)?;
+        Ok(Some(crate::sys::fsutil::du(&target)))
+    }
+
+    fn restore(&mut self, name: &SnapshotName) -> Result<(), StorageError> {
+        let source = snapshot::dir_for(&self.path).join(name.as_str());
+        if !source.is_dir() {
+            return Err(snapshot::missing(&self.volume, name));
+        }
+        snapshot::restore_tree(&self.volume, &source, &self.path)
+    }
+
+    fn delete_snapshot(&mut self, name: &SnapshotName) -> Result<(), StorageError> {
+        let dir = snapshot::dir_for(&self.path);
+        remove_tree(&self.volume, &dir.join(name.as_str()))?;
+        super::remove_if_empty(&dir);
+        if let Some(parent) = dir.parent() {
+            super::remove_if_empty(parent);
+        }
+        Ok(())
     }
 }
 

@@ -56,6 +56,17 @@ impl Volume for DummyVolume {
     fn describe(&self) -> String {
         "dummy volume (recorded only)".into()
     }
+    /// A snapshot of nothing is nothing: the manager's records are all
+    /// there is (for tests and demos of the snapshot actions).
+    fn snapshot(&mut self, _name: &crate::names::SnapshotName) -> Result<Option<u64>, StorageError> {
+        Ok(Some(0))
+    }
+    fn restore(&mut self, _name: &crate::names::SnapshotName) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn delete_snapshot(&mut self, _name: &crate::names::SnapshotName) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 impl super::Driver for DummyVolume {

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::loop_adapter::with_adapter;
 use super::{io_err, remove_if_empty, tool_err, Kind, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
+use crate::names::SnapshotName;
 use crate::sys::{mkfs, mount};
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +216,33 @@ impl Volume for Filesystem {
 
     fn describe(&self) -> String {
         format!("{} file system on {}, mounted on {}", self.fstype, self.inner.describe(), self.target.display())
+    }
+
+    /// The inner volume's snapshot. While mounted, the file system is
+    /// frozen for that moment (`fsfreeze`: its dirty data is written to
+    /// the device, through a loop device into the image file, and writes
+    /// block), so the snapshot holds a clean file system, not one that
+    /// needs a journal replay; it is thawed whatever happens.
+    fn snapshot(&mut self, name: &SnapshotName) -> Result<Option<u64>, StorageError> {
+        if !self.mounted() {
+            return self.inner.snapshot(name);
+        }
+        mount::freeze(&self.target).map_err(tool_err(&self.volume, "freeze file system"))?;
+        let taken = self.inner.snapshot(name);
+        let thawed = mount::thaw(&self.target).map_err(tool_err(&self.volume, "thaw file system"));
+        let size = taken?;
+        thawed?;
+        Ok(size)
+    }
+
+    /// Unmounts first (the device's contents change under it).
+    fn restore(&mut self, name: &SnapshotName) -> Result<(), StorageError> {
+        self.deactivate()?;
+        self.inner.restore(name)
+    }
+
+    fn delete_snapshot(&mut self, name: &SnapshotName) -> Result<(), StorageError> {
+        self.inner.delete_snapshot(name)
     }
 }
 

@@ -9,7 +9,8 @@ use std::marker::PhantomData;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{io_err, remove_if_empty, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
+use super::{io_err, remove_if_empty, snapshot, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
+use crate::names::SnapshotName;
 use crate::sys::fsutil;
 
 /// One image format.
@@ -29,6 +30,25 @@ pub trait Format: std::fmt::Debug + 'static {
     fn erase(_volume: &str, _path: &Path, _size: u64) -> Option<Result<(), StorageError>> {
         None
     }
+    /// Snapshots kept inside the image (qcow2's internal snapshots):
+    /// `Some` ops for a format that has them; `None` (the default) keeps
+    /// each snapshot as a copy of the file, `.snapshots/VOLUME/NAME.EXT`
+    /// beside it, reflinked where the file system can.
+    fn internal() -> Option<&'static dyn Internal> {
+        None
+    }
+}
+
+/// Snapshots a format keeps inside the image file.
+pub trait Internal: Sync {
+    /// Does the image hold snapshot `name`?
+    fn has(&self, volume: &str, path: &Path, name: &SnapshotName) -> Result<bool, StorageError>;
+    /// Take it (the image holds none of that name).
+    fn create(&self, volume: &str, path: &Path, name: &SnapshotName) -> Result<(), StorageError>;
+    /// Revert the image to it.
+    fn apply(&self, volume: &str, path: &Path, name: &SnapshotName) -> Result<(), StorageError>;
+    /// Remove it.
+    fn delete(&self, volume: &str, path: &Path, name: &SnapshotName) -> Result<(), StorageError>;
 }
 
 /// An image file of format `F`.
@@ -49,6 +69,11 @@ impl<F: Format> ImageFile<F> {
         let root = ctx.root_setting(driver)?;
         let path = root.join(ctx.vm.as_str()).join(format!("{}.{}", ctx.name, F::EXT));
         Ok(ImageFile { volume: ctx.volume_label(), path, size, format: PhantomData })
+    }
+
+    /// Where the copy-snapshot `name` lives.
+    fn snapshot_file(&self, name: &SnapshotName) -> PathBuf {
+        snapshot::dir_for(&self.path).join(format!("{name}.{}", F::EXT))
     }
 
     /// Make a fresh image beside the path and rename it into place.
@@ -87,6 +112,10 @@ impl<F: Format> Volume for ImageFile<F> {
     }
 
     fn undefine(&mut self) -> Result<(), StorageError> {
+        snapshot::remove_all(&self.volume, &snapshot::dir_for(&self.path))?;
+        for leftover in [snapshot::with_suffix(&self.path, ".restore"), snapshot::with_suffix(&self.path, ".old")] {
+            fsutil::remove_file_if_exists(&leftover).map_err(io_err(&self.volume, "remove", &leftover))?;
+        }
         fsutil::remove_file_if_exists(&self.path).map_err(io_err(&self.volume, "remove", &self.path))?;
         if let Some(dir) = self.path.parent() {
             remove_if_empty(dir);
@@ -126,5 +155,52 @@ impl<F: Format> Volume for ImageFile<F> {
 
     fn describe(&self) -> String {
         format!("{} {} of {} bytes", F::WHAT, self.path.display(), self.size)
+    }
+
+    fn snapshot(&mut self, name: &SnapshotName) -> Result<Option<u64>, StorageError> {
+        if let Some(int) = F::internal() {
+            if int.has(&self.volume, &self.path, name)? {
+                int.delete(&self.volume, &self.path, name)?;
+            }
+            int.create(&self.volume, &self.path, name)?;
+            return Ok(None);
+        }
+        let target = self.snapshot_file(name);
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(&self.volume, "create", dir))?;
+        }
+        snapshot::copy_file(&self.volume, &self.path, &target)?;
+        Ok(std::fs::metadata(&target).ok().map(|m| m.blocks() * 512))
+    }
+
+    fn restore(&mut self, name: &SnapshotName) -> Result<(), StorageError> {
+        if let Some(int) = F::internal() {
+            if !int.has(&self.volume, &self.path, name)? {
+                return Err(snapshot::missing(&self.volume, name));
+            }
+            return int.apply(&self.volume, &self.path, name);
+        }
+        let source = self.snapshot_file(name);
+        if !source.is_file() {
+            return Err(snapshot::missing(&self.volume, name));
+        }
+        snapshot::restore_file(&self.volume, &source, &self.path)
+    }
+
+    fn delete_snapshot(&mut self, name: &SnapshotName) -> Result<(), StorageError> {
+        if let Some(int) = F::internal() {
+            if self.path.is_file() && int.has(&self.volume, &self.path, name)? {
+                int.delete(&self.volume, &self.path, name)?;
+            }
+            return Ok(());
+        }
+        let file = self.snapshot_file(name);
+        fsutil::remove_file_if_exists(&file).map_err(io_err(&self.volume, "remove", &file))?;
+        let dir = snapshot::dir_for(&self.path);
+        remove_if_empty(&dir);
+        if let Some(parent) = dir.parent() {
+            remove_if_empty(parent);
+        }
+        Ok(())
     }
 }

@@ -2,13 +2,16 @@
 //! device. `activate` attaches the file to a free loop device (`losetup
 //! --find --show`), `deactivate` detaches every device backed by the file.
 //! Which device that is, is asked of the kernel (`losetup -j FILE`) each
-//! time, so a process can release what an earlier one attached.
+//! time, so a process can release what an earlier one attached. The file's
+//! path is asked of the inner volume each time too: an exec plugin names it
+//! only once it has created the volume.
 //!
 //! Settings: none. Options: none.
 
 use std::path::PathBuf;
 
 use super::{tool_err, Kind, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
+use crate::names::SnapshotName;
 use crate::sys::loopdev;
 
 /// A loop device over an image file.
@@ -16,27 +19,28 @@ use crate::sys::loopdev;
 pub struct LoopAdapter {
     inner: Box<dyn Volume>,
     volume: String,
-    file: PathBuf,
 }
 
 impl LoopAdapter {
     /// Wrap `inner`, which must provide a file. `key` names this adapter in
     /// the config, for errors.
     pub fn new(ctx: &VolumeCtx<'_>, key: &str, inner: Box<dyn Volume>) -> Result<LoopAdapter, StorageError> {
-        let provided = inner.provides();
-        let file = match provided.path_of(Kind::File) {
-            Some(f) => f.to_path_buf(),
-            None => {
-                let kind = provided.kind;
-                return Err(ctx.config.invalid(key, format!("the loop adapter needs a volume that provides a file; {} provides {}", inner.describe(), kind.as_str())).into())
-            }
-        };
-        Ok(LoopAdapter { inner, volume: ctx.volume_label(), file })
+        let kind = inner.provides().kind;
+        if kind != Kind::File {
+            return Err(ctx.config.invalid(key, format!("the loop adapter needs a volume that provides a file; {} provides {}", inner.describe(), kind.as_str())).into());
+        }
+        Ok(LoopAdapter { inner, volume: ctx.volume_label() })
+    }
+
+    /// The inner volume's file, once it has one.
+    fn file(&self) -> Option<PathBuf> {
+        self.inner.provides().path_of(Kind::File).map(PathBuf::from)
     }
 
     /// The loop devices now backed by the file.
     fn devices(&self) -> Result<Vec<PathBuf>, StorageError> {
-        loopdev::find(&self.file).map_err(tool_err(&self.volume, "find loop device"))
+        let Some(file) = self.file() else { return Ok(Vec::new()) };
+        loopdev::find(&file).map_err(tool_err(&self.volume, "find loop device"))
     }
 
     fn device(&self) -> Option<PathBuf> {
@@ -62,7 +66,10 @@ impl Volume for LoopAdapter {
         if !self.devices()?.is_empty() {
             return Ok(());
         }
-        if let Err(e) = loopdev::attach(&self.file) {
+        let Some(file) = self.file() else {
+            return Err(StorageError::State { volume: self.volume.clone(), step: "attach loop device", problem: format!("{} names no file", self.inner.describe()) });
+        };
+        if let Err(e) = loopdev::attach(&file) {
             if !inner_was_active {
                 if let Err(c) = self.inner.deactivate() {
                     tracing::warn!(volume = %self.volume, error = %c, "cleanup after a failed attach failed");
@@ -117,6 +124,25 @@ impl Volume for LoopAdapter {
 
     fn describe(&self) -> String {
         format!("{} on a loop device", self.inner.describe())
+    }
+
+    /// The file's snapshot. While a device is attached, what the file
+    /// holds is consistent only if whatever uses the device flushed it
+    /// and writes nothing (the filesystem adapter freezes its file system
+    /// for this; a VM given the bare device must be frozen and its guest
+    /// must have synced).
+    fn snapshot(&mut self, name: &SnapshotName) -> Result<Option<u64>, StorageError> {
+        self.inner.snapshot(name)
+    }
+
+    /// Detaches the device first: the file changes under it.
+    fn restore(&mut self, name: &SnapshotName) -> Result<(), StorageError> {
+        self.deactivate()?;
+        self.inner.restore(name)
+    }
+
+    fn delete_snapshot(&mut self, name: &SnapshotName) -> Result<(), StorageError> {
+        self.inner.delete_snapshot(name)
     }
 }
 

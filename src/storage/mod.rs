@@ -25,11 +25,12 @@ macro_rules! registry {
 }
 
 registry! {
-    drivers: dir::Dir, dummy::DummyVolume, sparsefile::SparseFile, qcow2::Qcow2, btrfs::Btrfs, overlay::Overlay, lvm::Lvm, tmpfs::Tmpfs;
+    drivers: dir::Dir, dummy::DummyVolume, sparsefile::SparseFile, qcow2::Qcow2, btrfs::Btrfs, overlay::Overlay, lvm::Lvm, exec::Exec, tmpfs::Tmpfs;
     adapters: loop_adapter::LoopAdapter, fs_adapter::Filesystem;
 }
 
 mod image_file;
+pub mod snapshot;
 mod template_cache;
 
 /// A storage driver: the innermost volume of a chain. Implement it with
@@ -110,7 +111,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::definition::VolumeSpec;
-use crate::names::{TypeName, VmName, VolumeName};
+use crate::names::{SnapshotName, TypeName, VmName, VolumeName};
 use crate::sys::exec::ExecError;
 
 /// A storage failure.
@@ -159,6 +160,33 @@ pub enum StorageError {
         step: &'static str,
         /// The tool's failure (argv, status, stderr).
         source: ExecError,
+    },
+    /// An exec plugin failed, timed out or replied with garbage.
+    #[error("volume {volume}")]
+    Plugin {
+        /// The volume.
+        volume: String,
+        /// What the plugin did.
+        source: crate::sys::plugin::PluginError,
+    },
+    /// The driver (or an adapter of the chain) cannot do this, e.g. take
+    /// snapshots.
+    #[error("volume {volume}: {driver} cannot {what}")]
+    NotSupported {
+        /// The volume.
+        volume: String,
+        /// The driver or adapter that cannot.
+        driver: &'static str,
+        /// What it cannot do.
+        what: &'static str,
+    },
+    /// A snapshot the step needs does not exist.
+    #[error("volume {volume}: no snapshot named {snapshot}")]
+    NoSnapshot {
+        /// The volume.
+        volume: String,
+        /// The snapshot.
+        snapshot: String,
     },
     /// The volume is in a state that forbids the step.
     #[error("volume {volume}: cannot {step}: {problem}")]
@@ -259,6 +287,29 @@ pub trait Volume: std::fmt::Debug {
     /// unpacks the archive into the directory it provides.
     fn clone_template(&mut self, _template: &crate::template::Template) -> Result<bool, StorageError> {
         Ok(false)
+    }
+    /// Take the snapshot `name` of the volume's current contents; returns
+    /// the bytes it takes when the driver knows. Called on an inactive
+    /// volume, or on an active one whose VM is frozen (the driver must
+    /// then capture what is written so far, e.g. by freezing the file
+    /// system). A snapshot that exists already is replaced. Drivers that
+    /// cannot answer [`StorageError::NotSupported`] (the default).
+    fn snapshot(&mut self, _name: &SnapshotName) -> Result<Option<u64>, StorageError> {
+        Err(self.not_supported("take snapshots"))
+    }
+    /// Bring the volume's contents back to the snapshot `name`, keeping
+    /// every snapshot. Called on an inactive volume; leaves it inactive.
+    /// [`StorageError::NoSnapshot`] when there is no such snapshot.
+    fn restore(&mut self, _name: &SnapshotName) -> Result<(), StorageError> {
+        Err(self.not_supported("restore snapshots"))
+    }
+    /// Remove the snapshot `name`; absent is fine.
+    fn delete_snapshot(&mut self, _name: &SnapshotName) -> Result<(), StorageError> {
+        Err(self.not_supported("delete snapshots"))
+    }
+    /// A [`StorageError::NotSupported`] naming this volume.
+    fn not_supported(&self, what: &'static str) -> StorageError {
+        StorageError::NotSupported { volume: self.describe(), driver: "this storage type", what }
     }
 }
 

@@ -11,12 +11,26 @@
 //! `activate` mounts the overlay on `merged/`, `deactivate` unmounts it
 //! (whether it is mounted is read from `/proc/self/mountinfo`).
 //!
+//! Snapshots live in the volume's directory, `snapshots/NAME/` holding
+//! `upper/` and `lower`: a copy of the volume's own layer (`cp -a
+//! --reflink=auto`, so whiteouts and `trusted.overlay.*` attributes come
+//! along) and the template it sits on. The template is never copied: a
+//! snapshot costs what the VM changed since its template, and nothing
+//! more where the file system shares extents. Restore (on an unmounted
+//! overlay) swaps a copy of the snapshot's layer in as `upper/`, empties
+//! `work/` and points `lower` at the snapshot's template. Freezing the
+//! upper layer into a new lower layer would cost no copy at all, but a
+//! running container's upper layer cannot be swapped under its mounted
+//! overlay, and a snapshot of a running VM must leave it running.
+//!
 //! Settings: `root`. Options: none.
 
 use std::path::{Path, PathBuf};
 
 use super::template_cache::{self, CacheOps};
 use super::{empty_dir, io_err, remove_if_empty, remove_tree, tool_err, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
+use super::snapshot;
+use crate::names::SnapshotName;
 use crate::sys::mount;
 use crate::template::Template;
 
@@ -55,6 +69,9 @@ impl Overlay {
     }
     fn templates(&self) -> PathBuf {
         self.root.join(".templates")
+    }
+    fn snapshot_dir(&self, name: &SnapshotName) -> PathBuf {
+        self.dir.join("snapshots").join(name.as_str())
     }
 
     /// The lower directory: the template named in `lower`, or an empty one.
@@ -194,6 +211,53 @@ impl Volume for Overlay {
             self.activate()?;
         }
         Ok(true)
+    }
+
+    fn snapshot(&mut self, name: &SnapshotName) -> Result<Option<u64>, StorageError> {
+        let target = self.snapshot_dir(name);
+        remove_tree(&self.volume, &target)?;
+        let partial = snapshot::with_suffix(&target, ".partial");
+        remove_tree(&self.volume, &partial)?;
+        std::fs::create_dir_all(&partial).map_err(io_err(&self.volume, "create", &partial))?;
+        // Writes of a running VM reach `upper/` directly (overlayfs writes
+        // through to the upper file), so with the VM frozen the copy is
+        // what the VM sees.
+        let made = snapshot::copy_tree(&self.volume, &self.upper(), &partial.join("upper")).and_then(|_| {
+            let lf = self.lower_file();
+            match std::fs::read(&lf) {
+                Ok(text) => std::fs::write(partial.join("lower"), text).map_err(io_err(&self.volume, "write", &partial)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(StorageError::Io { volume: self.volume.clone(), step: "read", path: lf, source }),
+            }
+        });
+        let made = made.and_then(|_| std::fs::rename(&partial, &target).map_err(io_err(&self.volume, "rename snapshot into", &target)));
+        if made.is_err() {
+            let _ = remove_tree(&self.volume, &partial);
+        }
+        made?;
+        Ok(Some(crate::sys::fsutil::du(&target)))
+    }
+
+    fn restore(&mut self, name: &SnapshotName) -> Result<(), StorageError> {
+        let source = self.snapshot_dir(name);
+        if !source.join("upper").is_dir() {
+            return Err(snapshot::missing(&self.volume, name));
+        }
+        self.deactivate()?;
+        snapshot::restore_tree(&self.volume, &source.join("upper"), &self.upper())?;
+        empty_dir(&self.volume, &self.work())?;
+        let lf = self.lower_file();
+        match std::fs::read(source.join("lower")) {
+            Ok(text) => crate::sys::fsutil::write_atomic(&lf, &text, 0o644).map_err(io_err(&self.volume, "write", &lf)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => crate::sys::fsutil::remove_file_if_exists(&lf).map_err(io_err(&self.volume, "remove", &lf)),
+            Err(source_err) => Err(StorageError::Io { volume: self.volume.clone(), step: "read", path: source.join("lower"), source: source_err }),
+        }
+    }
+
+    fn delete_snapshot(&mut self, name: &SnapshotName) -> Result<(), StorageError> {
+        remove_tree(&self.volume, &self.snapshot_dir(name))?;
+        remove_if_empty(&self.dir.join("snapshots"));
+        Ok(())
     }
 }
 

@@ -5,12 +5,17 @@
 //! activation has nothing to do. Format makes a fresh image and renames it
 //! over the old one.
 //!
+//! Snapshots are qcow2 internal snapshots (`qemu-img snapshot -c/-a/-d`):
+//! they live inside the image, cost only the clusters that diverge, and
+//! go with the file.
+//!
 //! Settings: `root`. Options: none (`size` is required).
 
 use std::io::Read;
 use std::path::Path;
 
-use super::image_file::{Format, ImageFile};
+use super::image_file::{Format, ImageFile, Internal};
+use crate::names::SnapshotName;
 use super::{tool_err, Driver, StorageError, VolumeCtx};
 use crate::sys::exec::Cmd;
 
@@ -52,6 +57,51 @@ impl Format for Qcow2Format {
     fn virtual_size(path: &Path) -> Option<u64> {
         virtual_size(path)
     }
+
+    fn internal() -> Option<&'static dyn Internal> {
+        Some(&QemuImgSnapshots)
+    }
+}
+
+/// qcow2 internal snapshots through `qemu-img snapshot`.
+#[derive(Debug)]
+pub struct QemuImgSnapshots;
+
+impl QemuImgSnapshots {
+    fn run(volume: &str, flag: &str, path: &Path, name: &SnapshotName, step: &'static str) -> Result<(), StorageError> {
+        Cmd::new(["qemu-img", "snapshot", flag]).arg(name.as_str()).arg(path).run().map(|_| ()).map_err(tool_err(volume, step))
+    }
+}
+
+/// The snapshot tags in `qemu-img snapshot -l IMAGE`'s output:
+///
+/// ```text
+/// Snapshot list:
+/// ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT
+/// 1         before                0 B 2026-12-01 12:00:00 00:00:00.000          0
+/// ```
+pub fn parse_snapshot_list(text: &str) -> Vec<String> {
+    text.lines()
+        .skip_while(|l| !l.starts_with("ID"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect()
+}
+
+impl Internal for QemuImgSnapshots {
+    fn has(&self, volume: &str, path: &Path, name: &SnapshotName) -> Result<bool, StorageError> {
+        let out = Cmd::new(["qemu-img", "snapshot", "-l"]).arg(path).run().map_err(tool_err(volume, "list qcow2 snapshots"))?;
+        Ok(parse_snapshot_list(&out.stdout).iter().any(|t| t == name.as_str()))
+    }
+    fn create(&self, volume: &str, path: &Path, name: &SnapshotName) -> Result<(), StorageError> {
+        Self::run(volume, "-c", path, name, "create qcow2 snapshot")
+    }
+    fn apply(&self, volume: &str, path: &Path, name: &SnapshotName) -> Result<(), StorageError> {
+        Self::run(volume, "-a", path, name, "apply qcow2 snapshot")
+    }
+    fn delete(&self, volume: &str, path: &Path, name: &SnapshotName) -> Result<(), StorageError> {
+        Self::run(volume, "-d", path, name, "delete qcow2 snapshot")
+    }
 }
 
 impl Driver for Qcow2 {
@@ -60,5 +110,17 @@ impl Driver for Qcow2 {
 
     fn open(ctx: &VolumeCtx<'_>) -> Result<Self, StorageError> {
         ImageFile::from_ctx(ctx, Self::NAME)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_list_tags() {
+        let t = "Snapshot list:\nID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT\n1         before                0 B 2026-12-01 12:00:00 00:00:00.000          0\n2         b.2                   0 B 2026-12-01 12:00:01 00:00:00.000          0\n";
+        assert_eq!(parse_snapshot_list(t), vec!["before".to_string(), "b.2".to_string()]);
+        assert!(parse_snapshot_list("").is_empty());
     }
 }

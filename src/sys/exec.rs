@@ -2,12 +2,22 @@
 //!
 //! A command is an argv, never a shell string. The child gets a fixed,
 //! minimal environment (`LC_ALL=C` so the stderr we match is stable, a fixed
-//! `PATH`), a defined stdin, and a timeout after which it is killed. A failure
-//! carries the argv, the exit status and both output streams.
+//! `PATH`, and only the variables a caller adds with [`Cmd::env`]), a
+//! defined stdin, and a timeout after which it is killed. A failure carries
+//! the argv, the exit status and both output streams.
+//!
+//! A command run with [`Cmd::process_group`] (an exec plugin) leads a
+//! process group of its own: on a timeout the whole group is killed, and so
+//! is whatever is left in the group once the leader exits, so nothing it
+//! started outlives it unless it left the group on purpose (`setsid`).
+//! Its output is read only until the deadline, so a child that keeps the
+//! pipes open cannot hang geats either.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The `PATH` every child gets.
@@ -84,6 +94,8 @@ pub struct Cmd {
     argv: Vec<OsString>,
     stdin: Option<Vec<u8>>,
     timeout: Duration,
+    env: Vec<(OsString, OsString)>,
+    group: bool,
 }
 
 impl Cmd {
@@ -95,7 +107,26 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        Cmd { argv: argv.into_iter().map(|a| a.as_ref().to_os_string()).collect(), stdin: None, timeout: Duration::from_secs(60) }
+        Cmd {
+            argv: argv.into_iter().map(|a| a.as_ref().to_os_string()).collect(),
+            stdin: None,
+            timeout: Duration::from_secs(60),
+            env: Vec::new(),
+            group: false,
+        }
+    }
+
+    /// Add one variable to the child's (otherwise fixed) environment.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Cmd {
+        self.env.push((key.as_ref().to_os_string(), value.as_ref().to_os_string()));
+        self
+    }
+
+    /// Run the child as the leader of a new process group, and kill the
+    /// group on a timeout and once the leader has exited.
+    pub fn process_group(mut self) -> Cmd {
+        self.group = true;
+        self
     }
 
     /// Append one argument.
@@ -140,6 +171,12 @@ impl Cmd {
         #[allow(clippy::disallowed_methods)]
         let mut c = Command::new(program);
         c.args(&self.argv[1..]).env_clear().env("LC_ALL", "C").env("PATH", CHILD_PATH);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        if self.group {
+            c.process_group(0);
+        }
         Ok(c)
     }
 
@@ -160,48 +197,61 @@ impl Cmd {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = c.spawn().map_err(|source| ExecError::Spawn { program: self.program(), source })?;
+        let deadline = Instant::now() + self.timeout;
         if let (Some(data), Some(mut sin)) = (self.stdin.clone(), child.stdin.take()) {
             std::thread::spawn(move || {
                 let _ = sin.write_all(&data);
             });
         }
-        let mut so = child.stdout.take();
-        let mut se = child.stderr.take();
-        let t_out = std::thread::spawn(move || {
-            let mut b = Vec::new();
-            if let Some(s) = so.as_mut() {
-                let _ = s.read_to_end(&mut b);
+        let out = reader(child.stdout.take());
+        let err = reader(child.stderr.take());
+        let status = match self.wait(&mut child, deadline) {
+            Ok(Some(status)) => status,
+            Ok(None) => {
+                let stderr = String::from_utf8_lossy(&collect(&err, Instant::now() + Duration::from_millis(200)).unwrap_or_default()).into_owned();
+                return Err(ExecError::Timeout { argv: self.shown(), secs: self.timeout.as_secs(), stderr });
             }
-            b
-        });
-        let t_err = std::thread::spawn(move || {
-            let mut b = Vec::new();
-            if let Some(s) = se.as_mut() {
-                let _ = s.read_to_end(&mut b);
-            }
-            b
-        });
-        let start = Instant::now();
-        let mut sleep = Duration::from_micros(200);
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(st)) => break st,
-                Ok(None) if start.elapsed() >= self.timeout => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
-                    return Err(ExecError::Timeout { argv: self.shown(), secs: self.timeout.as_secs(), stderr });
-                }
-                Ok(None) => {
-                    std::thread::sleep(sleep);
-                    sleep = (sleep * 2).min(Duration::from_millis(20));
-                }
-                Err(source) => return Err(ExecError::Spawn { program: self.program(), source }),
-            }
+            Err(source) => return Err(ExecError::Spawn { program: self.program(), source }),
         };
-        let stdout = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
-        let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
-        Ok(Output { code: status.code(), stdout, stderr })
+        // Both pipes reach end-of-file once every process holding them is
+        // gone; one that outlives the deadline (a child of the child, not
+        // in its group) counts as a timeout.
+        let stdout = collect(&out, deadline);
+        let stderr = collect(&err, deadline);
+        let (Some(stdout), Some(stderr)) = (stdout, stderr) else {
+            return Err(ExecError::Timeout { argv: self.shown(), secs: self.timeout.as_secs(), stderr: String::new() });
+        };
+        Ok(Output { code: status.code(), stdout: String::from_utf8_lossy(&stdout).into_owned(), stderr: String::from_utf8_lossy(&stderr).into_owned() })
+    }
+
+    /// Wait for the child until `deadline`; `None` when it was killed for
+    /// running too long. In group mode the leader's exit is observed
+    /// without reaping it, so its pid (the group's id) cannot be reused
+    /// while the rest of the group is killed.
+    fn wait(&self, child: &mut Child, deadline: Instant) -> std::io::Result<Option<ExitStatus>> {
+        let start = Instant::now();
+        loop {
+            let exited = if self.group { exited_unreaped(child.id())? } else { child.try_wait()?.is_some() };
+            if exited {
+                if self.group {
+                    kill_group(child.id());
+                }
+                return child.wait().map(Some);
+            }
+            if Instant::now() >= deadline {
+                if self.group {
+                    kill_group(child.id());
+                } else {
+                    let _ = child.kill();
+                }
+                let _ = child.wait();
+                return Ok(None);
+            }
+            // Notice the exit at most ~10% late: doubling the pause
+            // instead made a 30 ms tool cost up to 45 ms, most of a
+            // snapshot's overhead (issue 18).
+            std::thread::sleep((start.elapsed() / 10).clamp(Duration::from_micros(200), Duration::from_millis(20)));
+        }
     }
 
     /// Run with the terminal attached (console, ssh, exec): stdin, stdout
@@ -214,6 +264,40 @@ impl Cmd {
         let st = c.status().map_err(|source| ExecError::Spawn { program: self.program(), source })?;
         Ok(st.code().unwrap_or(128 + 9))
     }
+}
+
+/// A thread that reads a pipe to its end and sends what it read.
+fn reader(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut b = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut b);
+        }
+        let _ = tx.send(b);
+    });
+    rx
+}
+
+/// What a [`reader`] read, if it reached the end of its pipe by `deadline`.
+fn collect(rx: &mpsc::Receiver<Vec<u8>>, deadline: Instant) -> Option<Vec<u8>> {
+    rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok()
+}
+
+/// Has the child `pid` exited? Leaves it unreaped (`WNOWAIT`).
+fn exited_unreaped(pid: u32) -> std::io::Result<bool> {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid as i32)), flags) {
+        Ok(WaitStatus::StillAlive) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(e) => Err(std::io::Error::from(e)),
+    }
+}
+
+/// SIGKILL every process of the group `pgid` (there may be none left).
+fn kill_group(pgid: u32) {
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), nix::sys::signal::Signal::SIGKILL);
 }
 
 /// Is `program` on the child `PATH`?
@@ -238,6 +322,53 @@ mod tests {
         assert_eq!(o.stdout, "hello");
         let o = Cmd::new(["env"]).run().unwrap();
         assert!(o.stdout.contains("LC_ALL=C") && !o.stdout.contains("HOME="), "{}", o.stdout);
+    }
+
+    #[test]
+    fn extra_env_reaches_the_child() {
+        let o = Cmd::new(["env"]).env("GEATS_PLUGIN_OP", "create").run().unwrap();
+        assert!(o.stdout.contains("GEATS_PLUGIN_OP=create") && o.stdout.contains("LC_ALL=C"), "{}", o.stdout);
+    }
+
+    /// Is a process whose command line contains `marker` alive?
+    fn alive_with(marker: &str) -> bool {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains(marker)).unwrap_or(false)
+        })
+    }
+
+    #[test]
+    fn group_timeout_kills_the_children_too() {
+        // `sleep 31.337` in the background holds no pipe; the leader hangs.
+        let marker = format!("3{}.5", std::process::id());
+        let t = Instant::now();
+        let e = Cmd::new(["sh", "-c", &format!("sleep {marker} >/dev/null 2>&1 & sleep {marker}")])
+            .process_group()
+            .timeout(Duration::from_millis(300))
+            .run()
+            .unwrap_err();
+        assert!(matches!(e, ExecError::Timeout { .. }), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!alive_with(&format!("sleep {marker}")), "a child of the group survived");
+    }
+
+    #[test]
+    fn group_leftovers_are_killed_when_the_leader_exits() {
+        let marker = format!("4{}.5", std::process::id());
+        let o = Cmd::new(["sh", "-c", &format!("sleep {marker} >/dev/null 2>&1 & echo done")]).process_group().run().unwrap();
+        assert_eq!(o.stdout, "done\n");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!alive_with(&format!("sleep {marker}")), "a leftover of the group survived");
+    }
+
+    #[test]
+    fn a_child_holding_the_pipe_cannot_outlast_the_deadline() {
+        // Not a group: the background sleep keeps stdout open after sh exits.
+        let t = Instant::now();
+        let e = Cmd::new(["sh", "-c", "sleep 5 & echo started"]).timeout(Duration::from_millis(300)).run().unwrap_err();
+        assert!(matches!(e, ExecError::Timeout { .. }), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     }
 
     #[test]

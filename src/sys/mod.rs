@@ -7,4 +7,5 @@ pub mod fsutil;
 pub mod loopdev;
 pub mod mkfs;
 pub mod mount;
+pub mod plugin;
 pub mod proc;

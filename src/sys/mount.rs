@@ -90,6 +90,18 @@ pub fn umount(target: &Path) -> Result<(), ExecError> {
     Cmd::new(["umount"]).arg(target).run().map(|_| ())
 }
 
+/// `fsfreeze --freeze TARGET`: flush the mounted file system to its
+/// device and block every write until [`thaw`]; what its device holds is
+/// then a consistent file system.
+pub fn freeze(target: &Path) -> Result<(), ExecError> {
+    Cmd::new(["fsfreeze", "--freeze"]).arg(target).run().map(|_| ())
+}
+
+/// `fsfreeze --unfreeze TARGET`.
+pub fn thaw(target: &Path) -> Result<(), ExecError> {
+    Cmd::new(["fsfreeze", "--unfreeze"]).arg(target).run().map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

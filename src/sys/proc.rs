@@ -40,9 +40,33 @@ pub fn start_time(pid: i64) -> Option<u64> {
 }
 
 /// Is the process `pid` with this start time still alive? A reused pid has
-/// another start time.
+/// another start time; a zombie (killed, not yet reaped by its parent) is
+/// dead: it will never release anything.
 pub fn alive(pid: i64, start: u64) -> bool {
-    start_time(pid) == Some(start)
+    start_time(pid) == Some(start) && !zombie(pid)
+}
+
+/// Is `pid` a zombie (state `Z` in `/proc/PID/stat`, the field after the
+/// command name)?
+fn zombie(pid: i64) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    text.rfind(')').and_then(|i| text[i + 1..].split_whitespace().next()).is_some_and(|s| s == "Z" || s == "X")
+}
+
+/// Make sure nothing this process creates is group- or world-writable,
+/// whatever umask the caller left (`umask 000` would make every directory
+/// geats creates 0777). Files that need to be private ask for 0600.
+pub fn restrict_umask() {
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    // Keep a stricter umask the caller chose.
+    nix::sys::stat::umask(old | nix::sys::stat::Mode::from_bits_truncate(0o022));
+}
+
+/// End this process at once with SIGKILL, as a crash would: no unwinding,
+/// no destructors, no lease release. Only the fault-injection point
+/// (`GEATS_FAULT_KILL_AT`) calls it.
+pub fn kill_self() {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
 }
 
 /// The host name, from the kernel.

@@ -115,6 +115,16 @@ impl VmType for Dummy {
         self.file(vm, "json").exists()
     }
 
+    fn list(&self) -> Vec<VmName> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut out: Vec<VmName> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json").and_then(|n| VmName::new(n).ok()))
+            .collect();
+        out.sort();
+        out
+    }
+
     fn start(&self, vm: &VmName) -> Result<(), VmError> {
         self.fault(vm, "start")?;
         self.set_power(vm, Power::Running)
@@ -128,6 +138,15 @@ impl VmType for Dummy {
     fn shutdown(&self, vm: &VmName) -> Result<(), VmError> {
         self.fault(vm, "shutdown")?;
         self.set_power(vm, Power::Stopped)
+    }
+
+    /// The dummy has nothing to pause; `fault` can fail or delay it.
+    fn freeze(&self, vm: &VmName) -> Result<(), VmError> {
+        self.fault(vm, "freeze")
+    }
+
+    fn unfreeze(&self, vm: &VmName) -> Result<(), VmError> {
+        self.fault(vm, "unfreeze")
     }
 
     fn reboot(&self, vm: &VmName) -> Result<(), VmError> {

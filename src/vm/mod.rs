@@ -16,7 +16,7 @@ macro_rules! vm_types {
     };
 }
 
-vm_types!(dummy::Dummy, lxc::Lxc);
+vm_types!(dummy::Dummy, lxc::Lxc, exec::ExecVm);
 
 /// How the registry builds a VM type from its `[vm_types.NAME]` table.
 pub trait VmDriver: VmType + Sized + 'static {
@@ -110,6 +110,16 @@ pub enum VmError {
         vm: VmName,
         /// What happened.
         detail: String,
+    },
+    /// An exec plugin failed, timed out or replied with garbage.
+    #[error("cannot {step} {vm}")]
+    Plugin {
+        /// What was being done.
+        step: &'static str,
+        /// The VM.
+        vm: VmName,
+        /// What the plugin did.
+        source: crate::sys::plugin::PluginError,
     },
     /// The operation is not available for this VM type.
     #[error("{0}")]
@@ -243,12 +253,32 @@ pub trait VmType: std::fmt::Debug {
     /// Restart it.
     fn reboot(&self, vm: &VmName) -> Result<(), VmError>;
 
+    /// Pause every process of the running VM, so that its volumes can be
+    /// snapshotted consistently with one another; [`VmType::unfreeze`]
+    /// resumes it. A type that cannot answers `NotSupported` (the default),
+    /// and snapshots of its running VMs are refused.
+    fn freeze(&self, vm: &VmName) -> Result<(), VmError> {
+        Err(VmError::NotSupported(format!("VM {vm}'s type cannot freeze a running VM; stop it to take a snapshot")))
+    }
+
+    /// Resume a VM [`VmType::freeze`] paused; a VM that is not frozen is
+    /// left alone.
+    fn unfreeze(&self, _vm: &VmName) -> Result<(), VmError> {
+        Ok(())
+    }
+
     /// Its state, read from the hypervisor.
     fn state(&self, vm: &VmName) -> VmState;
 
     /// The states of many VMs in one pass (no process per VM).
     fn states(&self, vms: &[VmName]) -> BTreeMap<VmName, VmState> {
         vms.iter().map(|v| (v.clone(), self.state(v))).collect()
+    }
+
+    /// Why a VM that should run has stopped, if the VM type knows (LXC:
+    /// from its log of the last start). Only asked for a stopped VM.
+    fn exit_reason(&self, _vm: &VmName) -> Option<String> {
+        None
     }
 
     /// Memory and CPU usage.
@@ -271,9 +301,44 @@ pub trait VmType: std::fmt::Debug {
         None
     }
 
+    /// Extra fields for `info` (an exec plugin's `info` reply), shown
+    /// under `plugin`; `None` for types that have none.
+    fn info(&self, _vm: &VmName) -> Option<serde_json::Map<String, serde_json::Value>> {
+        None
+    }
+
     /// The generated hypervisor config, for `geats info --config`.
     fn config_text(&self, _vm: &VmName) -> Option<String> {
         None
+    }
+
+    /// Every VM this type holds on the host, whoever made it (`geats
+    /// check` compares them with the database). One directory read, no
+    /// process per VM. The default knows none.
+    fn list(&self) -> Vec<VmName> {
+        Vec::new()
+    }
+
+    /// Wait (boundedly) for the tools a killed geats left running on `vm`
+    /// (an `lxc-start` or `lxc-stop` goes on after its parent dies) to
+    /// finish, so that a repair sees the state they leave. The default
+    /// has no tools to wait for.
+    fn settle(&self, _vm: &VmName) {}
+
+    /// Keep `record` (what only geats knows of a defined VM: its
+    /// definition and volume records, JSON) beside the VM's own files, as
+    /// LXD keeps `backup.yaml`, so that `geats recover` finds it even when
+    /// the database and its records directory are both lost. Called
+    /// after [`VmType::define`]; [`VmType::undefine`] removes it. The
+    /// default keeps nothing.
+    fn keep_record(&self, _vm: &VmName, _record: &[u8]) -> Result<(), VmError> {
+        Ok(())
+    }
+
+    /// Every record kept by [`VmType::keep_record`] on this host, for
+    /// `geats recover`.
+    fn kept_records(&self) -> Vec<Vec<u8>> {
+        Vec::new()
     }
 
     /// Whether the host can run this type (for Choria's activation check).

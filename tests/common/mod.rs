@@ -336,3 +336,31 @@ pub fn loop_devices() -> Vec<(PathBuf, String)> {
         })
         .collect()
 }
+
+/// Mounts and loop devices under `dir`.
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = mounts_under(dir).into_iter().map(|m| format!("mount {}", m.mount_point.display())).collect();
+    let losetup = Command::new("losetup").arg("-a").output().expect("losetup -a");
+    for line in String::from_utf8_lossy(&losetup.stdout).lines() {
+        if line.contains(&*dir.to_string_lossy()) {
+            out.push(format!("loop {line}"));
+        }
+    }
+    out
+}
+
+/// Unmount everything under `dir` (deepest first) and detach loop devices
+/// backed by files under it.
+pub fn release_under(dir: &Path) {
+    let mut mounts: Vec<PathBuf> = mounts_under(dir).into_iter().map(|m| m.mount_point).collect();
+    mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for m in mounts {
+        let _ = Command::new("umount").arg("-l").arg(&m).status();
+    }
+    for (dev, file) in loop_devices() {
+        if file.starts_with(&*dir.to_string_lossy()) {
+            let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+        }
+    }
+}
+

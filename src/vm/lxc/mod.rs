@@ -10,7 +10,8 @@
 //! Files per container, under `LXCPATH/NAME/`: `config` (LXC's), `lxc.log`
 //! (LXC's log of the last start, at `log_level`), `geats.pid` (the monitor
 //! pid, written by `lxc-start -p` and removed by LXC at stop) and
-//! `geats.json` (where the rootfs is and whether geats owns it).
+//! `geats-record.json` (geats' definition and volume records, for
+//! `geats recover`; `geats.json` was written by earlier versions).
 //!
 //! Settings (`[vm_types.lxc]`): `lxcpath` (default `ROOT/var/lib/lxc`),
 //! `shutdown_timeout` (seconds, default 30), `default_rootfs_prefix`
@@ -108,6 +109,9 @@ pub struct Lxc {
     idmapped_mounts: confine::IdmappedMounts,
     devices: Vec<&'static str>,
 }
+
+/// geats' record of a container, beside its LXC config (`geats recover`).
+const RECORD: &str = "geats-record.json";
 
 const LOG_LEVELS: [&str; 9] = ["TRACE", "DEBUG", "INFO", "NOTICE", "WARN", "ERROR", "CRIT", "ALERT", "FATAL"];
 
@@ -240,6 +244,19 @@ impl Lxc {
             Some(m) => line[m.end()..].trim().to_string(),
             None => line.trim().to_string(),
         })
+    }
+
+    /// How the container's init ended, as the monitor logs it at level
+    /// INFO or finer when init exits (so only with `log_level = "INFO"`):
+    /// ```text
+    /// lxc-start c1 20261201120102.481 INFO     error - ../src/lxc/error.c:lxc_error_set_and_log:34 - Child <4242> ended on signal Killed(9)
+    /// ```
+    /// gives `init ended on signal Killed(9)`.
+    fn log_exit(&self, vm: &VmName) -> Option<String> {
+        let text = std::fs::read_to_string(self.file(vm, "lxc.log")).ok()?;
+        let line = text.lines().rev().find(|l| l.contains("lxc_error_set_and_log"))?;
+        let at = line.find("ended on ")?;
+        Some(format!("init {}", line[at..].trim()))
     }
 
     fn read_meta(&self, vm: &VmName) -> Option<Meta> {
@@ -548,7 +565,7 @@ impl VmType for Lxc {
 
     fn undefine(&self, vm: &VmName) -> Result<(), VmError> {
         let dir = self.dir(vm);
-        for f in ["config", "lxc.log", "geats.pid", "geats.json", "geats.running.json", "seccomp"] {
+        for f in ["config", "lxc.log", "geats.pid", "geats.json", "geats.running.json", "seccomp", RECORD] {
             remove_if_exists(&dir.join(f))?;
         }
         if let Err(e) = crate::sys::fsutil::ignore_missing(std::fs::remove_dir(&dir)) {
@@ -621,12 +638,52 @@ impl VmType for Lxc {
         keys
     }
 
+    /// Waits while an `lxc-*` tool runs on this container (`-P LXCPATH
+    /// -n NAME` in its command line, as geats runs them), up to the
+    /// shutdown timeout plus 10 s.
+    fn settle(&self, vm: &VmName) {
+        let limit = self.shutdown_timeout + Duration::from_secs(10);
+        let t = std::time::Instant::now();
+        while t.elapsed() < limit && state::tools_running(&self.lxcpath, vm.as_str()) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn keep_record(&self, vm: &VmName, record: &[u8]) -> Result<(), VmError> {
+        let path = self.file(vm, RECORD);
+        write_atomic(&path, record, 0o600).map_err(Self::io("write", &path))
+    }
+
+    fn kept_records(&self) -> Vec<Vec<u8>> {
+        self.list().iter().filter_map(|vm| std::fs::read(self.file(vm, RECORD)).ok()).collect()
+    }
+
+    /// The containers of the lxcpath: its directories holding a `config`.
+    fn list(&self) -> Vec<VmName> {
+        let Ok(rd) = std::fs::read_dir(&self.lxcpath) else { return Vec::new() };
+        let mut out: Vec<VmName> = rd
+            .flatten()
+            .filter(|e| e.path().join("config").is_file())
+            .filter_map(|e| VmName::new(e.file_name().to_string_lossy().as_ref()).ok())
+            .collect();
+        out.sort();
+        out
+    }
+
     fn start(&self, vm: &VmName) -> Result<(), VmError> {
         if self.is_running(vm) {
             return Ok(());
         }
         if !self.exists(vm) {
             return Err(VmError::Hypervisor { hypervisor: "lxc", step: "start", vm: vm.clone(), detail: format!("no LXC config at {}", self.file(vm, "config").display()) });
+        }
+        // A monitor of this container still running while it is not
+        // running is a stop in progress (e.g. an `lxc-stop` left by a
+        // killed geats, issue 11): starting now fails to enter the
+        // cgroup it is removing, so let it finish first.
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_secs(10) && state::scan_monitors(&self.lxcpath).contains_key(vm.as_str()) && !self.is_running(vm) {
+            std::thread::sleep(Duration::from_millis(50));
         }
         if let Some(Meta { rootfs, owned, definition: Some(def), volumes, .. }) = self.read_meta(vm) {
             let att: Vec<AttachedVolume> = volumes
@@ -684,6 +741,21 @@ impl VmType for Lxc {
         }
     }
 
+    /// `lxc-freeze -P LXCPATH -n NAME` (the cgroup freezer: every task
+    /// of the container stops until `lxc-unfreeze`).
+    fn freeze(&self, vm: &VmName) -> Result<(), VmError> {
+        self.tool("lxc-freeze", vm, &[]).run().map(|_| ()).map_err(|e| self.failed("freeze", vm, e))
+    }
+
+    /// `lxc-unfreeze -P LXCPATH -n NAME`; a container that is not frozen
+    /// (or not running) is left alone.
+    fn unfreeze(&self, vm: &VmName) -> Result<(), VmError> {
+        if !self.is_running(vm) {
+            return Ok(());
+        }
+        self.tool("lxc-unfreeze", vm, &[]).run().map(|_| ()).map_err(|e| self.failed("unfreeze", vm, e))
+    }
+
     fn shutdown(&self, vm: &VmName) -> Result<(), VmError> {
         if !self.is_running(vm) {
             return Ok(());
@@ -738,6 +810,10 @@ impl VmType for Lxc {
         let sockets = state::abstract_sockets();
         let scan = std::cell::OnceCell::new();
         vms.iter().map(|v| (v.clone(), self.state_with(v, &sockets, &scan))).collect()
+    }
+
+    fn exit_reason(&self, vm: &VmName) -> Option<String> {
+        self.log_exit(vm).or_else(|| self.log_error(vm))
     }
 
     fn usage(&self, vm: &VmName) -> Usage {

@@ -77,6 +77,23 @@ fn is_monitor(pid: i32, lxcpath: &Path, name: &str) -> bool {
     cmd == format!("[lxc monitor] {} {name}", lxcpath.to_string_lossy())
 }
 
+/// Is an `lxc-*` tool running on container `name` of `lxcpath`? geats runs
+/// them as `lxc-TOOL -P LXCPATH -n NAME ...`, so `/proc/PID/cmdline`
+/// reads e.g. `lxc-stop\0-P\0/var/lib/lxc\0-n\0web1\0-k\0`.
+pub fn tools_running(lxcpath: &Path, name: &str) -> bool {
+    let want = format!("\0-P\0{}\0-n\0{name}\0", lxcpath.to_string_lossy());
+    let Ok(rd) = std::fs::read_dir("/proc") else { return false };
+    rd.flatten().any(|e| {
+        if !e.file_name().to_str().is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit())) {
+            return false;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { return false };
+        let cmd = String::from_utf8_lossy(&cmd);
+        let prog = cmd.split('\0').next().unwrap_or_default();
+        prog.rsplit('/').next().is_some_and(|p| p.starts_with("lxc-")) && format!("{cmd}\0").contains(&want)
+    })
+}
+
 /// Find the monitors of containers under `lxcpath` by scanning `/proc`
 /// once (for containers started without geats' pid file).
 pub fn scan_monitors(lxcpath: &Path) -> BTreeMap<String, i32> {

@@ -1,0 +1,51 @@
+#!/usr/bin/python3
+"""Test storage plugin: a directory BASE/VM/VOLUME per volume."""
+
+import os
+import shutil
+import sys
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from plugin_common import Fail, main  # noqa: E402
+
+
+def path(req, s):
+    return os.path.join(s["base"], req["vm"], req["volume"])
+
+
+def create(req, s):
+    p = path(req, s)
+    os.makedirs(p, exist_ok=True)
+    return {"record": {"path": p, "made_by": "dirstore"}, "provides": {"directory": p}}
+
+
+def activate(req, s):
+    p = req["record"]["path"]
+    if not os.path.isdir(p):
+        raise Fail(f"{p} is gone")
+    return {"provides": {"directory": p}}
+
+
+def deactivate(req, s):
+    return {}
+
+
+def destroy(req, s):
+    p = req["record"]["path"]
+    shutil.rmtree(p, ignore_errors=True)
+    try:
+        os.rmdir(os.path.dirname(p))  # the VM's directory, once empty
+    except OSError:
+        pass
+    return {}
+
+
+def usage(req, s):
+    used = 0
+    for root, _, files in os.walk(req["record"]["path"]):
+        used += sum(os.lstat(os.path.join(root, f)).st_size for f in files)
+    return {"used_bytes": used}
+
+
+main({"create": create, "activate": activate, "deactivate": deactivate, "destroy": destroy, "usage": usage})

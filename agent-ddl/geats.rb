@@ -25,7 +25,7 @@ module MCollective
         Config.instance.pluginconf.fetch("geats.command", DEFAULT_COMMAND)
       end
 
-      %w[status info define provision start stop shutdown reboot undefine deprovision lock unlock migrate snapshot restore delete_snapshot events].each do |name|
+      %w[status info define provision start stop shutdown reboot undefine deprovision lock unlock migrate snapshot restore delete_snapshot events reconcile].each do |name|
         action(name) { implemented_by(Geats.command) }
       end
 

@@ -99,6 +99,8 @@ pub enum Action {
     Restore(VmName, SnapshotName),
     /// Remove a snapshot.
     DeleteSnapshot(VmName, SnapshotName),
+    /// Start every VM that should run and does not (`geats reconcile`).
+    Reconcile,
     /// The event feed: events after `since`, at most `limit`.
     Events {
         /// Only events with a greater seq.
@@ -110,9 +112,9 @@ pub enum Action {
 
 impl Action {
     /// The action names, as on the wire.
-    pub const NAMES: [&'static str; 17] = [
+    pub const NAMES: [&'static str; 18] = [
         "status", "info", "define", "provision", "start", "stop", "shutdown", "reboot", "undefine", "deprovision", "lock", "unlock", "migrate",
-        "snapshot", "restore", "delete_snapshot", "events",
+        "snapshot", "restore", "delete_snapshot", "events", "reconcile",
     ];
 
     /// The default `limit` of `events`.
@@ -138,13 +140,14 @@ impl Action {
             Action::Restore(..) => "restore",
             Action::DeleteSnapshot(..) => "delete_snapshot",
             Action::Events { .. } => "events",
+            Action::Reconcile => "reconcile",
         }
     }
 
     /// The VM it acts on.
     pub fn vm(&self) -> Option<&VmName> {
         match self {
-            Action::Status | Action::Events { .. } => None,
+            Action::Status | Action::Events { .. } | Action::Reconcile => None,
             Action::Info(v)
             | Action::Define(v, _)
             | Action::Provision(v, _)
@@ -248,6 +251,7 @@ pub fn parse(name: &str, mut data: Value, caller: Option<String>, envelope_reque
         "restore" => Action::Restore(vm()?, snapshot()?),
         "delete_snapshot" => Action::DeleteSnapshot(vm()?, snapshot()?),
         // The schema bounds both (integers, since >= 0, 1 <= limit <= 10000).
+        "reconcile" => Action::Reconcile,
         "events" => Action::Events {
             since: data.get("since").and_then(Value::as_i64).unwrap_or(0),
             limit: data.get("limit").and_then(Value::as_u64).map_or(Action::EVENTS_LIMIT, |l| u32::try_from(l).unwrap_or(u32::MAX)),

@@ -32,6 +32,7 @@ pub const SCHEMAS: &[(&str, &str)] = &[
     ("request/restore.json", include_str!("../schemas/request/restore.json")),
     ("request/delete_snapshot.json", include_str!("../schemas/request/delete_snapshot.json")),
     ("request/events.json", include_str!("../schemas/request/events.json")),
+    ("request/reconcile.json", include_str!("../schemas/request/reconcile.json")),
     ("reply/status.json", include_str!("../schemas/reply/status.json")),
     ("reply/info.json", include_str!("../schemas/reply/info.json")),
     ("reply/define.json", include_str!("../schemas/reply/define.json")),
@@ -49,6 +50,7 @@ pub const SCHEMAS: &[(&str, &str)] = &[
     ("reply/restore.json", include_str!("../schemas/reply/restore.json")),
     ("reply/delete_snapshot.json", include_str!("../schemas/reply/delete_snapshot.json")),
     ("reply/events.json", include_str!("../schemas/reply/events.json")),
+    ("reply/reconcile.json", include_str!("../schemas/reply/reconcile.json")),
     ("reply/error.json", include_str!("../schemas/reply/error.json")),
 ];
 

@@ -109,3 +109,86 @@ fn issue_19_live_limits_and_pending_changes() {
 
     env.ok("deprovision", vm);
 }
+
+/// The init's start time, clock ticks since boot (`/proc/PID/stat` field 22).
+fn start_ticks(pid: i64) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    after.split_whitespace().nth(19).and_then(|s| s.parse().ok()).expect("starttime")
+}
+
+#[test]
+fn issue_19_reconcile_brings_back_what_should_run() {
+    const TEST: &str = "issue_19_reconcile_brings_back_what_should_run";
+    if let Some(why) = missing() {
+        return skip(TEST, &why);
+    }
+    let p = std::process::id();
+    let [first, second, stopped, manual] = ["ra", "rb", "rc", "rd"].map(|t| format!("gt{p}{t}"));
+    let env = Env::with_config("boot_parallel = 2\n");
+    busybox_template(&env.root().join("var/lib/geats/templates"), "busybox");
+    let lxc = Containers::new(&env.root().join("var/lib/lxc"), &[&first, &second, &stopped, &manual]);
+    let lp = lxc.lxcpath.to_string_lossy().into_owned();
+    let define = |name: &str, extra: Value| env.ok("define", json!({"vm_name": name, "definition": definition(extra)}));
+    // Lower priority defined first, so the order is the priority's doing.
+    define(&second, json!({"boot_priority": 0}));
+    define(&first, json!({"boot_priority": 10, "boot_delay": 1}));
+    define(&stopped, json!({}));
+    define(&manual, json!({"autostart": false}));
+    for n in [&first, &second, &stopped, &manual] {
+        env.ok("start", json!({"vm_name": n}));
+    }
+    env.ok("stop", json!({"vm_name": stopped}));
+    // Every container killed behind geats's back (a host crash).
+    for n in [&first, &second, &manual] {
+        let (c, _, e) = run(&["lxc-stop", "-P", &lp, "-n", n, "-k"]);
+        assert_eq!(c, 0, "lxc-stop -k {n}: {e}");
+        assert_eq!(lxc.lxc_state(n), "STOPPED");
+    }
+
+    // A dry run says what it would do and does nothing.
+    let out = env.cli(&["reconcile", "--dry-run", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(r["started"], json!([first, second]), "{r}");
+    assert_eq!(lxc.lxc_state(&first), "STOPPED");
+
+    let out = env.cli(&["reconcile", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).expect("json");
+    crate::common::schema::check_reply("reconcile", &r);
+    assert_eq!(r["started"], json!([first, second]), "priority order: {r}");
+    assert_eq!(r["skipped"], json!([manual]), "autostart false: {r}");
+    assert_eq!((r["failed"].clone(), r["changed"].clone()), (json!([]), json!(true)), "{r}");
+    assert_eq!((lxc.lxc_state(&first), lxc.lxc_state(&second)), ("RUNNING".into(), "RUNNING".into()));
+    assert_eq!(lxc.lxc_state(&stopped), "STOPPED", "desired stopped is never started");
+    assert_eq!(lxc.lxc_state(&manual), "STOPPED", "autostart false is left alone");
+    // boot_priority order, seen from the inits' start times (boot_delay 1 s).
+    let (a, b) = (start_ticks(lxc.lxc_pid(&first).expect("pid")), start_ticks(lxc.lxc_pid(&second).expect("pid")));
+    assert!(a < b, "{first} started at tick {a}, {second} at {b}");
+    for n in [&first, &second] {
+        assert_eq!(env.ok("info", json!({"vm_name": n}))["health"], "ok");
+    }
+
+    // Run again: nothing to do.
+    let r = env.ok("reconcile", json!({}));
+    assert_eq!((r["started"].clone(), r["changed"].clone()), (json!([]), json!(false)), "{r}");
+
+    for n in [&first, &second, &stopped, &manual] {
+        env.ok("deprovision", json!({"vm_name": n}));
+    }
+}
+
+#[test]
+fn issue_19_reconcile_unit_runs_a_command_geats_accepts() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/geats-reconcile.service")).expect("unit");
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
+    let argv: Vec<&str> = exec.split_whitespace().collect();
+    assert_eq!(argv, ["/usr/bin/geats", "reconcile"], "{exec}");
+    assert!(unit.contains("Type=oneshot") && unit.contains("WantedBy=multi-user.target"), "{unit}");
+    // The same arguments on a fresh root: nothing to start, exit 0.
+    let env = Env::new();
+    let out = env.cli(&argv[1..]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reconcile: started: none"), "{}", String::from_utf8_lossy(&out.stdout));
+}

@@ -115,6 +115,15 @@ pub enum Command {
         #[command(flatten)]
         opts: ActOpts,
     },
+    /// Start every VM whose desired state is running and that does not run
+    /// (at boot: contrib/geats-reconcile.service), in boot_priority order.
+    ///
+    /// Exit 0 when every VM it should start runs, 1 when a start failed.
+    Reconcile {
+        /// Acting options.
+        #[command(flatten)]
+        opts: ActOpts,
+    },
     /// Start a VM.
     Start(VmArgs),
     /// Power a VM off at once.
@@ -425,6 +434,21 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
                 set_key(&mut def, kv)?;
             }
             act(&m, "define", json!({"vm_name": name, "definition": def}), &opts)
+        }
+        Command::Reconcile { opts } => {
+            let mut data = json!({});
+            if opts.dry_run {
+                data["dry_run"] = Value::Bool(true);
+            }
+            let req = request::parse("reconcile", data, Some(caller()), None)?;
+            let reply = m.execute(&req)?;
+            let failed = matches!(&reply, crate::manager::Reply::Reconcile(r) if !r.failed.is_empty());
+            if opts.json {
+                table::print_json(&reply);
+            } else {
+                table::print_action("reconcile", None, &reply);
+            }
+            Ok(u8::from(failed))
         }
         Command::Start(a) => act(&m, "start", json!({"vm_name": a.name}), &a.opts),
         Command::Stop(a) => act(&m, "stop", json!({"vm_name": a.name}), &a.opts),

@@ -87,6 +87,17 @@ pub fn print_action(action: &str, vm_name: Option<&VmName>, reply: &Reply) {
             }
         }
         Reply::Status(_) | Reply::Info(_) | Reply::Events(_) => print_json(reply),
+        Reply::Reconcile(r) => {
+            let verb = if r.dry_run { "would start" } else { "started" };
+            let names = |v: &[VmName]| if v.is_empty() { "none".to_string() } else { v.iter().map(VmName::to_string).collect::<Vec<_>>().join(", ") };
+            println!("reconcile: {verb}: {}", names(&r.started));
+            for f in &r.failed {
+                println!("reconcile: failed: {}: {} [{}]", f.vm, f.message, f.errorcode);
+            }
+            if !r.skipped.is_empty() {
+                println!("reconcile: left stopped (autostart false): {}", names(&r.skipped));
+            }
+        }
         Reply::Repaired(r) => {
             for rep in &r.repaired {
                 println!("{vm}: repaired an interrupted {} (journal entry {}): {}", rep.action, rep.journal_id, rep.resolution.replace('_', " "));

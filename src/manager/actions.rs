@@ -34,7 +34,7 @@ pub(super) fn run(op: &mut Op<'_>, action: &Action) -> Outcome {
         Action::Snapshot(vm, name) => super::snapshots::snapshot(op, vm, name),
         Action::Restore(vm, name) => super::snapshots::restore(op, vm, name),
         Action::DeleteSnapshot(vm, name) => super::snapshots::delete(op, vm, name),
-        Action::Status | Action::Info(_) | Action::Migrate(..) | Action::Events { .. } => {
+        Action::Status | Action::Info(_) | Action::Migrate(..) | Action::Events { .. } | Action::Reconcile => {
             Err(Error::Internal(format!("{} is not a mutating action", action.name())))
         }
     }

@@ -15,6 +15,7 @@ mod events;
 mod kept;
 mod op;
 mod read;
+mod reconcile;
 mod recovery;
 pub mod reply;
 mod snapshots;
@@ -78,6 +79,7 @@ impl Manager {
             Action::Status => self.status_repaired().map(|(s, r)| Reply::Status(s).with_repairs(r)),
             Action::Info(vm) => self.info_repaired(vm).map(|(i, r)| Reply::Info(Box::new(i)).with_repairs(r)),
             Action::Events { since, limit } => self.events(*since, *limit).map(Reply::Events),
+            Action::Reconcile => self.reconcile(req.dry_run, req.caller.clone()).map(Reply::Reconcile),
             Action::Migrate(_, dest) => Err(Error::NotSupported(format!(
                 "migrate to {dest} is not supported by any configured VM type yet"
             ))),

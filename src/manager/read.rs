@@ -80,7 +80,7 @@ impl Manager {
 
     /// Every defined VM's record, the VM types they use, and their states,
     /// read in one pass per VM type (never a process per VM).
-    fn observe(&self, db: Option<&Db>) -> Result<Observed> {
+    pub(super) fn observe(&self, db: Option<&Db>) -> Result<Observed> {
         let records = match db {
             Some(db) => db.vms(false)?,
             None => Vec::new(),

@@ -47,6 +47,8 @@ pub enum Reply {
     Repaired(Box<RepairedReply>),
     /// `events`.
     Events(EventsReply),
+    /// `reconcile`.
+    Reconcile(ReconcileReply),
 }
 
 impl Reply {
@@ -54,6 +56,7 @@ impl Reply {
     pub fn changed(&self) -> Option<bool> {
         match self {
             Reply::Status(_) | Reply::Info(_) | Reply::Events(_) => None,
+            Reply::Reconcile(r) => Some(r.changed),
             Reply::Define(r) => Some(r.changed),
             Reply::Power(r) => Some(r.changed),
             Reply::Removed(r) => Some(r.changed),
@@ -453,4 +456,31 @@ pub struct Repair {
     pub resolution: String,
     /// The steps the repair ran.
     pub steps: Vec<String>,
+}
+
+/// `reconcile`: what it started, what failed, what it left alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileReply {
+    /// VMs started (in boot order), or, in a dry run, that would be.
+    pub started: Vec<VmName>,
+    /// VMs whose start failed, and why.
+    pub failed: Vec<ReconcileFailure>,
+    /// VMs that should run but say `"autostart": false`.
+    pub skipped: Vec<VmName>,
+    /// True for a dry run: nothing was started.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// Whether anything was started.
+    pub changed: bool,
+}
+
+/// A VM `reconcile` could not start.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileFailure {
+    /// The VM.
+    pub vm: VmName,
+    /// The start's error code.
+    pub errorcode: String,
+    /// Its message.
+    pub message: String,
 }

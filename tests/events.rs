@@ -392,7 +392,7 @@ fn issue_14_reads_write_only_on_a_drift() {
     assert_eq!(kinds(&events(&env, 0)), vec!["r:define", "r:start", "r:down_unexpected"]);
 }
 
-/// A database from schema version 1 is migrated: its VMs have no intent
+/// A database from before events (schema version 3) is migrated: its VMs have no intent
 /// (desired null, health ok) until the next intent action.
 #[test]
 fn issue_14_migration_from_version_1() {
@@ -402,7 +402,7 @@ fn issue_14_migration_from_version_1() {
     let path = env.root().join("var/lib/geats/geats.db");
     {
         let db = rusqlite::Connection::open(&path).unwrap();
-        db.execute_batch("DROP TABLE events; DROP INDEX IF EXISTS events_vm; ALTER TABLE vms DROP COLUMN desired; ALTER TABLE vms DROP COLUMN drift; PRAGMA user_version = 1;").unwrap();
+        db.execute_batch("DROP TABLE events; DROP INDEX IF EXISTS events_vm; ALTER TABLE vms DROP COLUMN desired; ALTER TABLE vms DROP COLUMN drift; PRAGMA user_version = 3;").unwrap();
     }
     let s = env.ok("status", json!({}));
     assert_eq!((&s["vms"]["old"]["desired"], &s["vms"]["old"]["health"]), (&Value::Null, &json!("ok")));

@@ -104,7 +104,8 @@ impl Manager {
                 Err(_) => out.push(diff(vm, "record_missing", format!("no record file {}", path.display()))),
                 Ok(text) => {
                     let same = serde_json::from_str::<super::RecordFile>(&text)
-                        .is_ok_and(|f| &f.vm == rec && db.volumes(vm).is_ok_and(|v| v == f.volumes));
+                        // The intent is not part of the record (db::VmRecord).
+                        .is_ok_and(|f| VmRecord { intent: rec.intent.clone(), ..f.vm } == *rec && db.volumes(vm).is_ok_and(|v| v == f.volumes));
                     if !same {
                         out.push(diff(vm, "record_stale", format!("record file {} differs from the database", path.display())));
                     }

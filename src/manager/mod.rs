@@ -297,6 +297,14 @@ impl Manager {
             if db.vm(&rec.vm.name)?.is_none() {
                 db.put_vm(&rec.vm, &rec.volumes)?;
                 db.put_snapshots(&rec.vm.name, &rec.snapshots)?;
+                if rec.vm.defined {
+                    // The record files do not carry the intent: take what
+                    // runs now as what should run, so a reconcile after
+                    // the recovery brings back what ran before the loss.
+                    let running = crate::vm::build(&self.config, &rec.vm.vm_type)?.state(&rec.vm.name).is_running();
+                    let desired = if running { crate::db::Desired::Running } else { crate::db::Desired::Stopped };
+                    db.record_action(&rec.vm.name, Some(desired), None, self.retention())?;
+                }
                 Self::write_record_file(&self.config, RecordFile { vm: rec.vm.clone(), volumes: rec.volumes.clone(), snapshots: rec.snapshots.clone() })?;
                 names.push(rec.vm.name.to_string());
             }

@@ -227,6 +227,26 @@ fn repair_one(op: &mut Op<'_>, vm: &VmName, entry: &Unfinished) -> Result<Resolu
             }
             Ok(Resolution::Back)
         }
+        "snapshot" => {
+            // A snapshot of a running VM freezes it first: never leave it
+            // frozen. Taken but not recorded is undone by the next
+            // snapshot of that name (it replaces the orphaned copy).
+            let Some(l) = actions::load(op, vm)? else { return Ok(Resolution::Back) };
+            if reached(entry, "freeze VM") && l.rec.defined {
+                let vmt_ref: &dyn vm::VmType = &*l.vmt;
+                op.step(format!("unfreeze VM {vm}"), None, |_| Ok(vmt_ref.unfreeze(vm)?))?;
+            }
+            Ok(if reached(entry, "record snapshot") { Resolution::Forward } else { Resolution::Back })
+        }
+        "restore" => {
+            // A restore of a running VM shuts it down first: it runs again
+            // afterwards, restored if the restore got that far.
+            let Some(l) = actions::load(op, vm)? else { return Ok(Resolution::Back) };
+            if l.rec.defined && (reached(entry, "shut down VM") || reached(entry, "stop VM")) && !l.vmt.state(vm).is_running() {
+                actions::power(op, vm, PowerAction::Start)?;
+            }
+            Ok(if reached(entry, "restore volume") { Resolution::Forward } else { Resolution::Back })
+        }
         // lock, unlock: one transaction; the record file is synced after.
         _ => Ok(Resolution::Forward),
     }

@@ -263,17 +263,8 @@ pub fn parse(name: &str, mut data: Value, caller: Option<String>, envelope_reque
     Ok(Request { action, dry_run, request_id, caller })
 }
 
-/// A JSON value's kind, for messages.
-pub fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
+/// A JSON value's kind, for messages (the plugin transport's words).
+pub use crate::sys::plugin::kind;
 
 #[cfg(test)]
 mod tests {

@@ -121,7 +121,8 @@ impl Plugin {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+/// A JSON value's kind, for messages ("an object", "a string", ...).
+pub fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

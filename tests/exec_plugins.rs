@@ -697,3 +697,56 @@ fn issue_17_exec_volumes_survive_a_lost_database() {
     assert_eq!(calls[2]["request"]["record"]["made_by"], "dirstore");
     assert!(!fx.root().join("pdir/r1").exists());
 }
+
+/// Issue 18 on the exec protocol: snapshot, restore and delete_snapshot are
+/// optional ops. A plugin that has them takes, restores and deletes
+/// snapshots through the ordinary actions; one that answers
+/// `{"not_supported": true}` makes the action `not_supported`. Every call
+/// is checked against `schemas/plugin/` (`take_calls`).
+#[test]
+fn issue_18_exec_plugin_snapshot_ops() {
+    let fx = Fx::new("");
+    let t = Transport::Stdio;
+    let v = json!({"vm_name": "s1"});
+    fx.ok(t, "define", json!({"vm_name": "s1", "definition": def_two_dirs()}));
+    let root_dir = fx.root().join("pdir/s1/root");
+    std::fs::write(root_dir.join("marker"), "before").unwrap();
+    fx.take_calls();
+
+    let r = fx.ok(t, "snapshot", json!({"vm_name": "s1", "snapshot": "first"}));
+    assert_eq!(r["changed"], json!(true), "{r}");
+    let calls = fx.take_calls();
+    let snaps: Vec<&Value> = calls.iter().filter(|c| c["request"]["op"] == "snapshot").collect();
+    assert_eq!(snaps.len(), 2, "one per volume: {calls:?}");
+    assert!(snaps.iter().all(|c| c["request"]["snapshot"] == "first"));
+    assert_eq!(fx.ok(t, "info", v.clone())["snapshots"][0]["name"], json!("first"));
+
+    std::fs::write(root_dir.join("marker"), "after").unwrap();
+    std::fs::write(root_dir.join("extra"), "x").unwrap();
+    fx.ok(t, "restore", json!({"vm_name": "s1", "snapshot": "first"}));
+    assert_eq!(std::fs::read_to_string(root_dir.join("marker")).unwrap(), "before");
+    assert!(!root_dir.join("extra").exists());
+    let calls = fx.take_calls();
+    assert_eq!(calls.iter().filter(|c| c["request"]["op"] == "restore").count(), 2, "{calls:?}");
+
+    let r = fx.ok(t, "delete_snapshot", json!({"vm_name": "s1", "snapshot": "first"}));
+    assert_eq!(r["changed"], json!(true), "{r}");
+    let calls = fx.take_calls();
+    assert_eq!(calls.iter().filter(|c| c["request"]["op"] == "delete_snapshot").count(), 2, "{calls:?}");
+    assert!(!fx.root().join("pdir/.snapshots/s1/root/first").exists());
+    fx.ok(t, "deprovision", v);
+    assert!(!fx.root().join("pdir/.snapshots/s1").exists(), "destroy removes a volume's snapshots");
+
+    // A plugin without snapshots declines: not_supported, nothing recorded.
+    if !common::is_root() {
+        return;
+    }
+    fx.ok(t, "define", json!({"vm_name": "s2", "definition": {"vm_type": "proc", "storage": [{"name": "root", "type": "pfile", "size": "16M"}]}}));
+    fx.take_calls();
+    let (code, msg) = fx.fail(t, "snapshot", json!({"vm_name": "s2", "snapshot": "first"}));
+    assert_eq!(code, "not_supported", "{msg}");
+    let calls = fx.take_calls();
+    assert!(calls.iter().any(|c| c["request"]["op"] == "snapshot" && c["reply"] == json!({"not_supported": true})), "{calls:?}");
+    assert_eq!(fx.ok(t, "info", json!({"vm_name": "s2"}))["snapshots"], json!([]));
+    fx.ok(t, "deprovision", json!({"vm_name": "s2"}));
+}

@@ -95,6 +95,18 @@ struct UsageReply {
     size_bytes: Option<u64>,
 }
 
+/// The reply to the optional snapshot ops: `{"not_supported": true}` from
+/// a plugin that has no snapshots, else `{}` (with `size_bytes` for
+/// `snapshot` when the plugin knows it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotReply {
+    #[serde(default)]
+    not_supported: bool,
+    #[serde(default)]
+    size_bytes: Option<u64>,
+}
+
 impl Driver for Exec {
     const NAME: &'static str = "exec";
 
@@ -180,6 +192,30 @@ impl Exec {
             "options": self.options,
             "record": record,
         })
+    }
+
+    /// Call one of the optional snapshot ops for snapshot `name`.
+    fn snapshot_op(&self, op: &'static str, name: &crate::names::SnapshotName, what: &'static str) -> Result<Option<u64>, StorageError> {
+        let Some(state) = self.state() else {
+            return Err(StorageError::State { volume: self.label.clone(), step: op, problem: "the volume does not exist".into() });
+        };
+        let mut req = self.request(op, &state.record);
+        if let Some(o) = req.as_object_mut() {
+            o.insert("snapshot".into(), json!(name));
+        }
+        let reply = self.plugin.call(op, &req).map_err(|e| self.err(e))?;
+        let r: SnapshotReply = serde_json::from_value(Value::Object(reply.clone())).map_err(|e| {
+            self.err(PluginError::Garbage {
+                label: self.plugin.label.clone(),
+                op: op.into(),
+                problem: format!("not a reply to {op} (schemas/plugin/storage-snapshot-reply.json): {e}"),
+                excerpt: Value::Object(reply).to_string().chars().take(80).collect(),
+            })
+        })?;
+        if r.not_supported {
+            return Err(StorageError::NotSupported { volume: self.label.clone(), driver: "this exec plugin", what });
+        }
+        Ok(r.size_bytes)
     }
 
     /// Call `op` and parse its reply as `T`.
@@ -327,6 +363,18 @@ impl Volume for Exec {
 
     fn describe(&self) -> String {
         format!("{} from exec plugin {}", self.kind.as_str(), self.plugin.shown())
+    }
+
+    fn snapshot(&mut self, name: &crate::names::SnapshotName) -> Result<Option<u64>, StorageError> {
+        self.snapshot_op("snapshot", name, "take snapshots")
+    }
+
+    fn restore(&mut self, name: &crate::names::SnapshotName) -> Result<(), StorageError> {
+        self.snapshot_op("restore", name, "restore snapshots").map(|_| ())
+    }
+
+    fn delete_snapshot(&mut self, name: &crate::names::SnapshotName) -> Result<(), StorageError> {
+        self.snapshot_op("delete_snapshot", name, "delete snapshots").map(|_| ())
     }
 }
 

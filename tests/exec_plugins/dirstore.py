@@ -31,9 +31,18 @@ def deactivate(req, s):
     return {}
 
 
+def snapshots_of(req, s):
+    return os.path.join(s["base"], ".snapshots", req["vm"], req["volume"])
+
+
 def destroy(req, s):
     p = req["record"]["path"]
     shutil.rmtree(p, ignore_errors=True)
+    shutil.rmtree(snapshots_of(req, s), ignore_errors=True)  # and its snapshots
+    try:
+        os.rmdir(os.path.dirname(snapshots_of(req, s)))  # the VM's, once empty
+    except OSError:
+        pass
     try:
         os.rmdir(os.path.dirname(p))  # the VM's directory, once empty
     except OSError:
@@ -48,4 +57,27 @@ def usage(req, s):
     return {"used_bytes": used}
 
 
-main({"create": create, "activate": activate, "deactivate": deactivate, "destroy": destroy, "usage": usage})
+def snapshot(req, s):
+    target = os.path.join(snapshots_of(req, s), req["snapshot"])
+    shutil.rmtree(target, ignore_errors=True)  # one of that name is replaced
+    shutil.copytree(req["record"]["path"], target, symlinks=True)
+    return {}
+
+
+def restore(req, s):
+    source = os.path.join(snapshots_of(req, s), req["snapshot"])
+    if not os.path.isdir(source):
+        raise Fail(f"no snapshot {req['snapshot']}")
+    p = req["record"]["path"]
+    shutil.rmtree(p)
+    shutil.copytree(source, p, symlinks=True)
+    return {}
+
+
+def delete_snapshot(req, s):
+    shutil.rmtree(os.path.join(snapshots_of(req, s), req["snapshot"]), ignore_errors=True)
+    return {}
+
+
+main({"create": create, "activate": activate, "deactivate": deactivate, "destroy": destroy, "usage": usage,
+      "snapshot": snapshot, "restore": restore, "delete_snapshot": delete_snapshot})

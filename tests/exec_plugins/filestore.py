@@ -50,4 +50,9 @@ def usage(req, s):
     return {"used_bytes": st.st_blocks * 512, "size_bytes": st.st_size}
 
 
-main({"create": create, "activate": activate, "deactivate": deactivate, "destroy": destroy, "usage": usage})
+def no_snapshots(req, s):
+    return {"not_supported": True}  # the optional ops, declined
+
+
+main({"create": create, "activate": activate, "deactivate": deactivate, "destroy": destroy, "usage": usage,
+      "snapshot": no_snapshots, "restore": no_snapshots, "delete_snapshot": no_snapshots})

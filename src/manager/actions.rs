@@ -258,7 +258,8 @@ pub(super) fn apply_definition(op: &mut Op<'_>, vm: &VmName, plan: Plan, provisi
     let vm_existed = existing.as_ref().is_some_and(|(r, _)| r.defined) && vmt.exists(vm);
     // A running VM takes what can change live now, the rest at its next
     // start; a change it would refuse is refused before any step.
-    let running = vm_existed && vmt.state(vm).is_running();
+    // (provision refuses a running VM, so it need not ask again)
+    let running = !provision && vm_existed && vmt.state(vm).is_running();
     if running {
         vmt.check_live(vm, &def)?;
     }
@@ -293,7 +294,7 @@ pub(super) fn apply_definition(op: &mut Op<'_>, vm: &VmName, plan: Plan, provisi
         let root_created = new_volume.first().copied().unwrap_or(false);
         if vmt_ref.installs_templates() {
             if let Some(root) = vols.first_mut() {
-                install_root(op, vm, vmt_ref, &def, root, template.as_ref(), provision || root_created)?;
+                install_root(op, vm, vmt_ref, &def, root, template.as_ref(), provision || root_created, running)?;
             }
         }
         let att = volumes::attached(vols);
@@ -331,11 +332,12 @@ pub(super) fn apply_definition(op: &mut Op<'_>, vm: &VmName, plan: Plan, provisi
 
 /// Activate the root volume, install the template (when `fresh`, or when
 /// the root is empty), write the guest files, deactivate it again.
-fn install_root(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition, root: &mut Vol, template: Option<&Template>, fresh: bool) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn install_root(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition, root: &mut Vol, template: Option<&Template>, fresh: bool, running: bool) -> Result<()> {
     let name = root.name().clone();
-    // The root of a running VM is active and stays so.
-    let was_active = root.volume.is_active();
-    op.step(format!("activate volume {name}"), Some(Undo::DeactivateVolume(0)), |_| Ok(root.volume.activate()?))?;
+    // A running VM's root stays active whatever happens.
+    let undo = (!running).then_some(Undo::DeactivateVolume(0));
+    op.step(format!("activate volume {name}"), undo, |_| Ok(root.volume.activate()?))?;
     let dir = root.volume.provides().path_of(Kind::Directory).map(std::path::Path::to_path_buf);
     if let (Some(t), Some(dir)) = (template, &dir) {
         if fresh || is_empty_dir(dir) {
@@ -353,7 +355,9 @@ fn install_root(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition
     if let Some(dir) = &dir {
         op.step("write guest configuration", None, |_| Ok(vmt.write_guest_files(vm, def, dir)?))?;
     }
-    if was_active {
+    // The root of a running VM is active and stays so; any other is
+    // released (also one a killed action left active).
+    if running {
         return Ok(());
     }
     op.step(format!("deactivate volume {name}"), None, |_| Ok(root.volume.deactivate()?))

@@ -65,7 +65,29 @@ struct FileConfig {
     vm_types: BTreeMap<String, VmTypeConfig>,
     #[serde(default)]
     storage_types: BTreeMap<String, StorageTypeConfig>,
+    migration: Option<MigrationFile>,
 }
+
+/// The `[migration]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrationFile {
+    command: Option<Vec<String>>,
+    timeout: Option<f64>,
+}
+
+/// How `migrate` reaches a destination.
+#[derive(Debug, Clone)]
+pub struct MigrationConfig {
+    /// The argv that runs `geats receive` on the destination, with
+    /// `{destination}` replaced in each argument; no shell.
+    pub command: Vec<String>,
+    /// How long the receiver may take to answer once the stream ended.
+    pub timeout: Duration,
+}
+
+/// The default `[migration] command`.
+pub const MIGRATION_COMMAND: [&str; 6] = ["ssh", "-o", "BatchMode=yes", "root@{destination}", "geats", "receive"];
 
 /// A configured VM type: its driver and the driver's own settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +141,8 @@ pub struct Config {
     pub vm_types: BTreeMap<TypeName, VmTypeConfig>,
     /// The storage types by name.
     pub storage_types: BTreeMap<TypeName, StorageTypeConfig>,
+    /// `[migration]`.
+    pub migration: MigrationConfig,
 }
 
 /// The embedded defaults' name for diagnostics.
@@ -207,7 +231,14 @@ impl Config {
         if request_limit < 1024 {
             return Err(invalid("request_limit", format!("{request_limit} bytes is too small; use at least 1024")));
         }
+        let mig = file.migration.unwrap_or_default();
+        let command = mig.command.unwrap_or_else(|| MIGRATION_COMMAND.iter().map(|s| s.to_string()).collect());
+        if command.first().map_or(true, |c| c.is_empty()) {
+            return Err(invalid("migration.command", "must name a program: an argv list like [\"ssh\", \"root@{destination}\", \"geats\", \"receive\"]".into()));
+        }
+        let migration = MigrationConfig { command, timeout: seconds("migration.timeout", mig.timeout, 600.0)? };
         Ok(Config {
+            migration,
             database: abs("database", file.database, "var/lib/geats/geats.db")?,
             records_dir: abs("records_dir", file.records_dir, "var/lib/geats/records")?,
             template_dir: abs("template_dir", file.template_dir, "var/lib/geats/templates")?,

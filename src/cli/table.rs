@@ -70,8 +70,29 @@ pub fn print_action(action: &str, vm: Option<&VmName>, reply: &Reply) {
                 None => println!("{vm}: {action}: {changed} (answered from the journal)"),
             }
         }
+        Reply::Migrate(r) => println!("{}", migrated(r)),
         Reply::Status(_) | Reply::Info(_) => print_json(reply),
     }
+}
+
+/// One line about a moved VM: where, how much, how long.
+pub fn migrated(r: &crate::manager::reply::MigrateReply) -> String {
+    let then = if r.started { "started there" } else { "stopped" };
+    format!("{}: moved to {}: {} volume(s), {} bytes in {:.1} s; {then}", r.vm, r.destination, r.volumes.len(), r.bytes, r.duration_s)
+}
+
+/// One JSON value on one line, flushed at once (a `geats receive`
+/// answer the sender is waiting for).
+pub fn print_json_line(v: &serde_json::Value) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+/// stdout, for a byte stream (`geats export NAME -`).
+pub fn stdout_raw() -> std::io::StdoutLock<'static> {
+    std::io::stdout().lock()
 }
 
 fn render(headers: &[&str], rows: &[Vec<String>]) {

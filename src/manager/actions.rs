@@ -31,7 +31,8 @@ pub(super) fn run(op: &mut Op<'_>, action: &Action) -> Outcome {
         Action::Deprovision(vm) => deprovision(op, vm),
         Action::Lock(vm) => set_admin_lock(op, vm, true),
         Action::Unlock(vm) => set_admin_lock(op, vm, false),
-        Action::Status | Action::Info(_) | Action::Migrate(..) => {
+        Action::Migrate(vm, dest) => super::migrate::migrate(op, vm, dest),
+        Action::Status | Action::Info(_) => {
             Err(Error::Internal(format!("{} is not a mutating action", action.name())))
         }
     }
@@ -42,14 +43,14 @@ fn invalid(pointer: &str, problem: impl std::fmt::Display) -> Error {
 }
 
 /// A VM as geats knows it: its record, VM type and volumes.
-struct Loaded {
-    rec: VmRecord,
-    vmt: Box<dyn VmType>,
-    vols: Vec<Vol>,
+pub(super) struct Loaded {
+    pub(super) rec: VmRecord,
+    pub(super) vmt: Box<dyn VmType>,
+    pub(super) vols: Vec<Vol>,
 }
 
 /// Load any record of `vm`, defined or kept.
-fn load(op: &Op<'_>, vm: &VmName) -> Result<Option<Loaded>> {
+pub(super) fn load(op: &Op<'_>, vm: &VmName) -> Result<Option<Loaded>> {
     let Some(db) = op.db() else { return Ok(None) };
     let Some(rec) = db.vm(vm)? else { return Ok(None) };
     let vmt = vm::build(op.config, &rec.vm_type)?;
@@ -58,7 +59,7 @@ fn load(op: &Op<'_>, vm: &VmName) -> Result<Option<Loaded>> {
 }
 
 /// Load a defined VM or fail with `not_found`.
-fn load_defined(op: &Op<'_>, vm: &VmName) -> Result<Loaded> {
+pub(super) fn load_defined(op: &Op<'_>, vm: &VmName) -> Result<Loaded> {
     match load(op, vm)? {
         Some(l) if l.rec.defined => Ok(l),
         _ => Err(Error::NotFound(vm.clone())),
@@ -67,7 +68,7 @@ fn load_defined(op: &Op<'_>, vm: &VmName) -> Result<Loaded> {
 
 /// Run `f`; if it fails, undo its completed steps newest first and report
 /// the failure together with any failure of the cleanup.
-fn with_rollback(
+pub(super) fn with_rollback(
     op: &mut Op<'_>,
     vm: &VmName,
     vmt: &dyn VmType,
@@ -95,6 +96,11 @@ fn with_rollback(
                 vmt.define(vm, &old.definition, &att).map_err(Error::from)
             }
             Undo::StopVm => vmt.stop(vm).map_err(Error::from),
+            Undo::StartVm => vols
+                .iter_mut()
+                .try_for_each(|v| v.volume.activate())
+                .map_err(Error::from)
+                .and_then(|()| vmt.start(vm).map_err(Error::from)),
             Undo::RestoreRecord(old) => restore_record(op, vm, old.as_deref()),
         };
         if let Err(e) = r {
@@ -123,7 +129,7 @@ fn restore_record(op: &mut Op<'_>, vm: &VmName, old: Option<&(VmRecord, Vec<Volu
     }
 }
 
-fn save_record(op: &mut Op<'_>, rec: &VmRecord, vols: &[VolumeRecord]) -> Result<()> {
+pub(super) fn save_record(op: &mut Op<'_>, rec: &VmRecord, vols: &[VolumeRecord]) -> Result<()> {
     let config = op.config;
     op.db_mut()?.put_vm(rec, vols)?;
     Manager::write_record(config, rec, vols)
@@ -164,16 +170,16 @@ fn provision(op: &mut Op<'_>, vm: &VmName, def: &Definition) -> Outcome {
 /// A definition checked against the configuration, the VM type, its
 /// storage and what exists: everything `define` and `provision` decide
 /// before their first step.
-struct Plan {
-    def: Definition,
-    type_name: TypeName,
-    vmt: Box<dyn VmType>,
-    vols: Vec<Vol>,
+pub(super) struct Plan {
+    pub(super) def: Definition,
+    pub(super) type_name: TypeName,
+    pub(super) vmt: Box<dyn VmType>,
+    pub(super) vols: Vec<Vol>,
     template: Option<Template>,
-    existing: Option<(VmRecord, Vec<VolumeRecord>)>,
+    pub(super) existing: Option<(VmRecord, Vec<VolumeRecord>)>,
 }
 
-fn plan_definition(op: &Op<'_>, vm: &VmName, def_in: &Definition) -> Result<Plan> {
+pub(super) fn plan_definition(op: &Op<'_>, vm: &VmName, def_in: &Definition) -> Result<Plan> {
     let config = op.config;
     let mut def = def_in.clone();
     let type_name = def.vm_type.clone().unwrap_or_else(|| config.default_vm_type.clone());
@@ -364,7 +370,7 @@ fn power(op: &mut Op<'_>, vm: &VmName, action: PowerAction) -> Outcome {
     Ok(Reply::Power(PowerReply { state: vmt.state(vm), changed: true }))
 }
 
-fn deactivate_all(op: &mut Op<'_>, vols: &mut [Vol]) -> Result<()> {
+pub(super) fn deactivate_all(op: &mut Op<'_>, vols: &mut [Vol]) -> Result<()> {
     for v in vols.iter_mut().rev() {
         op.step(format!("deactivate volume {}", v.name()), None, |_| Ok(v.volume.deactivate()?))?;
     }
@@ -401,7 +407,7 @@ fn deprovision(op: &mut Op<'_>, vm: &VmName) -> Outcome {
 }
 
 /// The steps of `undefine` and `deprovision`.
-fn remove(op: &mut Op<'_>, vm: &VmName, loaded: Loaded, destroy: bool) -> Outcome {
+pub(super) fn remove(op: &mut Op<'_>, vm: &VmName, loaded: Loaded, destroy: bool) -> Outcome {
     let Loaded { rec, vmt, mut vols } = loaded;
     if rec.locked {
         return Err(Error::Locked(vm.clone()));

@@ -11,6 +11,7 @@
 
 mod actions;
 mod kept;
+mod migrate;
 mod op;
 mod read;
 pub mod reply;
@@ -60,10 +61,8 @@ impl Manager {
         match &req.action {
             Action::Status => self.status().map(Reply::Status),
             Action::Info(vm) => self.info(vm).map(|i| Reply::Info(Box::new(i))),
-            Action::Migrate(_, dest) => Err(Error::NotSupported(format!(
-                "migrate to {dest} is not supported by any configured VM type yet"
-            ))),
-            Action::Define(..)
+            Action::Migrate(..)
+            | Action::Define(..)
             | Action::Provision(..)
             | Action::Start(_)
             | Action::Stop(_)

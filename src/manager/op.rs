@@ -18,6 +18,8 @@ pub enum Undo {
     RedefineVm(Box<VmRecord>),
     /// Power the VM off again.
     StopVm,
+    /// Activate the volumes and start the VM again (this action stopped it).
+    StartVm,
     /// Put back the database rows and record file as they were.
     RestoreRecord(Option<Box<(VmRecord, Vec<VolumeRecord>)>>),
 }

@@ -5,8 +5,8 @@
 //! ```text
 //! "GEATS-VM" | u32 format | u64 n | header JSON (n bytes) | sha256(header)
 //! per volume:  'V' u32 index | frame* | 'E' u64 logical length | sha256(index, frames)
-//!     frame:   'D' u32 len | len bytes          (data)
-//!              'Z' u64 len                      (a hole: len zero bytes)
+//!     frame:   'D' u32 len | u32 !len | len bytes   (data, len ≤ 1 MiB)
+//!              'Z' u64 len | u64 !len              (a hole: len zero bytes)
 //! 'F'                                           (end of the volumes)
 //! 'C' u8 start                                  (receive only: commit)
 //! ```
@@ -223,9 +223,11 @@ impl<W: Write> Section<'_, W> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let mut head = [0u8; 5];
+        let len = self.buf.len() as u32;
+        let mut head = [0u8; 9];
         head[0] = b'D';
-        head[1..].copy_from_slice(&(self.buf.len() as u32).to_be_bytes());
+        head[1..5].copy_from_slice(&len.to_be_bytes());
+        head[5..].copy_from_slice(&(!len).to_be_bytes());
         self.hash.update(head);
         self.hash.update(&self.buf);
         self.w.put(&head)?;
@@ -239,9 +241,10 @@ impl<W: Write> Section<'_, W> {
     /// `len` zero bytes, sent as a hole.
     pub fn hole(&mut self, len: u64) -> io::Result<()> {
         self.frame()?;
-        let mut b = [0u8; 9];
+        let mut b = [0u8; 17];
         b[0] = b'Z';
-        b[1..].copy_from_slice(&len.to_be_bytes());
+        b[1..9].copy_from_slice(&len.to_be_bytes());
+        b[9..].copy_from_slice(&(!len).to_be_bytes());
         self.hash.update(b);
         self.logical += len;
         self.w.put(&b)
@@ -395,20 +398,32 @@ impl<R: Read> SectionReader<'_, R> {
         read_exact(&mut self.r.inp, &mut tag, "a volume")?;
         match tag[0] {
             b'D' => {
-                let mut n = [0u8; 4];
-                read_exact(&mut self.r.inp, &mut n, "a volume")?;
-                self.hash.update(tag);
-                self.hash.update(n);
-                self.left = u64::from(u32::from_be_bytes(n));
-                self.logical += self.left;
-                Ok(Frame::Data(self.left))
-            }
-            b'Z' => {
                 let mut n = [0u8; 8];
                 read_exact(&mut self.r.inp, &mut n, "a volume")?;
                 self.hash.update(tag);
                 self.hash.update(n);
-                let len = u64::from_be_bytes(n);
+                let len = u32::from_be_bytes([n[0], n[1], n[2], n[3]]);
+                // The length twice, the second inverted: a corrupted length
+                // must not make the reader wait for bytes never sent.
+                if !len != u32::from_be_bytes([n[4], n[5], n[6], n[7]]) || len as usize > CHUNK {
+                    return Err(StreamError::Format(format!("a corrupted frame length in volume {}", self.index)));
+                }
+                self.left = u64::from(len);
+                self.logical += self.left;
+                Ok(Frame::Data(self.left))
+            }
+            b'Z' => {
+                let mut n = [0u8; 16];
+                read_exact(&mut self.r.inp, &mut n, "a volume")?;
+                self.hash.update(tag);
+                self.hash.update(n);
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&n[..8]);
+                let len = u64::from_be_bytes(a);
+                a.copy_from_slice(&n[8..]);
+                if !len != u64::from_be_bytes(a) {
+                    return Err(StreamError::Format(format!("a corrupted hole length in volume {}", self.index)));
+                }
                 self.logical += len;
                 Ok(Frame::Hole(len))
             }
@@ -612,6 +627,10 @@ pub fn read_tree<R: Read>(input: R, dir: &Path, top: Option<TopDir>) -> io::Resu
     dirs.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
     for mut d in dirs {
         d.unpack_in(dir)?;
+        // The tar crate leaves a directory's time to whatever its
+        // entries' creation made it.
+        let path = dir.join(d.path()?);
+        set_mtime(&path, d.header().mtime()?)?;
     }
     if let Some(t) = top {
         std::os::unix::fs::chown(dir, Some(t.uid), Some(t.gid))?;
@@ -647,7 +666,15 @@ fn special<R: Read>(e: &tar::Entry<'_, R>, dir: &Path) -> io::Result<()> {
     mknod(&path, flag, Mode::from_bits_truncate(mode), dev).map_err(io::Error::from)?;
     std::os::unix::fs::lchown(&path, Some(u32::try_from(h.uid()?).unwrap_or(0)), Some(u32::try_from(h.gid()?).unwrap_or(0)))?;
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-    Ok(())
+    set_mtime(&path, h.mtime()?)
+}
+
+/// Set the modification time of `path` (not following a symlink).
+fn set_mtime(path: &Path, mtime: u64) -> io::Result<()> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    let t = TimeSpec::new(i64::try_from(mtime).unwrap_or(0), 0);
+    utimensat(None, path, &TimeSpec::UTIME_OMIT, &t, UtimensatFlags::NoFollowSymlink).map_err(io::Error::from)
 }
 
 // ---- file and block volumes: image bytes ----

@@ -26,6 +26,7 @@ mod exec_plugins;
 mod lxc_confinement;
 mod lxc_lifecycle;
 mod mcollective;
+mod migration;
 mod plugins;
 mod schemas;
 mod skips;

@@ -376,14 +376,14 @@ impl Manager {
         if h.dry_run {
             let mut db = self.db_read()?;
             let mut op = Op::dry(&self.config, db.as_mut());
-            let plan = refuse_taken(actions::plan_definition(&op, &vm, &h.definition)?, &vm)?;
+            let plan = plan_new(&op, &vm, &h.definition)?;
             check_space(&self.config, &h, &plan.vols)?;
             op.step("check", None, |_| Ok(()))?;
             answer(&json!({"success": true, "phase": "checked", "vm": vm}));
             return Ok(Reply::DryRun(super::reply::DryRunReply { dry_run: true, changed: true, steps: vec![format!("receive VM {vm}")] }));
         }
         self.leased(&vm, "receive", |op| {
-            let plan = refuse_taken(actions::plan_definition(op, &vm, &h.definition)?, &vm)?;
+            let plan = plan_new(op, &vm, &h.definition)?;
             check_space(op.config, &h, &plan.vols)?;
             let actions::Plan { def, type_name, vmt, mut vols, .. } = plan;
             let vmt_ref: &dyn VmType = &*vmt;
@@ -456,10 +456,21 @@ impl Manager {
     }
 }
 
-/// A receiver refuses a name it holds anything of (defined or kept).
-fn refuse_taken(plan: actions::Plan, vm: &VmName) -> Result<actions::Plan> {
+fn taken(vm: &VmName) -> Error {
+    Error::InvalidState { vm: vm.clone(), action: "receive", reason: "a VM of that name exists on this host (defined or kept)".into() }
+}
+
+/// Plan the definition as `define` would, refusing a name this host
+/// holds anything of (defined or kept, or known to the VM type) first.
+fn plan_new(op: &Op<'_>, vm: &VmName, def: &crate::definition::Definition) -> Result<actions::Plan> {
+    if let Some(db) = op.db() {
+        if db.vm(vm)?.is_some() {
+            return Err(taken(vm));
+        }
+    }
+    let plan = actions::plan_definition(op, vm, def)?;
     if plan.existing.is_some() || plan.vmt.exists(vm) {
-        return Err(Error::InvalidState { vm: vm.clone(), action: "receive", reason: "a VM of that name exists on this host (defined or kept)".into() });
+        return Err(taken(vm));
     }
     Ok(plan)
 }

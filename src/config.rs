@@ -70,6 +70,7 @@ struct FileConfig {
     events: EventsFile,
     #[serde(default)]
     hooks: HooksFile,
+    migration: Option<MigrationFile>,
 }
 
 /// `[events]`: the retention of the event feed.
@@ -113,6 +114,27 @@ impl Hooks {
         self.by_kind.get(kind).or(self.on_event.as_ref()).map(PathBuf::as_path)
     }
 }
+
+/// The `[migration]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrationFile {
+    command: Option<Vec<String>>,
+    timeout: Option<f64>,
+}
+
+/// How `migrate` reaches a destination.
+#[derive(Debug, Clone)]
+pub struct MigrationConfig {
+    /// The argv that runs `geats receive` on the destination, with
+    /// `{destination}` replaced in each argument; no shell.
+    pub command: Vec<String>,
+    /// How long the receiver may take to answer once the stream ended.
+    pub timeout: Duration,
+}
+
+/// The default `[migration] command`.
+pub const MIGRATION_COMMAND: [&str; 6] = ["ssh", "-o", "BatchMode=yes", "root@{destination}", "geats", "receive"];
 
 /// A configured VM type: its driver and the driver's own settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -175,6 +197,8 @@ pub struct Config {
     pub events_max_age: Duration,
     /// `[hooks]`.
     pub hooks: Hooks,
+    /// `[migration]`.
+    pub migration: MigrationConfig,
 }
 
 /// The embedded defaults' name for diagnostics.
@@ -293,8 +317,15 @@ impl Config {
         if !(1..=1024).contains(&boot_parallel) {
             return Err(invalid("boot_parallel", format!("{boot_parallel} is not from 1 to 1024")));
         }
+        let mig = file.migration.unwrap_or_default();
+        let command = mig.command.unwrap_or_else(|| MIGRATION_COMMAND.iter().map(|s| s.to_string()).collect());
+        if command.first().map_or(true, |c| c.is_empty()) {
+            return Err(invalid("migration.command", "must name a program: an argv list like [\"ssh\", \"root@{destination}\", \"geats\", \"receive\"]".into()));
+        }
+        let migration = MigrationConfig { command, timeout: seconds("migration.timeout", mig.timeout, 600.0)? };
         Ok(Config {
             boot_parallel,
+            migration,
             database: abs("database", file.database, "var/lib/geats/geats.db")?,
             records_dir: abs("records_dir", file.records_dir, "var/lib/geats/records")?,
             template_dir: abs("template_dir", file.template_dir, "var/lib/geats/templates")?,

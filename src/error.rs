@@ -17,6 +17,7 @@ use crate::db::DbError;
 use crate::names::VmName;
 use crate::request::RequestError;
 use crate::storage::StorageError;
+use crate::stream::StreamError;
 use crate::sys::exec::ExecError;
 use crate::template::TemplateError;
 use crate::vm::VmError;
@@ -81,6 +82,10 @@ pub enum ErrorCode {
     /// A file of geats' own (record file, reply, generated file) could not
     /// be read or written: a full disk, a read-only directory.
     IoFailed,
+    /// A migration, export or import failed in transit: the destination
+    /// could not be reached or broke off, or the stream was cut or
+    /// corrupted. Nothing was kept at the destination.
+    MigrationFailed,
     /// A bug in geats.
     Internal,
 }
@@ -103,6 +108,7 @@ impl ErrorCode {
             ErrorCode::DatabaseMissing => "database_missing",
             ErrorCode::ConfigInvalid => "config_invalid",
             ErrorCode::IoFailed => "io_failed",
+            ErrorCode::MigrationFailed => "migration_failed",
             ErrorCode::Internal => "internal",
         }
     }
@@ -122,7 +128,8 @@ impl ErrorCode {
             | ErrorCode::Hypervisor
             | ErrorCode::StorageFailed
             | ErrorCode::DatabaseMissing
-            | ErrorCode::IoFailed => ExitClass::Aborted,
+            | ErrorCode::IoFailed
+            | ErrorCode::MigrationFailed => ExitClass::Aborted,
             ErrorCode::ConfigInvalid | ErrorCode::Internal => ExitClass::Other,
         }
     }
@@ -130,7 +137,7 @@ impl ErrorCode {
     /// Whether the same request may succeed if simply tried again later.
     pub fn retryable(self) -> bool {
         match self {
-            ErrorCode::Busy | ErrorCode::ToolFailed | ErrorCode::Hypervisor | ErrorCode::StorageFailed => true,
+            ErrorCode::Busy | ErrorCode::ToolFailed | ErrorCode::Hypervisor | ErrorCode::StorageFailed | ErrorCode::MigrationFailed => true,
             ErrorCode::MissingData
             | ErrorCode::InvalidData
             | ErrorCode::UnknownAction
@@ -146,7 +153,7 @@ impl ErrorCode {
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::MissingData,
         ErrorCode::InvalidData,
         ErrorCode::UnknownAction,
@@ -161,6 +168,7 @@ impl ErrorCode {
         ErrorCode::DatabaseMissing,
         ErrorCode::ConfigInvalid,
         ErrorCode::IoFailed,
+        ErrorCode::MigrationFailed,
         ErrorCode::Internal,
     ];
 }
@@ -192,6 +200,9 @@ pub enum Error {
     /// An OS template failed.
     #[error(transparent)]
     Template(#[from] TemplateError),
+    /// A VM stream or its transport failed.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
     /// A program geats ran for the user (console, exec, ssh) could not run.
     #[error(transparent)]
     Exec(#[from] ExecError),
@@ -318,6 +329,12 @@ impl Error {
             Error::Template(e) => match e {
                 TemplateError::NotFound { .. } => C::InvalidData,
                 TemplateError::Unpack { .. } => C::StorageFailed,
+            },
+            Error::Stream(e) => match e {
+                // The destination's own code, when it is one geats knows.
+                StreamError::Refused { errorcode, .. } => C::ALL.into_iter().find(|c| c.as_str() == errorcode).unwrap_or(C::MigrationFailed),
+                StreamError::Io { .. } | StreamError::Format(_) | StreamError::Transport { .. } => C::MigrationFailed,
+                StreamError::Volume { .. } => C::StorageFailed,
             },
             Error::Exec(_) => C::ToolFailed,
             Error::Io { .. } => C::IoFailed,

@@ -27,6 +27,7 @@ pub mod request;
 pub mod schema;
 pub mod state;
 pub mod storage;
+pub mod stream;
 pub mod sys;
 pub mod template;
 pub mod vm;

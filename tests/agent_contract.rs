@@ -235,7 +235,7 @@ fn admin_lock_blocks_removal_until_unlock() {
     env.ok("unlock", json!({"vm_name": "web1"}));
     assert_eq!(env.ok("deprovision", json!({"vm_name": "web1"}))["changed"], json!(true));
     assert_eq!(env.fail("lock", json!({"vm_name": "web1"}))["errorcode"], "not_found");
-    assert_eq!(env.fail("migrate", json!({"vm_name": "web1", "vm_destination": "h2"}))["errorcode"], "not_supported");
+    assert_eq!(env.fail("migrate", json!({"vm_name": "web1", "vm_destination": "h2"}))["errorcode"], "not_found");
 }
 
 #[test]

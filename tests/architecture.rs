@@ -1,7 +1,7 @@
 //! The module graph of `src/`: every module imports only from layers
 //! below its own, so there is no circle and no import upwards. The layers
 //! are those of `docs/architecture.md`, top first: cli → agent, ddl →
-//! manager → error → vm → storage, db → request → config, definition,
+//! manager → error → vm → storage, db, stream → request → config, definition,
 //! template → names, state, schema → sys.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["manager"],
     &["error"],
     &["vm"],
-    &["storage", "db"],
+    &["storage", "db", "stream"],
     &["request"],
     &["config", "definition", "template"],
     &["names", "state", "schema"],

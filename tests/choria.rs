@@ -200,7 +200,7 @@ fn choria_protocol_fixtures() {
     assert_eq!(data("10_shutdown")["state"], json!(["stopped", "stopped"]));
     assert_eq!(data("11_lock")["locked"], true);
     assert_eq!((code("12_deprovision_locked"), data("12_deprovision_locked")["errorcode"].clone()), (1, json!("vm_locked")));
-    assert_eq!((code("14_migrate"), data("14_migrate")["errorcode"].clone()), (1, json!("not_supported")));
+    assert_eq!((code("14_migrate"), data("14_migrate")["errorcode"].clone()), (1, json!("migration_failed")));
     assert_eq!(data("16_undefine")["changed"], true);
     assert_eq!(data("18_provision")["definition"]["name"], "web3");
     assert_eq!((code("19_start_unknown"), data("19_start_unknown")["errorcode"].clone()), (1, json!("not_found")));

@@ -272,8 +272,10 @@ fn lifecycle(t: Transport) {
     );
     assert!(root_dir.is_dir() && !root_dir.join("keep").exists(), "provision erased the root");
 
-    // migrate is refused as for any type; dry runs call no operation.
-    assert_eq!(fx.fail(t, "migrate", json!({"vm_name": vm, "vm_destination": "host2"})).0, "not_supported");
+    // migrate to a host that cannot be reached fails and leaves the VM
+    // as it was; dry runs call no operation.
+    assert_eq!(fx.fail(t, "migrate", json!({"vm_name": vm, "vm_destination": "host2.invalid"})).0, "migration_failed");
+    fx.take_calls();
     let dry = fx.ok(t, "start", json!({"vm_name": vm, "dry_run": true}));
     assert_eq!(dry["steps"][0], "activate volume root", "{dry}");
     assert_eq!(ops(&fx.take_calls()), ["state(p1)", "state(p1)"], "a dry run only reads the state");
@@ -652,7 +654,8 @@ fn file_chain(t: Transport, test: &str) {
         assert!(at(&c, &format!("destroy({vol})"), 0) < at(&c, &format!("create({vol})"), 0) && at(&c, &format!("create({vol})"), 0) < d, "{c:?}");
     }
     active(false);
-    assert_eq!(fx.fail(t, "migrate", json!({"vm_name": vm, "vm_destination": "host2"})).0, "not_supported");
+    assert_eq!(fx.fail(t, "migrate", json!({"vm_name": vm, "vm_destination": "host2.invalid"})).0, "migration_failed");
+    fx.take_calls();
 
     // deprovision of a running VM: stopped, deactivated, undefined, destroyed.
     fx.ok(t, "start", v.clone());

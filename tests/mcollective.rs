@@ -167,7 +167,7 @@ fn mcollective_implemented_by_every_action() {
     assert_eq!(ok(12)["locked"], true);
     failed(13, 1, "vm_locked");
     assert_eq!(ok(14)["locked"], false);
-    failed(15, 1, "not_supported");
+    failed(15, 1, "migration_failed");
     assert_eq!(ok(16)["changed"], true);
     assert_eq!(ok(17)["changed"], true);
     assert_eq!(ok(18)["definition"]["name"], "d3");

@@ -33,6 +33,7 @@ mod live_limits;
 mod lxc_events;
 mod lxc_lifecycle;
 mod mcollective;
+mod migration;
 mod plugins;
 mod safety;
 mod schemas;

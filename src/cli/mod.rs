@@ -177,13 +177,39 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Move a VM to another host (not supported yet).
+    /// Move a VM to another host: shut it down, stream it to `geats receive` there, start it there if it ran, deprovision it here.
     Migrate {
         /// The VM.
         name: String,
-        /// The destination host.
+        /// The destination host (replaces {destination} in `[migration] command`).
         destination: String,
+        /// Acting options.
+        #[command(flatten)]
+        opts: ActOpts,
     },
+    /// Write a stopped VM's stream (definition and volumes) to FILE ("-": stdout); the VM stays.
+    Export {
+        /// The VM.
+        name: String,
+        /// The file to write ("-": stdout).
+        file: PathBuf,
+        /// Shut a running VM down first (it stays stopped) instead of refusing.
+        #[arg(long)]
+        stop: bool,
+        /// Print the reply as JSON (on stderr when FILE is "-").
+        #[arg(long)]
+        json: bool,
+    },
+    /// Define a VM with its data from a stream written by `geats export` ("-": stdin).
+    Import {
+        /// The stream file ("-": stdin).
+        file: PathBuf,
+        /// Print the reply as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Receive a VM stream on stdin from `geats migrate` on another host; answers JSON lines on stdout.
+    Receive,
     /// Show the operation journal.
     History {
         /// Only this VM.
@@ -476,9 +502,27 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             }
             Ok(0)
         }
-        Command::Migrate { name, destination } => {
-            let opts = ActOpts { dry_run: false, json: false };
-            act(&m, "migrate", json!({"vm_name": name, "vm_destination": destination}), &opts)
+        Command::Migrate { name, destination, opts } => act(&m, "migrate", json!({"vm_name": name, "vm_destination": destination}), &opts),
+        Command::Export { name, file, stop, json } => export(&m, &name, &file, stop, json),
+        Command::Import { file, json } => import(&m, &file, json),
+        Command::Receive => {
+            let mut input = std::io::stdin().lock();
+            match m.receive(&mut input, true, &mut |v| table::print_json_line(v)) {
+                Ok(reply) => {
+                    let mut v = reply.to_json();
+                    v["success"] = Value::Bool(true);
+                    v["phase"] = Value::from(if matches!(reply, crate::manager::Reply::DryRun(_)) { "checked" } else { "committed" });
+                    if !matches!(reply, crate::manager::Reply::DryRun(_)) {
+                        table::print_json_line(&v);
+                    }
+                    Ok(0)
+                }
+                Err(e) => {
+                    tracing::error!("receive: {}", e.message());
+                    table::print_json_line(&json!({"success": false, "errorcode": e.code().as_str(), "message": e.message(), "retryable": e.code().retryable()}));
+                    Ok(e.code().exit_class().code())
+                }
+            }
         }
         Command::History { name, limit, json } => {
             let vm = name.as_deref().map(vm_name).transpose()?;
@@ -647,6 +691,60 @@ fn events(m: &Manager, mut since: i64, follow: bool, interval: f64, json: bool) 
             std::thread::sleep(std::time::Duration::from_secs_f64(interval));
         }
     }
+}
+
+/// `geats export NAME FILE|-`.
+fn export(m: &Manager, name: &str, file: &std::path::Path, stop: bool, json: bool) -> Result<u8, Error> {
+    let vm = vm_name(name)?;
+    let to_stdout = file.as_os_str() == "-";
+    let reply = if to_stdout {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, table::stdout_raw());
+        let r = m.export(&vm, stop, "<stdout>", &mut out)?;
+        std::io::Write::flush(&mut out).map_err(crate::error::io("write", std::path::Path::new("<stdout>")))?;
+        r
+    } else {
+        // Written beside the target and renamed, so a failed export
+        // leaves no half file under the name.
+        let tmp = file.with_extension("geats-export-partial");
+        let f = std::fs::File::create(&tmp).map_err(crate::error::io("create", &tmp))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+        let r = m.export(&vm, stop, &file.display().to_string(), &mut out).and_then(|r| {
+            let f = out.into_inner().map_err(|e| crate::error::io("write", &tmp)(e.into_error()))?;
+            f.sync_all().map_err(crate::error::io("sync", &tmp))?;
+            std::fs::rename(&tmp, file).map_err(crate::error::io("rename", &tmp))?;
+            Ok(r)
+        });
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r?
+    };
+    let crate::manager::Reply::Migrate(r) = &reply else { return Ok(0) };
+    let text = if json { reply.to_json().to_string() } else { table::migrated(r) };
+    if to_stdout {
+        eprintln!("{text}");
+    } else {
+        table::print_text(&format!("{text}\n"));
+    }
+    Ok(0)
+}
+
+/// `geats import FILE|-`.
+fn import(m: &Manager, file: &std::path::Path, json: bool) -> Result<u8, Error> {
+    let reply = if file.as_os_str() == "-" {
+        let mut input = std::io::stdin().lock();
+        m.receive(&mut input, false, &mut |_| {})?
+    } else {
+        let f = std::fs::File::open(file).map_err(|e| RequestError::invalid("/file", format!("cannot read {}: {e}", file.display())))?;
+        let mut input = std::io::BufReader::with_capacity(1 << 20, f);
+        m.receive(&mut input, false, &mut |_| {})?
+    };
+    if json {
+        table::print_json(&reply);
+    } else if let crate::manager::Reply::Migrate(r) = &reply {
+        table::print_text(&format!("{}: imported from {}: {} volume(s)\n", r.vm, file.display(), r.volumes.len()));
+    }
+    Ok(0)
 }
 
 fn interactive(argv: Vec<String>) -> Result<u8, Error> {

@@ -86,6 +86,7 @@ pub fn print_action(action: &str, vm_name: Option<&VmName>, reply: &Reply) {
                 None => println!("{vm}: {action}: {changed} (answered from the journal)"),
             }
         }
+        Reply::Migrate(r) => println!("{}", migrated(r)),
         Reply::Status(_) | Reply::Info(_) | Reply::Events(_) => print_json(reply),
         Reply::Reconcile(r) => {
             let verb = if r.dry_run { "would start" } else { "started" };
@@ -105,6 +106,17 @@ pub fn print_action(action: &str, vm_name: Option<&VmName>, reply: &Reply) {
             print_action(action, vm_name, &r.reply);
         }
     }
+}
+
+/// One line about a moved VM: where, how much, how long.
+pub fn migrated(r: &crate::manager::reply::MigrateReply) -> String {
+    let then = if r.started { "started there" } else { "stopped" };
+    format!("{}: moved to {}: {} volume(s), {} bytes in {:.1} s; {then}", r.vm, r.destination, r.volumes.len(), r.bytes, r.duration_s)
+}
+
+/// stdout, for a byte stream (`geats export NAME -`).
+pub fn stdout_raw() -> std::io::StdoutLock<'static> {
+    std::io::stdout().lock()
 }
 
 fn render(headers: &[&str], rows: &[Vec<String>]) {
@@ -278,7 +290,8 @@ pub fn print_event(e: &Event) {
     println!("{line}");
 }
 
-/// One event as a line of JSON (`geats events --follow --json`).
+/// One value as a line of JSON, flushed at once (`geats events --follow
+/// --json`; a `geats receive` answer the sender is waiting for).
 pub fn print_json_line<T: Serialize + ?Sized>(v: &T) {
     use std::io::Write;
     let value = serde_json::to_value(v).unwrap_or_default();

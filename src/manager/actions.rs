@@ -34,7 +34,8 @@ pub(super) fn run(op: &mut Op<'_>, action: &Action) -> Outcome {
         Action::Snapshot(vm, name) => super::snapshots::snapshot(op, vm, name),
         Action::Restore(vm, name) => super::snapshots::restore(op, vm, name),
         Action::DeleteSnapshot(vm, name) => super::snapshots::delete(op, vm, name),
-        Action::Status | Action::Info(_) | Action::Migrate(..) | Action::Events { .. } | Action::Reconcile => {
+        Action::Migrate(vm, dest) => super::migrate::migrate(op, vm, dest),
+        Action::Status | Action::Info(_) | Action::Events { .. } | Action::Reconcile => {
             Err(Error::Internal(format!("{} is not a mutating action", action.name())))
         }
     }
@@ -99,6 +100,11 @@ pub(super) fn with_rollback(
             }
             Undo::StopVm => vmt.stop(vm).map_err(Error::from),
             Undo::ApplyLive(old) => vmt.apply_live(vm, old).map(|_| ()).map_err(Error::from),
+            Undo::StartVm => vols
+                .iter_mut()
+                .try_for_each(|v| v.volume.activate())
+                .map_err(Error::from)
+                .and_then(|()| vmt.start(vm).map_err(Error::from)),
             Undo::RestoreRecord(old) => restore_record(op, vm, old.as_deref()),
             Undo::DeleteSnapshot(i, name) => vols.get_mut(*i).map_or(Ok(()), |v| v.volume.delete_snapshot(name).map_err(Error::from)),
             Undo::UnfreezeVm => vmt.unfreeze(vm).map_err(Error::from),
@@ -172,12 +178,12 @@ fn provision(op: &mut Op<'_>, vm: &VmName, def: &Definition) -> Outcome {
 /// storage and what exists: everything `define` and `provision` decide
 /// before their first step.
 pub(super) struct Plan {
-    def: Definition,
-    type_name: TypeName,
-    vmt: Box<dyn VmType>,
-    vols: Vec<Vol>,
+    pub(super) def: Definition,
+    pub(super) type_name: TypeName,
+    pub(super) vmt: Box<dyn VmType>,
+    pub(super) vols: Vec<Vol>,
     template: Option<Template>,
-    existing: Option<(VmRecord, Vec<VolumeRecord>)>,
+    pub(super) existing: Option<(VmRecord, Vec<VolumeRecord>)>,
 }
 
 pub(super) fn plan_definition(op: &Op<'_>, vm: &VmName, def_in: &Definition) -> Result<Plan> {

@@ -13,6 +13,7 @@ mod actions;
 mod check;
 mod events;
 mod kept;
+mod migrate;
 mod op;
 mod read;
 mod reconcile;
@@ -80,10 +81,8 @@ impl Manager {
             Action::Info(vm) => self.info_repaired(vm).map(|(i, r)| Reply::Info(Box::new(i)).with_repairs(r)),
             Action::Events { since, limit } => self.events(*since, *limit).map(Reply::Events),
             Action::Reconcile => self.reconcile(req.dry_run, req.caller.clone()).map(Reply::Reconcile),
-            Action::Migrate(_, dest) => Err(Error::NotSupported(format!(
-                "migrate to {dest} is not supported by any configured VM type yet"
-            ))),
-            Action::Define(..)
+            Action::Migrate(..)
+            | Action::Define(..)
             | Action::Provision(..)
             | Action::Start(_)
             | Action::Stop(_)

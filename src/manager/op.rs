@@ -20,6 +20,8 @@ pub enum Undo {
     StopVm,
     /// Apply the previous definition's live limits again.
     ApplyLive(Box<crate::definition::Definition>),
+    /// Activate the volumes and start the VM again (this action stopped it).
+    StartVm,
     /// Put back the database rows and record file as they were.
     RestoreRecord(Option<Box<(VmRecord, Vec<VolumeRecord>)>>),
     /// Delete the snapshot this action took of a volume.

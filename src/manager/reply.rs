@@ -38,6 +38,8 @@ pub enum Reply {
     Snapshot(SnapshotReply),
     /// `restore`.
     Restore(RestoreReply),
+    /// `migrate` (and the CLI's `export` and `import`).
+    Migrate(MigrateReply),
     /// Any mutating action with `dry_run`.
     DryRun(DryRunReply),
     /// A request id that already completed: the reply recorded then.
@@ -63,6 +65,7 @@ impl Reply {
             Reply::AdminLock(r) => Some(r.changed),
             Reply::Snapshot(r) => Some(r.changed),
             Reply::Restore(r) => Some(r.changed),
+            Reply::Migrate(r) => Some(r.changed),
             Reply::DryRun(r) => Some(r.changed),
             Reply::Replayed(v) => v.get("changed").and_then(Value::as_bool),
             Reply::Repaired(r) => r.reply.changed(),
@@ -483,4 +486,37 @@ pub struct ReconcileFailure {
     pub errorcode: String,
     /// Its message.
     pub message: String,
+}
+
+/// `migrate`, `export` and `import`: what moved, how much, how long.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrateReply {
+    /// Always true: a VM moved.
+    pub changed: bool,
+    /// The VM.
+    pub vm: VmName,
+    /// Where it went: the destination host, or the export file.
+    pub destination: String,
+    /// Whether it was started at the destination (it ran before).
+    pub started: bool,
+    /// Each volume that moved.
+    pub volumes: Vec<MovedVolume>,
+    /// Bytes of the whole stream.
+    pub bytes: u64,
+    /// Seconds from the start of the action to the end.
+    pub duration_s: f64,
+}
+
+/// One volume in a [`MigrateReply`].
+#[derive(Debug, Clone, Serialize)]
+pub struct MovedVolume {
+    /// Its name.
+    pub name: VolumeName,
+    /// Its storage type.
+    #[serde(rename = "type")]
+    pub storage_type: TypeName,
+    /// How its content travelled: `tar`, `image` or `none`.
+    pub encoding: crate::stream::Encoding,
+    /// Bytes of content (a tar stream's length, an image's size).
+    pub bytes: u64,
 }

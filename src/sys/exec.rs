@@ -254,6 +254,20 @@ impl Cmd {
         }
     }
 
+    /// Start the command with its stdin and stdout as pipes the caller
+    /// streams through (a migration transport), in a process group of its
+    /// own. stderr is collected in the background for the error message.
+    /// The timeout applies to [`Streaming::finish`].
+    pub fn spawn_streaming(&self) -> Result<Streaming, ExecError> {
+        let mut c = self.command()?;
+        c.process_group(0).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().map_err(|source| ExecError::Spawn { program: self.program(), source })?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let err = reader(child.stderr.take());
+        Ok(Streaming { cmd: self.clone(), child, stdin, stdout, err })
+    }
+
     /// Run with the terminal attached (console, ssh, exec): stdin, stdout
     /// and stderr are inherited, no timeout. Returns the exit code.
     pub fn interactive(&self) -> Result<i32, ExecError> {
@@ -263,6 +277,78 @@ impl Cmd {
         }
         let st = c.status().map_err(|source| ExecError::Spawn { program: self.program(), source })?;
         Ok(st.code().unwrap_or(128 + 9))
+    }
+}
+
+/// A running child whose stdin and stdout the caller streams through
+/// ([`Cmd::spawn_streaming`]). Dropping it kills its process group.
+#[derive(Debug)]
+pub struct Streaming {
+    cmd: Cmd,
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: Option<std::process::ChildStdout>,
+    err: mpsc::Receiver<Vec<u8>>,
+}
+
+impl Streaming {
+    /// The child's stdin, until [`Streaming::close_stdin`].
+    pub fn stdin(&mut self) -> Option<&mut std::process::ChildStdin> {
+        self.stdin.as_mut()
+    }
+
+    /// Take the child's stdout, to read it (once).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.stdout.take()
+    }
+
+    /// Close the child's stdin (it reads end-of-file).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// The command line, for messages.
+    pub fn shown(&self) -> String {
+        self.cmd.shown()
+    }
+
+    /// Close stdin, wait for the child until the command's timeout (then
+    /// kill its group), kill what is left of its group, and return its
+    /// exit code and stderr.
+    pub fn wait(&mut self) -> Result<Output, ExecError> {
+        self.stdin = None;
+        let deadline = Instant::now() + self.cmd.timeout;
+        let pid = self.child.id();
+        let mut sleep = Duration::from_micros(500);
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => break Some(st),
+                Ok(None) if Instant::now() >= deadline => break None,
+                Ok(None) => {
+                    std::thread::sleep(sleep);
+                    sleep = (sleep * 2).min(Duration::from_millis(20));
+                }
+                Err(source) => return Err(ExecError::Spawn { program: self.cmd.program(), source }),
+            }
+        };
+        kill_group(pid);
+        let stderr = String::from_utf8_lossy(&collect(&self.err, Instant::now() + Duration::from_millis(500)).unwrap_or_default()).into_owned();
+        match status {
+            Some(st) => Ok(Output { code: st.code(), stdout: String::new(), stderr }),
+            None => {
+                let _ = self.child.wait();
+                Err(ExecError::Timeout { argv: self.cmd.shown(), secs: self.cmd.timeout.as_secs(), stderr })
+            }
+        }
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            kill_group(self.child.id());
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -369,6 +455,17 @@ mod tests {
         let e = Cmd::new(["sh", "-c", "sleep 5 & echo started"]).timeout(Duration::from_millis(300)).run().unwrap_err();
         assert!(matches!(e, ExecError::Timeout { .. }), "{e}");
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn streaming_child_pipes_both_ways() {
+        let mut s = Cmd::new(["cat"]).spawn_streaming().unwrap();
+        s.stdin().unwrap().write_all(b"ping").unwrap();
+        s.close_stdin();
+        let mut got = String::new();
+        s.take_stdout().unwrap().read_to_string(&mut got).unwrap();
+        assert_eq!(got, "ping");
+        assert_eq!(s.wait().unwrap().code, Some(0));
     }
 
     #[test]

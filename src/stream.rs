@@ -1,0 +1,826 @@
+//! The VM stream: one versioned format for moving a VM between hosts
+//! (`migrate` → `receive`) and for backups (`export` → `import`).
+//! `docs/migration.md` is its specification; in short:
+//!
+//! ```text
+//! "GEATS-VM" | u32 format | u64 n | header JSON (n bytes) | sha256(header)
+//! per volume:  'V' u32 index | frame* | 'E' u64 logical length | sha256(index, frames)
+//!     frame:   'D' u32 len | u32 !len | len bytes   (data, len ≤ 1 MiB)
+//!              'Z' u64 len | u64 !len              (a hole: len zero bytes)
+//! 'F'                                           (end of the volumes)
+//! 'C' u8 start                                  (receive only: commit)
+//! ```
+//!
+//! All integers are big-endian. A directory volume's section is a tar
+//! stream (numeric owners, modes, times, xattrs as PAX `SCHILY.xattr.*`,
+//! hard links, GNU sparse files); a file or block volume's section is its
+//! bytes, all-zero blocks sent as holes. Each section carries its length
+//! and a sha256 of its index and frames, so a stream cut or corrupted anywhere is
+//! refused before the receiver commits anything.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::definition::Definition;
+use crate::names::{TypeName, VmName, VolumeName};
+
+/// The first bytes of every stream.
+pub const MAGIC: &[u8; 8] = b"GEATS-VM";
+/// The format version this build writes and reads.
+pub const FORMAT: u32 = 1;
+/// The largest data frame written.
+const CHUNK: usize = 1 << 20;
+/// The largest header accepted.
+const HEADER_LIMIT: u64 = 16 << 20;
+
+/// A failure of the stream or of its transport.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// Reading or writing the stream failed (the peer went away, the
+    /// file could not be written).
+    #[error("cannot {step} the VM stream")]
+    Io {
+        /// What was being done.
+        step: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// The bytes are not a VM stream this build understands.
+    #[error("not a valid geats VM stream: {0}")]
+    Format(String),
+    /// A volume's content could not be read or written.
+    #[error("volume {volume}: cannot {step} its content")]
+    Volume {
+        /// The volume.
+        volume: String,
+        /// What was being done.
+        step: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// The destination answered with an error.
+    #[error("destination {destination} refused: {message}")]
+    Refused {
+        /// The destination host.
+        destination: String,
+        /// Its error code.
+        errorcode: String,
+        /// Its message.
+        message: String,
+    },
+    /// The destination could not be reached or broke off.
+    #[error("destination {destination}: {detail}")]
+    Transport {
+        /// The destination host.
+        destination: String,
+        /// What happened, with the transport's stderr.
+        detail: String,
+    },
+}
+
+fn io_err(step: &'static str) -> impl FnOnce(io::Error) -> StreamError {
+    move |source| StreamError::Io { step, source }
+}
+
+/// How a volume's content travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// A tar stream of the directory it provides.
+    Tar,
+    /// The bytes of the file or block device it provides.
+    Image,
+    /// No content (a volume that is only recorded).
+    None,
+}
+
+/// Owner and mode of a directory volume's top directory (a tar stream
+/// carries its entries, not the directory it is unpacked into).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopDir {
+    /// Mode bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
+/// One volume in the header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeHeader {
+    /// Its name.
+    pub name: VolumeName,
+    /// Its storage type (the receiver uses its own of the same name).
+    pub storage_type: TypeName,
+    /// How its content travels.
+    pub encoding: Encoding,
+    /// Bytes it occupies at the source (what the receiver must have free).
+    pub bytes: u64,
+    /// The top directory of a `tar` volume.
+    pub top: Option<TopDir>,
+}
+
+/// The stream's header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// The VM.
+    pub vm: VmName,
+    /// Its VM type.
+    pub vm_type: TypeName,
+    /// Its definition, as stored at the source.
+    pub definition: Definition,
+    /// Its volumes, in the order of their sections.
+    pub volumes: Vec<VolumeHeader>,
+    /// The host that wrote the stream.
+    pub source: String,
+    /// When (RFC 3339).
+    pub created: String,
+    /// Only check that the VM could be received; no volume follows.
+    pub dry_run: bool,
+}
+
+/// Writes a stream, counting the bytes.
+#[derive(Debug)]
+pub struct StreamWriter<W: Write> {
+    out: W,
+    bytes: u64,
+}
+
+impl<W: Write> StreamWriter<W> {
+    /// A writer over `out`.
+    pub fn new(out: W) -> StreamWriter<W> {
+        StreamWriter { out, bytes: 0 }
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn put(&mut self, b: &[u8]) -> io::Result<()> {
+        self.out.write_all(b)?;
+        self.bytes += b.len() as u64;
+        Ok(())
+    }
+
+    /// The magic, version and header.
+    pub fn header(&mut self, h: &Header) -> Result<(), StreamError> {
+        let json = serde_json::to_vec(h).map_err(|e| StreamError::Format(format!("cannot encode the header: {e}")))?;
+        let mut b = Vec::with_capacity(json.len() + 52);
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&FORMAT.to_be_bytes());
+        b.extend_from_slice(&(json.len() as u64).to_be_bytes());
+        b.extend_from_slice(&json);
+        b.extend_from_slice(&Sha256::digest(&json));
+        self.put(&b).and_then(|_| self.out.flush()).map_err(io_err("write the header of"))
+    }
+
+    /// Start the section of volume `index`.
+    pub fn section(&mut self, index: u32) -> Result<Section<'_, W>, StreamError> {
+        let mut b = [0u8; 5];
+        b[0] = b'V';
+        b[1..].copy_from_slice(&index.to_be_bytes());
+        self.put(&b).map_err(io_err("write"))?;
+        let mut hash = Sha256::new();
+        hash.update(index.to_be_bytes());
+        Ok(Section { w: self, buf: Vec::with_capacity(CHUNK), hash, logical: 0 })
+    }
+
+    /// The end of the volumes.
+    pub fn end(&mut self) -> Result<(), StreamError> {
+        self.put(b"F").and_then(|_| self.out.flush()).map_err(io_err("write"))
+    }
+
+    /// Tell a receiver to commit (and start the VM if `start`).
+    pub fn commit(&mut self, start: bool) -> Result<(), StreamError> {
+        self.put(&[b'C', u8::from(start)]).and_then(|_| self.out.flush()).map_err(io_err("write"))
+    }
+}
+
+/// One volume's section being written: a `Write` that frames what it is
+/// given, plus [`Section::hole`] for runs of zeros.
+#[derive(Debug)]
+pub struct Section<'a, W: Write> {
+    w: &'a mut StreamWriter<W>,
+    buf: Vec<u8>,
+    hash: Sha256,
+    logical: u64,
+}
+
+impl<W: Write> Section<'_, W> {
+    fn frame(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let len = self.buf.len() as u32;
+        let mut head = [0u8; 9];
+        head[0] = b'D';
+        head[1..5].copy_from_slice(&len.to_be_bytes());
+        head[5..].copy_from_slice(&(!len).to_be_bytes());
+        self.hash.update(head);
+        self.hash.update(&self.buf);
+        self.w.put(&head)?;
+        let buf = std::mem::take(&mut self.buf);
+        let r = self.w.put(&buf);
+        self.buf = buf;
+        self.buf.clear();
+        r
+    }
+
+    /// `len` zero bytes, sent as a hole.
+    pub fn hole(&mut self, len: u64) -> io::Result<()> {
+        self.frame()?;
+        let mut b = [0u8; 17];
+        b[0] = b'Z';
+        b[1..9].copy_from_slice(&len.to_be_bytes());
+        b[9..].copy_from_slice(&(!len).to_be_bytes());
+        self.hash.update(b);
+        self.logical += len;
+        self.w.put(&b)
+    }
+
+    /// Close the section: its length and checksum. Returns the length.
+    pub fn finish(mut self) -> Result<u64, StreamError> {
+        self.frame().map_err(io_err("write"))?;
+        let mut b = Vec::with_capacity(41);
+        b.push(b'E');
+        b.extend_from_slice(&self.logical.to_be_bytes());
+        b.extend_from_slice(&self.hash.clone().finalize());
+        self.w.put(&b).map_err(io_err("write"))?;
+        Ok(self.logical)
+    }
+}
+
+impl<W: Write> Write for Section<'_, W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len() >= CHUNK {
+            self.frame()?;
+        }
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        self.logical += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.frame()?;
+        self.w.out.flush()
+    }
+}
+
+/// Reads a stream.
+#[derive(Debug)]
+pub struct StreamReader<R: Read> {
+    inp: R,
+}
+
+fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<(), StreamError> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => StreamError::Format(format!("the stream ends in the middle of {what}")),
+        _ => StreamError::Io { step: "read", source: e },
+    })
+}
+
+impl<R: Read> StreamReader<R> {
+    /// A reader over `inp`.
+    pub fn new(inp: R) -> StreamReader<R> {
+        StreamReader { inp }
+    }
+
+    /// Read and check the magic, version and header.
+    pub fn header(&mut self) -> Result<Header, StreamError> {
+        let mut head = [0u8; 20];
+        read_exact(&mut self.inp, &mut head, "the header")?;
+        if &head[..8] != MAGIC {
+            return Err(StreamError::Format("it does not start with GEATS-VM".into()));
+        }
+        let version = u32::from_be_bytes([head[8], head[9], head[10], head[11]]);
+        if version != FORMAT {
+            return Err(StreamError::Format(format!("format version {version}; this geats reads version {FORMAT}")));
+        }
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&head[12..20]);
+        let n = u64::from_be_bytes(n);
+        if n > HEADER_LIMIT {
+            return Err(StreamError::Format(format!("a header of {n} bytes is larger than the limit of {HEADER_LIMIT}")));
+        }
+        let mut json = vec![0u8; n as usize];
+        read_exact(&mut self.inp, &mut json, "the header")?;
+        let mut sum = [0u8; 32];
+        read_exact(&mut self.inp, &mut sum, "the header")?;
+        if Sha256::digest(&json).as_slice() != sum {
+            return Err(StreamError::Format("the header's checksum does not match".into()));
+        }
+        serde_json::from_slice(&json).map_err(|e| StreamError::Format(format!("bad header: {e}")))
+    }
+
+    /// The next section (`Some(index)`), or `None` at the end of the
+    /// volumes.
+    pub fn next_section(&mut self) -> Result<Option<SectionReader<'_, R>>, StreamError> {
+        let mut tag = [0u8; 1];
+        read_exact(&mut self.inp, &mut tag, "a volume")?;
+        match tag[0] {
+            b'F' => Ok(None),
+            b'V' => {
+                let mut i = [0u8; 4];
+                read_exact(&mut self.inp, &mut i, "a volume")?;
+                let mut hash = Sha256::new();
+                hash.update(i);
+                Ok(Some(SectionReader { r: self, index: u32::from_be_bytes(i), hash, logical: 0, left: 0, done: false }))
+            }
+            t => Err(StreamError::Format(format!("unexpected byte {t:#04x} where a volume or the end was expected"))),
+        }
+    }
+
+    /// After the volumes, a receiver waits for the commit: `Some(start)`,
+    /// or `None` when the sender closed the stream instead.
+    pub fn commit(&mut self) -> Result<Option<bool>, StreamError> {
+        let mut b = [0u8; 2];
+        match self.inp.read_exact(&mut b) {
+            Ok(()) if b[0] == b'C' => Ok(Some(b[1] != 0)),
+            Ok(()) => Err(StreamError::Format(format!("unexpected byte {:#04x} where the commit was expected", b[0]))),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(StreamError::Io { step: "read the commit from", source: e }),
+        }
+    }
+}
+
+/// One frame of a section.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// This many bytes of data follow ([`Read`] them).
+    Data(u64),
+    /// This many zero bytes.
+    Hole(u64),
+    /// The section ended and its length and checksum matched.
+    End,
+}
+
+/// One volume's section being read. As a [`Read`] it yields the data of
+/// a section without holes (a tar stream); [`SectionReader::frame`] walks
+/// frames for images.
+#[derive(Debug)]
+pub struct SectionReader<'a, R: Read> {
+    r: &'a mut StreamReader<R>,
+    /// The volume's index in the header.
+    pub index: u32,
+    hash: Sha256,
+    logical: u64,
+    left: u64,
+    done: bool,
+}
+
+fn to_io(e: StreamError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl<R: Read> SectionReader<'_, R> {
+    /// The next frame; data of the previous one must have been read.
+    pub fn frame(&mut self) -> Result<Frame, StreamError> {
+        if self.done {
+            return Ok(Frame::End);
+        }
+        if self.left > 0 {
+            return Err(StreamError::Format("a data frame was not read to its end".into()));
+        }
+        let mut tag = [0u8; 1];
+        read_exact(&mut self.r.inp, &mut tag, "a volume")?;
+        match tag[0] {
+            b'D' => {
+                let mut n = [0u8; 8];
+                read_exact(&mut self.r.inp, &mut n, "a volume")?;
+                self.hash.update(tag);
+                self.hash.update(n);
+                let len = u32::from_be_bytes([n[0], n[1], n[2], n[3]]);
+                // The length twice, the second inverted: a corrupted length
+                // must not make the reader wait for bytes never sent.
+                if !len != u32::from_be_bytes([n[4], n[5], n[6], n[7]]) || len as usize > CHUNK {
+                    return Err(StreamError::Format(format!("a corrupted frame length in volume {}", self.index)));
+                }
+                self.left = u64::from(len);
+                self.logical += self.left;
+                Ok(Frame::Data(self.left))
+            }
+            b'Z' => {
+                let mut n = [0u8; 16];
+                read_exact(&mut self.r.inp, &mut n, "a volume")?;
+                self.hash.update(tag);
+                self.hash.update(n);
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&n[..8]);
+                let len = u64::from_be_bytes(a);
+                a.copy_from_slice(&n[8..]);
+                if !len != u64::from_be_bytes(a) {
+                    return Err(StreamError::Format(format!("a corrupted hole length in volume {}", self.index)));
+                }
+                self.logical += len;
+                Ok(Frame::Hole(len))
+            }
+            b'E' => {
+                let mut tail = [0u8; 40];
+                read_exact(&mut self.r.inp, &mut tail, "a volume")?;
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&tail[..8]);
+                let len = u64::from_be_bytes(n);
+                if len != self.logical {
+                    return Err(StreamError::Format(format!("volume {} should hold {len} bytes but {} arrived", self.index, self.logical)));
+                }
+                if self.hash.clone().finalize().as_slice() != &tail[8..] {
+                    return Err(StreamError::Format(format!("the checksum of volume {} does not match", self.index)));
+                }
+                self.done = true;
+                Ok(Frame::End)
+            }
+            t => Err(StreamError::Format(format!("unexpected byte {t:#04x} inside volume {}", self.index))),
+        }
+    }
+
+    /// Read (and check) what is left of the section.
+    pub fn finish(&mut self) -> Result<u64, StreamError> {
+        let mut sink = vec![0u8; 64 << 10];
+        loop {
+            while self.left > 0 {
+                let n = self.read_data(&mut sink).map_err(io_err("read"))?;
+                if n == 0 {
+                    return Err(StreamError::Format("the stream ends in the middle of a volume".into()));
+                }
+            }
+            if self.frame()? == Frame::End {
+                return Ok(self.logical);
+            }
+        }
+    }
+
+    fn read_data(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.r.inp.read(&mut buf[..want])?;
+        if n == 0 && want > 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ends in the middle of a volume"));
+        }
+        self.hash.update(&buf[..n]);
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read> Read for SectionReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.left > 0 {
+                return self.read_data(buf);
+            }
+            match self.frame().map_err(to_io)? {
+                Frame::Data(_) => continue,
+                Frame::Hole(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "a hole inside a tar volume")),
+                Frame::End => return Ok(0),
+            }
+        }
+    }
+}
+
+// ---- directory volumes: tar ----
+
+/// The owner and mode of `dir`, for [`VolumeHeader::top`].
+pub fn top_dir(dir: &Path) -> io::Result<TopDir> {
+    let m = std::fs::symlink_metadata(dir)?;
+    Ok(TopDir { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid() })
+}
+
+/// Write the tree under `dir` as a tar stream into `out`: numeric
+/// owners, modes, times, xattrs, hard links, sparse files, devices and
+/// fifos; sockets are skipped (they mean nothing once copied).
+pub fn write_tree<W: Write>(dir: &Path, out: W) -> io::Result<()> {
+    let mut b = tar::Builder::new(out);
+    b.mode(tar::HeaderMode::Complete);
+    b.follow_symlinks(false);
+    b.sparse(true);
+    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let full = dir.join(&rel);
+        let mut entries: Vec<_> = std::fs::read_dir(&full)?.collect::<io::Result<Vec<_>>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let rel = rel.join(e.file_name());
+            let path = e.path();
+            let m = std::fs::symlink_metadata(&path)?;
+            let ft = m.file_type();
+            if ft.is_socket() {
+                continue;
+            }
+            if !ft.is_symlink() {
+                xattrs(&mut b, &path)?;
+            }
+            if !ft.is_dir() && m.nlink() > 1 {
+                if let Some(first) = links.get(&(m.dev(), m.ino())) {
+                    let mut h = tar::Header::new_gnu();
+                    h.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
+                    h.set_entry_type(tar::EntryType::Link);
+                    h.set_size(0);
+                    b.append_link(&mut h, &rel, first)?;
+                    continue;
+                }
+                links.insert((m.dev(), m.ino()), rel.clone());
+            }
+            if ft.is_file() {
+                let mut f = std::fs::File::open(&path)?;
+                b.append_file(&rel, &mut f)?;
+            } else if ft.is_dir() {
+                let mut h = tar::Header::new_gnu();
+                h.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
+                h.set_size(0);
+                b.append_data(&mut h, &rel, io::empty())?;
+                stack.push(rel);
+            } else if ft.is_symlink() {
+                let target = std::fs::read_link(&path)?;
+                let mut h = tar::Header::new_gnu();
+                h.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
+                h.set_size(0);
+                b.append_link(&mut h, &rel, target)?;
+            } else {
+                // Devices and fifos: the header carries everything.
+                let mut h = tar::Header::new_gnu();
+                h.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
+                h.set_size(0);
+                let rdev = m.rdev();
+                h.set_device_major(u32::try_from(nix::sys::stat::major(rdev)).unwrap_or(0))?;
+                h.set_device_minor(u32::try_from(nix::sys::stat::minor(rdev)).unwrap_or(0))?;
+                b.append_data(&mut h, &rel, io::empty())?;
+            }
+        }
+    }
+    b.finish()?;
+    Ok(())
+}
+
+/// A PAX header with the xattrs of `path`, if it has any.
+fn xattrs<W: Write>(b: &mut tar::Builder<W>, path: &Path) -> io::Result<()> {
+    let names = match xattr::list(path) {
+        Ok(n) => n,
+        // A file system without xattrs has none to copy.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut data = Vec::new();
+    for name in names {
+        let Some(value) = xattr::get(path, &name)? else { continue };
+        let key = [b"SCHILY.xattr.".as_slice(), std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str())].concat();
+        // "LEN key=value\n", LEN counting itself.
+        let body = key.len() + value.len() + 3;
+        let mut len = body + body.to_string().len();
+        if len.to_string().len() != body.to_string().len() {
+            len += 1;
+        }
+        data.extend_from_slice(len.to_string().as_bytes());
+        data.push(b' ');
+        data.extend_from_slice(&key);
+        data.push(b'=');
+        data.extend_from_slice(&value);
+        data.push(b'\n');
+    }
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    b.append_data(&mut h, "PaxHeader", data.as_slice())
+}
+
+/// Unpack a tar stream into `dir` (which exists and is empty), keeping
+/// owners, modes, times and xattrs; no entry can escape `dir`. Sets the
+/// top directory's owner and mode to `top`.
+pub fn read_tree<R: Read>(input: R, dir: &Path, top: Option<TopDir>) -> io::Result<()> {
+    let mut a = tar::Archive::new(input);
+    a.set_preserve_permissions(true);
+    a.set_preserve_ownerships(true);
+    a.set_preserve_mtime(true);
+    a.set_unpack_xattrs(true);
+    a.set_overwrite(true);
+    // As `Archive::unpack`, but devices and fifos are made here (the tar
+    // crate writes them as empty files), and directories are finished
+    // last, so a read-only one does not stop its own entries.
+    let mut dirs = Vec::new();
+    for entry in a.entries()? {
+        let mut e = entry?;
+        let kind = e.header().entry_type();
+        if kind.is_dir() {
+            dirs.push(e);
+        } else if kind.is_fifo() || kind.is_character_special() || kind.is_block_special() {
+            special(&e, dir)?;
+        } else {
+            e.unpack_in(dir)?;
+        }
+    }
+    dirs.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
+    for mut d in dirs {
+        d.unpack_in(dir)?;
+        // The tar crate leaves a directory's time to whatever its
+        // entries' creation made it.
+        let path = dir.join(d.path()?);
+        set_mtime(&path, d.header().mtime()?)?;
+    }
+    if let Some(t) = top {
+        std::os::unix::fs::chown(dir, Some(t.uid), Some(t.gid))?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(t.mode))?;
+    }
+    Ok(())
+}
+
+/// Make a device or fifo entry under `dir` with its owner, mode and
+/// device numbers.
+fn special<R: Read>(e: &tar::Entry<'_, R>, dir: &Path) -> io::Result<()> {
+    use nix::sys::stat::{mknod, makedev, Mode, SFlag};
+    let h = e.header();
+    let rel = e.path()?;
+    if rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("entry {} leaves the volume", rel.display())));
+    }
+    let path = dir.join(&rel);
+    let kind = h.entry_type();
+    let flag = if kind.is_fifo() {
+        SFlag::S_IFIFO
+    } else if kind.is_character_special() {
+        SFlag::S_IFCHR
+    } else {
+        SFlag::S_IFBLK
+    };
+    let mode = h.mode()? & 0o7777;
+    let dev = makedev(u64::from(h.device_major()?.unwrap_or(0)), u64::from(h.device_minor()?.unwrap_or(0)));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let _ = std::fs::remove_file(&path);
+    mknod(&path, flag, Mode::from_bits_truncate(mode), dev).map_err(io::Error::from)?;
+    std::os::unix::fs::lchown(&path, Some(u32::try_from(h.uid()?).unwrap_or(0)), Some(u32::try_from(h.gid()?).unwrap_or(0)))?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    set_mtime(&path, h.mtime()?)
+}
+
+/// Set the modification time of `path` (not following a symlink).
+fn set_mtime(path: &Path, mtime: u64) -> io::Result<()> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    let t = TimeSpec::new(i64::try_from(mtime).unwrap_or(0), 0);
+    utimensat(None, path, &TimeSpec::UTIME_OMIT, &t, UtimensatFlags::NoFollowSymlink).map_err(io::Error::from)
+}
+
+// ---- file and block volumes: image bytes ----
+
+/// Write the bytes of the file or block device at `path`, all-zero
+/// blocks as holes. Returns the length.
+pub fn write_image<W: Write>(path: &Path, section: &mut Section<'_, W>) -> io::Result<u64> {
+    let mut f = std::fs::File::open(path)?;
+    let len = f.seek(SeekFrom::End(0))?;
+    f.seek(SeekFrom::Start(0))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut done = 0u64;
+    let mut zeros = 0u64;
+    while done < len {
+        let want = usize::try_from(len - done).unwrap_or(CHUNK).min(CHUNK);
+        f.read_exact(&mut buf[..want])?;
+        done += want as u64;
+        if buf[..want].iter().all(|b| *b == 0) {
+            zeros += want as u64;
+            continue;
+        }
+        if zeros > 0 {
+            section.hole(zeros)?;
+            zeros = 0;
+        }
+        section.write_all(&buf[..want])?;
+    }
+    if zeros > 0 {
+        section.hole(zeros)?;
+    }
+    Ok(len)
+}
+
+/// Write an image section into the file or block device at `path`:
+/// holes are skipped in a file (left sparse) and written as zeros on a
+/// device. A file is cut to the section's length.
+pub fn read_image<R: Read>(section: &mut SectionReader<'_, R>, path: &Path) -> Result<u64, StreamError> {
+    let vol = |step: &'static str| move |source: io::Error| StreamError::Volume { volume: path.display().to_string(), step, source };
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).map_err(vol("open"))?;
+    let device = f.metadata().map(|m| m.file_type().is_block_device()).map_err(vol("stat"))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0u64;
+    loop {
+        match section.frame()? {
+            Frame::Data(mut n) => {
+                while n > 0 {
+                    let want = usize::try_from(n).unwrap_or(CHUNK).min(CHUNK);
+                    let got = section.read_data(&mut buf[..want]).map_err(io_err("read"))?;
+                    f.write_all(&buf[..got]).map_err(vol("write"))?;
+                    n -= got as u64;
+                    pos += got as u64;
+                }
+            }
+            Frame::Hole(n) => {
+                if device {
+                    let zero = vec![0u8; CHUNK];
+                    let mut left = n;
+                    while left > 0 {
+                        let k = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+                        f.write_all(&zero[..k]).map_err(vol("write"))?;
+                        left -= k as u64;
+                    }
+                } else {
+                    f.seek(SeekFrom::Current(i64::try_from(n).unwrap_or(i64::MAX))).map_err(vol("seek"))?;
+                }
+                pos += n;
+            }
+            Frame::End => break,
+        }
+    }
+    if !device {
+        f.set_len(pos).map_err(vol("resize"))?;
+    }
+    f.sync_all().map_err(vol("sync"))?;
+    Ok(pos)
+}
+
+/// Read one JSON answer line from a receiver.
+pub fn read_answer<R: BufRead>(r: &mut R) -> io::Result<Option<serde_json::Value>> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    serde_json::from_str(line.trim()).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("not a JSON answer ({e}): {}", line.trim())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            format: FORMAT,
+            vm: VmName::new("a").unwrap(),
+            vm_type: TypeName::new("dummy").unwrap(),
+            definition: serde_json::from_value(serde_json::json!({"vm_type": "dummy"})).unwrap(),
+            volumes: vec![],
+            source: "h".into(),
+            created: "now".into(),
+            dry_run: false,
+        }
+    }
+
+    fn stream(data: &[u8], hole: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = StreamWriter::new(&mut out);
+        w.header(&header()).unwrap();
+        let mut s = w.section(0).unwrap();
+        s.write_all(data).unwrap();
+        s.hole(hole).unwrap();
+        s.write_all(data).unwrap();
+        assert_eq!(s.finish().unwrap(), 2 * data.len() as u64 + hole);
+        w.end().unwrap();
+        out
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = stream(b"hello", 4096);
+        let mut r = StreamReader::new(bytes.as_slice());
+        assert_eq!(r.header().unwrap(), header());
+        let mut s = r.next_section().unwrap().unwrap();
+        assert_eq!(s.frame().unwrap(), Frame::Data(5));
+        assert_eq!(s.finish().unwrap(), 4106);
+        assert!(r.next_section().unwrap().is_none());
+    }
+
+    #[test]
+    fn every_cut_and_every_flipped_byte_is_refused() {
+        let bytes = stream(b"hello", 4096);
+        let read_all = |b: &[u8]| -> Result<(), StreamError> {
+            let mut r = StreamReader::new(b);
+            r.header()?;
+            while let Some(mut s) = r.next_section()? {
+                s.finish()?;
+            }
+            Ok(())
+        };
+        read_all(&bytes).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(read_all(&bytes[..cut]).is_err(), "a stream cut at {cut} was accepted");
+        }
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            assert!(read_all(&b).is_err(), "a flipped byte at {i} was accepted");
+        }
+    }
+}

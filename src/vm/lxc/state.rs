@@ -53,14 +53,28 @@ pub fn command_socket(lxcpath: &Path, name: &str) -> String {
 /// ```
 pub fn abstract_sockets() -> HashSet<String> {
     let text = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let rest: Vec<&str> = l.split_whitespace().skip(7).collect();
-            let p = rest.join(" ");
-            p.strip_prefix('@').map(|s| s.trim_end_matches('@').to_string())
-        })
-        .collect()
+    text.lines().skip(1).filter_map(abstract_name).map(str::to_string).collect()
+}
+
+/// Is the abstract unix socket `name` (without the `@`) listening now?
+/// One pass over `/proc/net/unix` that allocates nothing per line: what
+/// `info` and every action on one container ask, where building the set
+/// of every socket on the host (`abstract_sockets`) was most of the cost.
+pub fn listening(name: &str) -> bool {
+    let text = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    text.lines().skip(1).any(|l| l.contains(name) && abstract_name(l) == Some(name))
+}
+
+/// The abstract socket name of one `/proc/net/unix` line: the path column
+/// (after 7 columns) without its leading `@` and trailing `@`s (LXC pads
+/// some names with NULs, which the kernel prints as `@`).
+fn abstract_name(line: &str) -> Option<&str> {
+    let mut rest = line;
+    for _ in 0..7 {
+        rest = rest.trim_start();
+        rest = &rest[rest.find(char::is_whitespace)?..];
+    }
+    rest.trim().strip_prefix('@').map(|s| s.trim_end_matches('@'))
 }
 
 /// The monitor pid from LXC's pid file, if that process is still the
@@ -321,6 +335,16 @@ mod tests {
         // Known FNV-1a 64 test vectors.
         assert_eq!(fnv_64a(b""), 0xcbf29ce484222325);
         assert_eq!(fnv_64a(b"a"), 0xaf63dc4c8601ec8c);
+    }
+
+    #[test]
+    fn unix_socket_lines() {
+        let l = "0000000000000000: 00000002 00000000 00010000 0001 01 27871 @/var/lib/lxc/c1/command";
+        assert_eq!(abstract_name(l), Some("/var/lib/lxc/c1/command"));
+        assert_eq!(abstract_name("0000000000000000: 00000002 00000000 00010000 0001 01 27871 @lxc/0123456789abcdef/command@@"), Some("lxc/0123456789abcdef/command"));
+        assert_eq!(abstract_name("0000000000000000: 00000002 00000000 00010000 0001 01 27871 /run/x.sock"), None);
+        assert_eq!(abstract_name("0000000000000000: 00000002 00000000 00010000 0001 01 27871"), None);
+        assert_eq!(abstract_name("0000000000000000: 00000002 00000000 00010000 0001 01 27871 "), None);
     }
 
     #[test]

@@ -52,7 +52,10 @@ pub fn command_socket(lxcpath: &Path, name: &str) -> String {
 /// 0000000000000000: 00000002 00000000 00010000 0001 01 27871 @/var/lib/lxc/c1/command
 /// ```
 pub fn abstract_sockets() -> HashSet<String> {
-    let text = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    abstract_sockets_in(&std::fs::read_to_string("/proc/net/unix").unwrap_or_default())
+}
+
+fn abstract_sockets_in(text: &str) -> HashSet<String> {
     text.lines().skip(1).filter_map(abstract_name).map(str::to_string).collect()
 }
 
@@ -62,7 +65,19 @@ pub fn abstract_sockets() -> HashSet<String> {
 /// of every socket on the host (`abstract_sockets`) was most of the cost.
 pub fn listening(name: &str) -> bool {
     let text = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
-    text.lines().skip(1).any(|l| l.contains(name) && abstract_name(l) == Some(name))
+    listening_in(&text, name)
+}
+
+/// `listening` on the text of `/proc/net/unix`: one substring search over
+/// the whole text (a search per line set up its searcher on every line),
+/// then the line of each hit is parsed; the header line is skipped.
+fn listening_in(text: &str, name: &str) -> bool {
+    let needle = format!("@{name}");
+    text.match_indices(&needle).any(|(i, _)| {
+        let start = text[..i].rfind('\n').map_or(0, |p| p + 1);
+        let end = text[i..].find('\n').map_or(text.len(), |p| i + p);
+        start > 0 && abstract_name(&text[start..end]) == Some(name)
+    })
 }
 
 /// The abstract socket name of one `/proc/net/unix` line: the path column
@@ -345,6 +360,21 @@ mod tests {
         assert_eq!(abstract_name("0000000000000000: 00000002 00000000 00010000 0001 01 27871 /run/x.sock"), None);
         assert_eq!(abstract_name("0000000000000000: 00000002 00000000 00010000 0001 01 27871"), None);
         assert_eq!(abstract_name("0000000000000000: 00000002 00000000 00010000 0001 01 27871 "), None);
+        let text = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 1 @/var/lib/lxc/c10/command\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 2 /var/lib/lxc/c2/command\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 3 @/var/lib/lxc/c3/command@@\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 4 @/var/lib/lxc/c4/command";
+        assert!(!listening_in(text, "/var/lib/lxc/c1/command"));
+        assert!(!listening_in(text, "/var/lib/lxc/c2/command"), "not abstract");
+        assert!(listening_in(text, "/var/lib/lxc/c3/command"));
+        assert!(listening_in(text, "/var/lib/lxc/c4/command"), "last line, no newline");
+        assert!(listening_in(text, "/var/lib/lxc/c10/command"));
+        assert!(!listening_in(text, "lib/lxc/c10/command"), "a suffix is not the name");
+        let set = abstract_sockets_in(text);
+        for n in ["/var/lib/lxc/c1/command", "/var/lib/lxc/c2/command", "/var/lib/lxc/c3/command", "/var/lib/lxc/c4/command", "/var/lib/lxc/c10/command"] {
+            assert_eq!(set.contains(n), listening_in(text, n), "{n}");
+        }
     }
 
     #[test]

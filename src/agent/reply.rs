@@ -23,10 +23,21 @@ fn bytes(v: &Value) -> Vec<u8> {
 }
 
 /// Deliver the outcome; returns the exit code.
+///
+/// Called once per process, right before it exits: the reply and its JSON
+/// tree are not freed (`mem::forget`), the exit returns the memory. Freeing
+/// them one node at a time was a quarter of a `status` of 1000 VMs
+/// (callgrind: `drop_in_place<Value>`, 20M of 63M instructions).
 pub fn deliver(transport: &Transport, served: Served) -> u8 {
+    let code = deliver_ref(transport, &served);
+    std::mem::forget(served);
+    code
+}
+
+fn deliver_ref(transport: &Transport, served: &Served) -> u8 {
     match transport {
         Transport::Stdio => {
-            let envelope = match &served {
+            let envelope = match served {
                 Ok(reply) => json!({"success": true, "data": reply.to_json()}),
                 Err(e) => {
                     let mut o = error_object(e);
@@ -36,18 +47,19 @@ pub fn deliver(transport: &Transport, served: Served) -> u8 {
                     o
                 }
             };
-            if let Err(e) = &served {
+            if let Err(e) = served {
                 eprintln!("geats: {} [{}]", e.message(), e.code());
             }
             let mut out = std::io::stdout().lock();
             let text = bytes(&envelope);
+            std::mem::forget(envelope);
             match out.write_all(&text).and_then(|_| out.write_all(b"\n")).and_then(|_| out.flush()) {
                 Ok(()) => 0,
                 Err(_) => ExitClass::Other.code(),
             }
         }
         Transport::Mcollective { reply, .. } => {
-            let (body, class) = match &served {
+            let (body, class) = match served {
                 Ok(reply) => (reply.to_json(), ExitClass::Ok),
                 Err(e) => {
                     // stderr becomes MCollective's statusmsg.
@@ -55,7 +67,9 @@ pub fn deliver(transport: &Transport, served: Served) -> u8 {
                     (error_object(e), e.code().exit_class())
                 }
             };
-            match write_reply(reply, &bytes(&body)) {
+            let text = bytes(&body);
+            std::mem::forget(body);
+            match write_reply(reply, &text) {
                 Ok(()) => class.code(),
                 Err(e) => {
                     eprintln!("cannot write reply file {}: {e}", reply.display());
@@ -64,14 +78,16 @@ pub fn deliver(transport: &Transport, served: Served) -> u8 {
             }
         }
         Transport::Choria { reply, .. } => {
-            let body = match &served {
+            let body = match served {
                 Ok(reply) => json!({"statuscode": 0, "statusmsg": "OK", "data": reply.to_json()}),
                 Err(e) => {
                     eprintln!("{} [{}]", e.message(), e.code());
                     json!({"statuscode": e.code().exit_class().code(), "statusmsg": e.message(), "data": error_object(e)})
                 }
             };
-            match write_reply(reply, &bytes(&body)) {
+            let text = bytes(&body);
+            std::mem::forget(body);
+            match write_reply(reply, &text) {
                 // Choria ignores the reply file on any non-zero exit.
                 Ok(()) => 0,
                 Err(e) => {

@@ -193,17 +193,4 @@ impl Db {
             Ok(())
         })
     }
-
-    /// Sum of `ram` (MB) over defined VMs.
-    pub fn ram_promised(&self) -> Result<u64, DbError> {
-        let v: i64 = self
-            .conn()
-            .query_row(
-                "SELECT COALESCE(SUM(json_extract(definition, '$.ram')), 0) FROM vms WHERE defined = 1",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(q("sum RAM"))?;
-        Ok(v.max(0) as u64)
-    }
 }

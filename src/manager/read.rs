@@ -36,10 +36,10 @@ impl Manager {
         let read_at = self.read_started();
         let (records, types, states) = self.observe(db.as_ref())?;
         let basis = self.health_basis(db.as_ref(), read_at, &records)?;
-        let ram = match &db {
-            Some(db) => db.ram_promised()?,
-            None => 0,
-        };
+        // RAM promised to defined VMs: summed from the records just read
+        // (as SQL's json_extract over every definition did, at 8% of a
+        // status of 1000 VMs, callgrind).
+        let ram: u64 = records.iter().filter_map(|r| r.definition.ram).sum();
         let status = self.host_stats(ram, records.len());
         let kept = self.kept(db.as_ref())?;
         let mut vms = BTreeMap::new();

@@ -44,19 +44,29 @@ pub fn space(path: &Path) -> Option<(u64, u64)> {
 pub fn du(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut seen = std::collections::HashSet::new();
-    let mut total = 0;
     let Ok(root) = std::fs::symlink_metadata(path) else { return 0 };
     let dev = root.dev();
+    seen.insert(root.ino());
+    let mut total = root.blocks() * 512;
+    if !root.is_dir() {
+        return total;
+    }
+    // Directories only on the stack; an entry's metadata comes from its
+    // directory (`statx` relative to the open directory, no symlink
+    // followed, no path built for a file).
     let mut stack = vec![path.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
-        if m.dev() != dev || !seen.insert(m.ino()) {
-            continue;
-        }
-        total += m.blocks() * 512;
-        if m.is_dir() {
-            if let Ok(rd) = std::fs::read_dir(&p) {
-                stack.extend(rd.flatten().map(|e| e.path()));
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            // Only an inode that can be reached twice needs remembering: a
+            // directory (bind mounts) or a file with more than one link.
+            if m.dev() != dev || ((m.is_dir() || m.nlink() > 1) && !seen.insert(m.ino())) {
+                continue;
+            }
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
             }
         }
     }
@@ -78,5 +88,28 @@ pub fn ignore_missing(r: std::io::Result<()>) -> std::io::Result<()> {
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn du_counts_each_inode_once_and_agrees_with_stat() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("a/b")).unwrap();
+        std::fs::write(r.join("a/b/f"), vec![1u8; 100_000]).unwrap();
+        std::fs::hard_link(r.join("a/b/f"), r.join("a/g")).unwrap();
+        std::os::unix::fs::symlink("/etc", r.join("a/l")).unwrap();
+        let mut want = 0;
+        for p in [r.to_path_buf(), r.join("a"), r.join("a/b"), r.join("a/b/f"), r.join("a/l")] {
+            want += std::fs::symlink_metadata(p).unwrap().blocks() * 512;
+        }
+        assert_eq!(du(r), want);
+        assert_eq!(du(&r.join("a/b/f")), std::fs::metadata(r.join("a/b/f")).unwrap().blocks() * 512);
+        assert_eq!(du(&r.join("missing")), 0);
     }
 }

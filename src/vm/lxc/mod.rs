@@ -204,7 +204,7 @@ impl Lxc {
     }
 
     fn is_running(&self, vm: &VmName) -> bool {
-        state::abstract_sockets().contains(&state::command_socket(&self.lxcpath, vm.as_str()))
+        state::listening(&state::command_socket(&self.lxcpath, vm.as_str()))
     }
 
     /// The monitor from geats' pid file, else from one scan of `/proc`
@@ -800,8 +800,9 @@ impl VmType for Lxc {
     }
 
     fn state(&self, vm: &VmName) -> VmState {
-        let sockets = state::abstract_sockets();
-        self.state_with(vm, &sockets, &std::cell::OnceCell::new())
+        // One VM: look for its socket alone, and never scan /proc unless
+        // its pid file is gone.
+        self.state_with(vm, state::listening, &std::cell::OnceCell::new())
     }
 
     fn states(&self, vms: &[VmName]) -> BTreeMap<VmName, VmState> {
@@ -809,7 +810,7 @@ impl VmType for Lxc {
         // a few /proc and cgroup files. No process is spawned.
         let sockets = state::abstract_sockets();
         let scan = std::cell::OnceCell::new();
-        vms.iter().map(|v| (v.clone(), self.state_with(v, &sockets, &scan))).collect()
+        vms.iter().map(|v| (v.clone(), self.state_with(v, |s| sockets.contains(s), &scan))).collect()
     }
 
     fn exit_reason(&self, vm: &VmName) -> Option<String> {
@@ -861,12 +862,12 @@ impl Lxc {
     /// STARTING, RUNNING, STOPPING, ABORTING, FREEZING, FROZEN, THAWED) are
     /// derived from the runtime traces instead of asked for, to spawn no
     /// process:
-    fn state_with(&self, vm: &VmName, sockets: &std::collections::HashSet<String>, scan: &std::cell::OnceCell<BTreeMap<String, i32>>) -> VmState {
+    fn state_with(&self, vm: &VmName, listening: impl Fn(&str) -> bool, scan: &std::cell::OnceCell<BTreeMap<String, i32>>) -> VmState {
         if !self.exists(vm) {
             // Not defined in LXC (an interrupted define, or removed by hand).
             return VmState::with(Power::Unknown, "undefined");
         }
-        if !sockets.contains(&state::command_socket(&self.lxcpath, vm.as_str())) {
+        if !listening(&state::command_socket(&self.lxcpath, vm.as_str())) {
             // No monitor: STOPPED (LXC's ABORTING ends here too).
             return VmState::plain(Power::Stopped);
         }

@@ -52,15 +52,44 @@ pub fn command_socket(lxcpath: &Path, name: &str) -> String {
 /// 0000000000000000: 00000002 00000000 00010000 0001 01 27871 @/var/lib/lxc/c1/command
 /// ```
 pub fn abstract_sockets() -> HashSet<String> {
+    abstract_sockets_in(&std::fs::read_to_string("/proc/net/unix").unwrap_or_default())
+}
+
+fn abstract_sockets_in(text: &str) -> HashSet<String> {
+    text.lines().skip(1).filter_map(abstract_name).map(str::to_string).collect()
+}
+
+/// Is the abstract unix socket `name` (without the `@`) listening now?
+/// One pass over `/proc/net/unix` that allocates nothing per line: what
+/// `info` and every action on one container ask, where building the set
+/// of every socket on the host (`abstract_sockets`) was most of the cost.
+pub fn listening(name: &str) -> bool {
     let text = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let rest: Vec<&str> = l.split_whitespace().skip(7).collect();
-            let p = rest.join(" ");
-            p.strip_prefix('@').map(|s| s.trim_end_matches('@').to_string())
-        })
-        .collect()
+    listening_in(&text, name)
+}
+
+/// `listening` on the text of `/proc/net/unix`: one substring search over
+/// the whole text (a search per line set up its searcher on every line),
+/// then the line of each hit is parsed; the header line is skipped.
+fn listening_in(text: &str, name: &str) -> bool {
+    let needle = format!("@{name}");
+    text.match_indices(&needle).any(|(i, _)| {
+        let start = text[..i].rfind('\n').map_or(0, |p| p + 1);
+        let end = text[i..].find('\n').map_or(text.len(), |p| i + p);
+        start > 0 && abstract_name(&text[start..end]) == Some(name)
+    })
+}
+
+/// The abstract socket name of one `/proc/net/unix` line: the path column
+/// (after 7 columns) without its leading `@` and trailing `@`s (LXC pads
+/// some names with NULs, which the kernel prints as `@`).
+fn abstract_name(line: &str) -> Option<&str> {
+    let mut rest = line;
+    for _ in 0..7 {
+        rest = rest.trim_start();
+        rest = &rest[rest.find(char::is_whitespace)?..];
+    }
+    rest.trim().strip_prefix('@').map(|s| s.trim_end_matches('@'))
 }
 
 /// The monitor pid from LXC's pid file, if that process is still the
@@ -321,6 +350,31 @@ mod tests {
         // Known FNV-1a 64 test vectors.
         assert_eq!(fnv_64a(b""), 0xcbf29ce484222325);
         assert_eq!(fnv_64a(b"a"), 0xaf63dc4c8601ec8c);
+    }
+
+    #[test]
+    fn unix_socket_lines() {
+        let l = "0000000000000000: 00000002 00000000 00010000 0001 01 27871 @/var/lib/lxc/c1/command";
+        assert_eq!(abstract_name(l), Some("/var/lib/lxc/c1/command"));
+        assert_eq!(abstract_name("0000000000000000: 00000002 00000000 00010000 0001 01 27871 @lxc/0123456789abcdef/command@@"), Some("lxc/0123456789abcdef/command"));
+        assert_eq!(abstract_name("0000000000000000: 00000002 00000000 00010000 0001 01 27871 /run/x.sock"), None);
+        assert_eq!(abstract_name("0000000000000000: 00000002 00000000 00010000 0001 01 27871"), None);
+        assert_eq!(abstract_name("0000000000000000: 00000002 00000000 00010000 0001 01 27871 "), None);
+        let text = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 1 @/var/lib/lxc/c10/command\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 2 /var/lib/lxc/c2/command\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 3 @/var/lib/lxc/c3/command@@\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 4 @/var/lib/lxc/c4/command";
+        assert!(!listening_in(text, "/var/lib/lxc/c1/command"));
+        assert!(!listening_in(text, "/var/lib/lxc/c2/command"), "not abstract");
+        assert!(listening_in(text, "/var/lib/lxc/c3/command"));
+        assert!(listening_in(text, "/var/lib/lxc/c4/command"), "last line, no newline");
+        assert!(listening_in(text, "/var/lib/lxc/c10/command"));
+        assert!(!listening_in(text, "lib/lxc/c10/command"), "a suffix is not the name");
+        let set = abstract_sockets_in(text);
+        for n in ["/var/lib/lxc/c1/command", "/var/lib/lxc/c2/command", "/var/lib/lxc/c3/command", "/var/lib/lxc/c4/command", "/var/lib/lxc/c10/command"] {
+            assert_eq!(set.contains(n), listening_in(text, n), "{n}");
+        }
     }
 
     #[test]

@@ -311,10 +311,7 @@ impl Manager {
             let jid = op.journal()?;
             let steps = op.steps().to_vec();
             if let Some(jid) = jid {
-                match &out {
-                    Ok(reply) => db.journal_end(jid, "ok", reply.changed(), &steps, Some(&reply.to_json()))?,
-                    Err(e) => db.journal_end(jid, e.code().as_str(), None, &steps, None)?,
-                }
+                super::end_entry(&mut db, jid, &steps, &out)?;
             }
             out
         })();

@@ -216,10 +216,7 @@ impl Manager {
             let jid = op.journal()?;
             let steps = op.steps().to_vec();
             if let Some(jid) = jid {
-                match &out {
-                    Ok(reply) => db.journal_end(jid, "ok", reply.changed(), &steps, Some(&reply.to_json()))?,
-                    Err(e) => db.journal_end(jid, e.code().as_str(), None, &steps, None)?,
-                }
+                end_entry(&mut db, jid, &steps, &out)?;
                 self.note_action(&mut db, before, &req.action, &meta, &out);
             }
             out
@@ -344,6 +341,17 @@ impl Manager {
         let path = Self::record_path(config, vm);
         crate::sys::fsutil::remove_file_if_exists(&path).map_err(error::io("remove", &path))
     }
+}
+
+/// Close an action's journal entry with its outcome: `ok` with whether it
+/// changed anything and its reply (for request-id replays), or the error's
+/// code.
+pub(super) fn end_entry(db: &mut Db, jid: crate::db::JournalId, steps: &[String], out: &Result<Reply>) -> Result<()> {
+    match out {
+        Ok(reply) => db.journal_end(jid, "ok", reply.changed(), steps, Some(&reply.to_json()))?,
+        Err(e) => db.journal_end(jid, e.code().as_str(), None, steps, None)?,
+    }
+    Ok(())
 }
 
 /// This process: (pid, start time).

@@ -34,25 +34,25 @@ CONFIG = f"{work}/geats.toml"
 with open(CONFIG, "w") as f:
     f.write(f'root = "{work}"\n[storage_types.overlay]\ndriver = "overlay"\n')
 ENV_CONF = dict(BASE_ENV, GEATS_ROOT=work, GEATS_CONFIG=CONFIG)
-# The Debian containers live on a root of their own, with an overlay storage
-# type and a VM type whose init is `sleep` (Debian minbase has no init).
-DEB = f"{work}/deb"
-LP_DEB = f"{DEB}/var/lib/lxc"
-os.makedirs(f"{DEB}/var/lib/geats/templates")
-with open(f"{DEB}/geats.toml", "w") as f:
-    f.write(f'root = "{DEB}"\n[storage_types.overlay]\ndriver = "overlay"\n'
-            '[vm_types.lxcsleep]\ndriver = "lxc"\n[vm_types.lxcsleep.config]\n"lxc.init.cmd" = "/bin/sleep infinity"\n')
-ENV_DEB = dict(BASE_ENV, GEATS_ROOT=DEB, GEATS_CONFIG=f"{DEB}/geats.toml")
-# A third root for the Debian containers on btrfs subvolume snapshots, on a
-# btrfs file system the bench makes on a loop device (skipped where it cannot).
-DEBB = f"{work}/debb"
+# The Debian containers live on roots of their own, each with a VM type
+# whose init is `sleep` (Debian minbase has no init): one with an overlay
+# storage type, one on btrfs subvolume snapshots (on a btrfs file system the
+# bench makes on a loop device; skipped where it cannot).
 BTRFS = f"{work}/btrfs"
-LP_DEBB = f"{DEBB}/var/lib/lxc"
-os.makedirs(f"{DEBB}/var/lib/geats/templates")
-with open(f"{DEBB}/geats.toml", "w") as f:
-    f.write(f'root = "{DEBB}"\n[storage_types.btrfs]\ndriver = "btrfs"\nroot = "{BTRFS}/geats"\n'
-            '[vm_types.lxcsleep]\ndriver = "lxc"\n[vm_types.lxcsleep.config]\n"lxc.init.cmd" = "/bin/sleep infinity"\n')
-ENV_DEBB = dict(BASE_ENV, GEATS_ROOT=DEBB, GEATS_CONFIG=f"{DEBB}/geats.toml")
+
+
+def debian_root(path, storage):
+    """A root whose config has the storage type `storage` (TOML) and lxcsleep."""
+    os.makedirs(f"{path}/var/lib/geats/templates")
+    with open(f"{path}/geats.toml", "w") as f:
+        f.write(f'root = "{path}"\n{storage}'
+                '[vm_types.lxcsleep]\ndriver = "lxc"\n[vm_types.lxcsleep.config]\n"lxc.init.cmd" = "/bin/sleep infinity"\n')
+    return f"{path}/var/lib/lxc", dict(BASE_ENV, GEATS_ROOT=path, GEATS_CONFIG=f"{path}/geats.toml")
+
+
+DEB, DEBB = f"{work}/deb", f"{work}/debb"
+LP_DEB, ENV_DEB = debian_root(DEB, '[storage_types.overlay]\ndriver = "overlay"\n')
+LP_DEBB, ENV_DEBB = debian_root(DEBB, f'[storage_types.btrfs]\ndriver = "btrfs"\nroot = "{BTRFS}/geats"\n')
 loopdev = [None]
 if not os.path.exists(ENV_PLAIN["GEATS_CONFIG"]):
     ENV_PLAIN.pop("GEATS_CONFIG")

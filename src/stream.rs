@@ -34,8 +34,14 @@ use crate::names::{TypeName, VmName, VolumeName};
 pub const MAGIC: &[u8; 8] = b"GEATS-VM";
 /// The format version this build writes and reads.
 pub const FORMAT: u32 = 1;
-/// The largest data frame written.
+/// The largest data frame accepted (and the block of an image volume).
 const CHUNK: usize = 1 << 20;
+/// The data frame written. A frame goes out once it is full, and the
+/// reader cannot start on it before: with frames of a quarter of the
+/// pipe's buffer ([`grow_pipe`]) the writer fills the next frames while
+/// the reader unpacks this one. (1 MiB frames through the default 64 KiB
+/// pipe made the two sides take turns.)
+const FRAME: usize = 256 << 10;
 /// The largest header accepted.
 const HEADER_LIMIT: u64 = 16 << 20;
 
@@ -195,7 +201,7 @@ impl<W: Write> StreamWriter<W> {
         self.put(&b).map_err(io_err("write"))?;
         let mut hash = Sha256::new();
         hash.update(index.to_be_bytes());
-        Ok(Section { w: self, buf: Vec::with_capacity(CHUNK), hash, logical: 0 })
+        Ok(Section { w: self, buf: vec![0u8; HEAD + FRAME], used: 0, hash, logical: 0 })
     }
 
     /// The end of the volumes.
@@ -210,33 +216,59 @@ impl<W: Write> StreamWriter<W> {
 }
 
 /// One volume's section being written: a `Write` that frames what it is
-/// given, plus [`Section::hole`] for runs of zeros.
+/// given, plus [`Section::hole`] for runs of zeros and
+/// [`Section::copy_from`] to read a file straight into the frame.
 #[derive(Debug)]
 pub struct Section<'a, W: Write> {
     w: &'a mut StreamWriter<W>,
+    /// The frame being filled: its head (`HEAD` bytes, written by
+    /// `frame`), then `used` bytes of data; one `write` sends both.
     buf: Vec<u8>,
+    used: usize,
     hash: Sha256,
     logical: u64,
 }
 
+/// The head of a data frame: 'D', the length and its inverse.
+const HEAD: usize = 9;
+
 impl<W: Write> Section<'_, W> {
     fn frame(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
+        if self.used == 0 {
             return Ok(());
         }
-        let len = self.buf.len() as u32;
-        let mut head = [0u8; 9];
-        head[0] = b'D';
-        head[1..5].copy_from_slice(&len.to_be_bytes());
-        head[5..].copy_from_slice(&(!len).to_be_bytes());
-        self.hash.update(head);
-        self.hash.update(&self.buf);
-        self.w.put(&head)?;
-        let buf = std::mem::take(&mut self.buf);
-        let r = self.w.put(&buf);
-        self.buf = buf;
-        self.buf.clear();
-        r
+        let len = self.used as u32;
+        self.buf[0] = b'D';
+        self.buf[1..5].copy_from_slice(&len.to_be_bytes());
+        self.buf[5..HEAD].copy_from_slice(&(!len).to_be_bytes());
+        let frame = &self.buf[..HEAD + self.used];
+        self.used = 0;
+        self.hash.update(frame);
+        self.w.put(frame)
+    }
+
+    /// Up to `len` bytes of `r`, read straight into the frame (no copy
+    /// through a small buffer). Returns how many it read: fewer than
+    /// `len` only at the end of `r`.
+    pub fn copy_from<R: Read>(&mut self, r: &mut R, len: u64) -> io::Result<u64> {
+        let mut left = len;
+        while left > 0 {
+            if self.used == FRAME {
+                self.frame()?;
+            }
+            let room = (FRAME - self.used).min(usize::try_from(left).unwrap_or(usize::MAX));
+            let at = HEAD + self.used;
+            let n = match r.read(&mut self.buf[at..at + room]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.used += n;
+            self.logical += n as u64;
+            left -= n as u64;
+        }
+        Ok(len - left)
     }
 
     /// `len` zero bytes, sent as a hole.
@@ -265,11 +297,13 @@ impl<W: Write> Section<'_, W> {
 
 impl<W: Write> Write for Section<'_, W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.buf.len() >= CHUNK {
+        if self.used == FRAME {
             self.frame()?;
         }
-        let n = data.len().min(CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
+        let n = data.len().min(FRAME - self.used);
+        let at = HEAD + self.used;
+        self.buf[at..at + n].copy_from_slice(&data[..n]);
+        self.used += n;
         self.logical += n as u64;
         Ok(n)
     }
@@ -498,13 +532,21 @@ pub fn top_dir(dir: &Path) -> io::Result<TopDir> {
     Ok(TopDir { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid() })
 }
 
-/// Write the tree under `dir` as a tar stream into `out`: numeric
+/// Write the tree under `dir` as a tar stream into `section`: numeric
 /// owners, modes, times, xattrs, hard links, sparse files, devices and
 /// fifos; sockets are skipped (they mean nothing once copied).
-pub fn write_tree<W: Write>(dir: &Path, out: W) -> io::Result<()> {
-    let mut b = tar::Builder::new(out);
+///
+/// The tar crate writes the headers (GNU long names, PAX xattrs, sparse
+/// maps); a regular file's data is read here, in frame-sized reads
+/// straight into the section, since the crate copies through an 8 KiB
+/// buffer. An entry's metadata is read once, relative to its directory;
+/// a file is probed for holes (`SEEK_HOLE`) only when it occupies fewer
+/// blocks than its size, as GNU tar does.
+pub fn write_tree<W: Write>(dir: &Path, section: &mut Section<'_, W>) -> io::Result<()> {
+    let mut b = tar::Builder::new(section);
     b.mode(tar::HeaderMode::Complete);
     b.follow_symlinks(false);
+    // Only files that may be sparse go through `append_file`.
     b.sparse(true);
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut stack = vec![PathBuf::new()];
@@ -515,16 +557,14 @@ pub fn write_tree<W: Write>(dir: &Path, out: W) -> io::Result<()> {
         for e in entries {
             let rel = rel.join(e.file_name());
             let path = e.path();
-            let m = std::fs::symlink_metadata(&path)?;
+            let m = e.metadata()?;
             let ft = m.file_type();
             if ft.is_socket() {
                 continue;
             }
-            if !ft.is_symlink() {
-                xattrs(&mut b, &path)?;
-            }
             if !ft.is_dir() && m.nlink() > 1 {
                 if let Some(first) = links.get(&(m.dev(), m.ino())) {
+                    // The first name carried the inode's data and xattrs.
                     let mut h = tar::Header::new_gnu();
                     h.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
                     h.set_entry_type(tar::EntryType::Link);
@@ -535,9 +575,28 @@ pub fn write_tree<W: Write>(dir: &Path, out: W) -> io::Result<()> {
                 links.insert((m.dev(), m.ino()), rel.clone());
             }
             if ft.is_file() {
-                let mut f = std::fs::File::open(&path)?;
-                b.append_file(&rel, &mut f)?;
+                let mut f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path)?;
+                xattrs(&mut b, xattr::FileExt::list_xattr(&f), |n| xattr::FileExt::get_xattr(&f, n))?;
+                if m.blocks() * 512 < m.size() {
+                    // Maybe sparse: the crate maps the holes and sends the data.
+                    b.append_file(&rel, &mut f)?;
+                    continue;
+                }
+                let mut h = tar::Header::new_gnu();
+                h.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
+                // The header alone (with its long-name entry if needed):
+                // `append_data` writes the data it is given, here none,
+                // whatever size the header says; the data follows.
+                b.append_data(&mut h, &rel, io::empty())?;
+                let s = b.get_mut();
+                let sent = s.copy_from(&mut f, m.size())?;
+                if sent != m.size() {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{} shrank while it was read", path.display())));
+                }
+                let pad = (512 - m.size() % 512) % 512;
+                s.write_all(&[0u8; 512][..pad as usize])?;
             } else if ft.is_dir() {
+                xattrs(&mut b, xattr::list(&path), |n| xattr::get(&path, n))?;
                 let mut h = tar::Header::new_gnu();
                 h.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
                 h.set_size(0);
@@ -551,6 +610,7 @@ pub fn write_tree<W: Write>(dir: &Path, out: W) -> io::Result<()> {
                 b.append_link(&mut h, &rel, target)?;
             } else {
                 // Devices and fifos: the header carries everything.
+                xattrs(&mut b, xattr::list(&path), |n| xattr::get(&path, n))?;
                 let mut h = tar::Header::new_gnu();
                 h.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
                 h.set_size(0);
@@ -565,9 +625,9 @@ pub fn write_tree<W: Write>(dir: &Path, out: W) -> io::Result<()> {
     Ok(())
 }
 
-/// A PAX header with the xattrs of `path`, if it has any.
-fn xattrs<W: Write>(b: &mut tar::Builder<W>, path: &Path) -> io::Result<()> {
-    let names = match xattr::list(path) {
+/// A PAX header with the xattrs `names` lists (read with `get`), if any.
+fn xattrs<W: Write>(b: &mut tar::Builder<W>, names: io::Result<xattr::XAttrs>, get: impl Fn(&std::ffi::OsStr) -> io::Result<Option<Vec<u8>>>) -> io::Result<()> {
+    let names = match names {
         Ok(n) => n,
         // A file system without xattrs has none to copy.
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
@@ -575,8 +635,8 @@ fn xattrs<W: Write>(b: &mut tar::Builder<W>, path: &Path) -> io::Result<()> {
     };
     let mut data = Vec::new();
     for name in names {
-        let Some(value) = xattr::get(path, &name)? else { continue };
-        let key = [b"SCHILY.xattr.".as_slice(), std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str())].concat();
+        let Some(value) = get(&name)? else { continue };
+        let key = [b"SCHILY.xattr.".as_slice(), name.as_os_str().as_bytes()].concat();
         // "LEN key=value\n", LEN counting itself.
         let body = key.len() + value.len() + 3;
         let mut len = body + body.to_string().len();
@@ -904,6 +964,18 @@ pub fn read_image<R: Read>(section: &mut SectionReader<'_, R>, path: &Path) -> R
     f.sync_all().map_err(vol("sync"))?;
     Ok(pos)
 }
+
+/// Give the pipe `fd` (if it is one) a 1 MiB buffer instead of 64 KiB,
+/// so a writer runs ahead of its reader by a few frames and each side
+/// is woken less often. Best effort: a pipe that cannot grow still works.
+pub fn grow_pipe(fd: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    let is_pipe = nix::sys::stat::fstat(fd.as_raw_fd()).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO);
+    if is_pipe {
+        let _ = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE));
+    }
+}
+const PIPE: i32 = 1 << 20;
 
 /// Read one JSON answer line from a receiver.
 pub fn read_answer<R: BufRead>(r: &mut R) -> io::Result<Option<serde_json::Value>> {

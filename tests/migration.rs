@@ -124,6 +124,7 @@ fn fill(dir: &Path) {
     nix::unistd::mkfifo(&dir.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
     nix::sys::stat::mknod(&dir.join("null"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::from_bits_truncate(0o666), nix::sys::stat::makedev(1, 3)).unwrap();
     xattr::set(sub.join("f"), "user.geats", b"kept").unwrap();
+    xattr::set(&sub, "user.geats-dir", b"kept too").unwrap();
     let f = std::fs::File::create(dir.join("sparse")).unwrap();
     f.set_len(64 << 20).unwrap();
     use std::io::{Seek, Write};

@@ -9,6 +9,7 @@ mod table;
 pub use table::print_text;
 
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -506,7 +507,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
         Command::Export { name, file, stop, json } => export(&m, &name, &file, stop, json),
         Command::Import { file, json } => import(&m, &file, json),
         Command::Receive => {
-            let mut input = std::io::stdin().lock();
+            let mut input = std::io::BufReader::with_capacity(1 << 20, stream_fd(std::io::stdin().as_fd())?);
             match m.receive(&mut input, true, &mut |v| table::print_json_line(v)) {
                 Ok(reply) => {
                     let mut v = reply.to_json();
@@ -698,7 +699,12 @@ fn export(m: &Manager, name: &str, file: &std::path::Path, stop: bool, json: boo
     let vm = vm_name(name)?;
     let to_stdout = file.as_os_str() == "-";
     let reply = if to_stdout {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, table::stdout_raw());
+        // Frames are written whole; a smaller buffer only gathers the
+        // small pieces between them, so the reader gets each frame as
+        // soon as it is full.
+        let out = table::stdout_raw().map_err(crate::error::io("duplicate", std::path::Path::new("<stdout>")))?;
+        crate::stream::grow_pipe(out.as_fd());
+        let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
         let r = m.export(&vm, stop, "<stdout>", &mut out)?;
         std::io::Write::flush(&mut out).map_err(crate::error::io("write", std::path::Path::new("<stdout>")))?;
         r
@@ -729,10 +735,18 @@ fn export(m: &Manager, name: &str, file: &std::path::Path, stop: bool, json: boo
     Ok(0)
 }
 
+/// Standard input as a file for the VM stream (read through one large
+/// buffer), a pipe grown to take a few frames.
+fn stream_fd(fd: std::os::fd::BorrowedFd<'_>) -> Result<std::fs::File, Error> {
+    let f = std::fs::File::from(fd.try_clone_to_owned().map_err(crate::error::io("duplicate", std::path::Path::new("<stdio>")))?);
+    crate::stream::grow_pipe(std::os::fd::AsFd::as_fd(&f));
+    Ok(f)
+}
+
 /// `geats import FILE|-`.
 fn import(m: &Manager, file: &std::path::Path, json: bool) -> Result<u8, Error> {
     let reply = if file.as_os_str() == "-" {
-        let mut input = std::io::stdin().lock();
+        let mut input = std::io::BufReader::with_capacity(1 << 20, stream_fd(std::io::stdin().as_fd())?);
         m.receive(&mut input, false, &mut |_| {})?
     } else {
         let f = std::fs::File::open(file).map_err(|e| RequestError::invalid("/file", format!("cannot read {}: {e}", file.display())))?;

@@ -129,9 +129,11 @@ pub fn migrated(r: &crate::manager::reply::MigrateReply) -> String {
     format!("{}: moved to {}: {} volume(s), {} bytes in {:.1} s; {then}", r.vm, r.destination, r.volumes.len(), r.bytes, r.duration_s)
 }
 
-/// stdout, for a byte stream (`geats export NAME -`).
-pub fn stdout_raw() -> std::io::StdoutLock<'static> {
-    std::io::stdout().lock()
+/// stdout as a file, for a byte stream (`geats export NAME -`): not
+/// through std's line buffer, which scans binary data for newlines.
+pub fn stdout_raw() -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    Ok(std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?))
 }
 
 fn render(headers: &[&str], rows: &[Vec<String>]) {

@@ -140,6 +140,9 @@ impl Peer {
     fn start(config: &crate::config::Config, dest: &str) -> Result<Peer> {
         let argv: Vec<String> = config.migration.command.iter().map(|a| a.replace("{destination}", dest)).collect();
         let mut child = Cmd::new(&argv).timeout(config.migration.timeout).spawn_streaming()?;
+        if let Some(sin) = child.stdin() {
+            stream::grow_pipe(std::os::fd::AsFd::as_fd(sin));
+        }
         let out = child.take_stdout().ok_or_else(|| Error::Internal("the transport has no stdout".into()))?;
         Ok(Peer { dest: dest.to_string(), child, out: BufReader::new(out) })
     }

@@ -141,6 +141,17 @@ impl Db {
         rows.map(|r| r.map_err(q("list VMs")).and_then(vm_from_row)).collect()
     }
 
+    /// The kept VMs only (undefined, volumes kept): what `status` lists
+    /// under `kept`. Its own query, so a host with many defined VMs does
+    /// not read and parse every definition a second time to find none
+    /// (half of a `status` of 1000 VMs, callgrind).
+    pub fn kept_vms(&self) -> Result<Vec<VmRecord>, DbError> {
+        let sql = format!("SELECT {VM_COLS}, {LIST_LEASED} FROM vms WHERE defined = 0 ORDER BY name");
+        let mut st = self.conn().prepare_cached(&sql).map_err(q("list kept VMs"))?;
+        let rows = st.query_map([], row).map_err(q("list kept VMs"))?;
+        rows.map(|r| r.map_err(q("list kept VMs")).and_then(vm_from_row)).collect()
+    }
+
     /// The volumes of a VM, root first.
     pub fn volumes(&self, vm: &VmName) -> Result<Vec<VolumeRecord>, DbError> {
         let mut st = self

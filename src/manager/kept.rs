@@ -19,7 +19,7 @@ impl Manager {
     pub(super) fn kept(&self, db: Option<&Db>) -> Result<BTreeMap<VmName, KeptVm>> {
         let mut out = BTreeMap::new();
         let Some(db) = db else { return Ok(out) };
-        for r in db.vms(true)?.into_iter().filter(|r| !r.defined) {
+        for r in db.kept_vms()? {
             let volumes = db.volumes(&r.name)?.into_iter().map(|v| v.name).collect();
             out.insert(r.name, KeptVm { definition: r.definition, volumes });
         }

@@ -83,8 +83,14 @@ impl Manager {
     /// for when a row says one exists; dead holders are left out (they
     /// are not in flight).
     pub(crate) fn health_basis<'r>(&self, db: Option<&Db>, read_at: String, records: impl IntoIterator<Item = &'r VmRecord>) -> Result<Basis> {
+        self.health_basis_of(db, read_at, records.into_iter().filter(|r| r.intent.leased).map(|r| &r.name))
+    }
+
+    /// [`Manager::health_basis`], given the names of the VMs whose rows
+    /// say a lease may exist.
+    pub(crate) fn health_basis_of<'r>(&self, db: Option<&Db>, read_at: String, leased: impl IntoIterator<Item = &'r VmName>) -> Result<Basis> {
         let mut live = BTreeMap::new();
-        let wanted: Vec<&VmName> = records.into_iter().filter(|r| r.intent.leased).map(|r| &r.name).collect();
+        let wanted: Vec<&VmName> = leased.into_iter().collect();
         if let (Some(db), false) = (db, wanted.is_empty()) {
             for mut l in db.leases()? {
                 if wanted.iter().any(|w| w.as_str() == l.vm) && proc::alive(l.pid, l.start_time) {

@@ -175,48 +175,43 @@ impl Db {
         rows.map(|r| r.map_err(q("list VMs")).and_then(vm_from_row)).collect()
     }
 
-    /// Every defined VM as `status` reads it, by name: the stored
-    /// definitions are checked to be JSON objects but not parsed into
+    /// Every VM as `status` reads it, by name: the defined ones, then the
+    /// kept ones (one pass over the table for both). The stored
+    /// definitions are checked to be JSON but not parsed into
     /// [`Definition`]s, and no text is copied that `status` does not send.
-    pub fn vm_summaries(&self) -> Result<Vec<VmSummary>, DbError> {
-        const SQL: &str = "SELECT name, vm_type, definition, desired, drift IS NOT NULL FROM vms WHERE defined = 1 ORDER BY name";
+    pub fn vm_summaries(&self) -> Result<(Vec<VmSummary>, Vec<VmSummary>), DbError> {
+        const SQL: &str = "SELECT name, vm_type, definition, desired, drift IS NOT NULL, defined FROM vms ORDER BY name";
         let mut st = self.conn().prepare_cached(SQL).map_err(q("list VMs"))?;
         let mut rows = st.query([]).map_err(q("list VMs"))?;
-        let mut out = Vec::new();
+        let (mut defined, mut kept) = (Vec::new(), Vec::new());
         // Most hosts use one VM type or two: its name is checked once.
         let mut last_type: Option<TypeName> = None;
         while let Some(r) = rows.next().map_err(q("list VMs"))? {
             let name = VmName::new(text(r, 0)?).map_err(|e| corrupt("VM name", e))?;
             let vm_type = match (text(r, 1)?, &last_type) {
                 (t, Some(last)) if t == last.as_str() => last.clone(),
-                (t, _) => TypeName::new(t).map_err(|e| corrupt(&format!("VM type of {name}"), e))?,
+                (t, _) => {
+                    let t = TypeName::new(t).map_err(|e| corrupt(&format!("VM type of {name}"), e))?;
+                    last_type = Some(t.clone());
+                    t
+                }
             };
-            last_type = Some(vm_type.clone());
             let def = text(r, 2)?;
             let fields: SummaryFields = serde_json::from_str(def).map_err(|e| corrupt(&format!("definition of {name}"), e))?;
             let desired = r.get_ref(3).map_err(q("list VMs"))?.as_str_or_null().ok().flatten().and_then(Desired::parse);
             let drift: bool = r.get(4).map_err(q("list VMs"))?;
-            out.push(VmSummary {
+            let is_defined: bool = r.get(5).map_err(q("list VMs"))?;
+            let summary = VmSummary {
                 vm_type,
                 definition: DefinitionJson::from_stored(def.to_owned()),
                 ram: fields.ram,
                 privileged: fields.privileged,
                 intent: Intent { desired, drift, leased: true },
                 name,
-            });
+            };
+            if is_defined { defined.push(summary) } else { kept.push(summary) }
         }
-        Ok(out)
-    }
-
-    /// The kept VMs only (undefined, volumes kept): what `status` lists
-    /// under `kept`. Its own query, so a host with many defined VMs does
-    /// not read and parse every definition a second time to find none
-    /// (half of a `status` of 1000 VMs, callgrind).
-    pub fn kept_vms(&self) -> Result<Vec<VmRecord>, DbError> {
-        let sql = format!("SELECT {VM_COLS}, {LIST_LEASED} FROM vms WHERE defined = 0 ORDER BY name");
-        let mut st = self.conn().prepare_cached(&sql).map_err(q("list kept VMs"))?;
-        let rows = st.query_map([], row).map_err(q("list kept VMs"))?;
-        rows.map(|r| r.map_err(q("list kept VMs")).and_then(vm_from_row)).collect()
+        Ok((defined, kept))
     }
 
     /// The volumes of a VM, root first.

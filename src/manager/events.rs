@@ -195,7 +195,7 @@ pub(crate) fn judge(intent: &Intent, live_lease: Option<&LeaseInfo>, state: &VmS
         let now_ms = db::parse_rfc3339_ms(&db::now()).unwrap_or(0);
         let running_s = db::parse_rfc3339_ms(&l.since).map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
         let in_flight = InFlight { action: l.action.clone(), caller: l.caller.clone(), request_id: l.request_id.clone(), since: l.since.clone(), running_s, pid: l.pid };
-        return HealthReport { desired, health: Health::InFlight, in_flight: Some(in_flight), exit_reason: None };
+        return HealthReport { desired, health: Health::InFlight, in_flight: Some(Box::new(in_flight)), exit_reason: None };
     }
     let health = match (state.power, desired) {
         (Power::Unknown, _) => Health::Unknown,

@@ -121,7 +121,7 @@ impl StatusReply {
             if i > 0 {
                 out.push(b',');
             }
-            serde_json::to_writer(&mut *out, name.as_str())?;
+            json_str(out, name.as_str())?;
             out.push(b':');
             vm.write_json(out)?;
         }
@@ -140,24 +140,42 @@ impl VmStatus {
         out.extend_from_slice(definition.as_str().as_bytes());
         out.extend_from_slice(b",\"desired\":");
         match desired {
-            Some(d) => serde_json::to_writer(&mut *out, d.as_str())?,
+            Some(d) => json_str(out, d.as_str())?,
             None => out.extend_from_slice(b"null"),
         }
         if let Some(r) = exit_reason {
             out.extend_from_slice(b",\"exit_reason\":");
-            serde_json::to_writer(&mut *out, r)?;
+            json_str(out, r)?;
         }
         out.extend_from_slice(b",\"health\":");
-        serde_json::to_writer(&mut *out, health.as_str())?;
+        json_str(out, health.as_str())?;
         if let Some(f) = in_flight {
             out.extend_from_slice(b",\"in_flight\":");
             serde_json::to_writer(&mut *out, &serde_json::to_value(f)?)?;
         }
         out.extend_from_slice(if *privileged { b",\"privileged\":true" } else { b",\"privileged\":false" });
-        out.extend_from_slice(b",\"state\":");
-        serde_json::to_writer(&mut *out, state)?;
-        out.push(b'}');
+        // `[state, substate]`, as VmState serialises.
+        out.extend_from_slice(b",\"state\":[");
+        json_str(out, state.power.as_str())?;
+        out.push(b',');
+        json_str(out, &state.substate)?;
+        out.extend_from_slice(b"]}");
         Ok(())
+    }
+}
+
+/// A JSON string as serde_json writes it: copied between quotes when
+/// nothing in it needs escaping (names and state words never do; serde's
+/// escaper per string was a third of writing a `status` reply), else
+/// through serde_json, which escapes `"`, `\` and control characters only.
+fn json_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        Ok(())
+    } else {
+        serde_json::to_writer(&mut *out, s)
     }
 }
 
@@ -238,7 +256,7 @@ pub struct HealthReport {
     pub health: Health,
     /// The action under way, when `in_flight`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub in_flight: Option<InFlight>,
+    pub in_flight: Option<Box<InFlight>>,
     /// Why it stopped, when `down_unexpected` and the VM type knows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_reason: Option<String>,
@@ -633,13 +651,16 @@ mod tests {
         );
         vms.insert(
             name("A.b-c_d"),
-            vm(serde_json::json!({"vm_type": "lxc"}), VmState::with(Power::Unknown, "corrupt \"x\""), false, report(None, Health::Unknown)),
+            vm(serde_json::json!({"vm_type": "lxc"}), VmState::with(Power::Unknown, "corrupt \"x\" \\ \u{7f} \u{1f} é"), false, report(None, Health::Unknown)),
         );
         let mut down = report(Some(Desired::Running), Health::DownUnexpected);
         down.exit_reason = Some("init exited: \"code\" 1\n".into());
+        let mut plain = report(Some(Desired::Running), Health::DownUnexpected);
+        plain.exit_reason = Some("no escapes here: é ☃ \u{7f}".into());
+        vms.insert(name("plain"), vm(serde_json::json!({"vm_type": "dummy"}), VmState::with(Power::Stopped, "é\u{7f}"), false, plain));
         vms.insert(name("down"), vm(serde_json::json!({"vm_type": "dummy"}), VmState::plain(Power::Stopped), false, down));
         let mut busy = report(Some(Desired::Stopped), Health::InFlight);
-        busy.in_flight = Some(InFlight { action: "start".into(), caller: None, request_id: Some("r1".into()), since: "2026-01-01T00:00:00.000Z".into(), running_s: 1.25, pid: 42 });
+        busy.in_flight = Some(Box::new(InFlight { action: "start".into(), caller: None, request_id: Some("r1".into()), since: "2026-01-01T00:00:00.000Z".into(), running_s: 1.25, pid: 42 }));
         vms.insert(name("busy"), vm(serde_json::json!({"vm_type": "dummy"}), VmState::with(Power::Running, "starting"), false, busy));
         let kept_def: Definition = serde_json::from_value(serde_json::json!({"vm_type": "dummy", "description": "kept"})).unwrap();
         let mut kept = BTreeMap::new();

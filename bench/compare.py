@@ -43,13 +43,24 @@ with open(f"{DEB}/geats.toml", "w") as f:
     f.write(f'root = "{DEB}"\n[storage_types.overlay]\ndriver = "overlay"\n'
             '[vm_types.lxcsleep]\ndriver = "lxc"\n[vm_types.lxcsleep.config]\n"lxc.init.cmd" = "/bin/sleep infinity"\n')
 ENV_DEB = dict(BASE_ENV, GEATS_ROOT=DEB, GEATS_CONFIG=f"{DEB}/geats.toml")
+# A third root for the Debian containers on btrfs subvolume snapshots, on a
+# btrfs file system the bench makes on a loop device (skipped where it cannot).
+DEBB = f"{work}/debb"
+BTRFS = f"{work}/btrfs"
+LP_DEBB = f"{DEBB}/var/lib/lxc"
+os.makedirs(f"{DEBB}/var/lib/geats/templates")
+with open(f"{DEBB}/geats.toml", "w") as f:
+    f.write(f'root = "{DEBB}"\n[storage_types.btrfs]\ndriver = "btrfs"\nroot = "{BTRFS}/geats"\n'
+            '[vm_types.lxcsleep]\ndriver = "lxc"\n[vm_types.lxcsleep.config]\n"lxc.init.cmd" = "/bin/sleep infinity"\n')
+ENV_DEBB = dict(BASE_ENV, GEATS_ROOT=DEBB, GEATS_CONFIG=f"{DEBB}/geats.toml")
+loopdev = [None]
 if not os.path.exists(ENV_PLAIN["GEATS_CONFIG"]):
     ENV_PLAIN.pop("GEATS_CONFIG")
 
 
 def cleanup():
     """Power off every container under the temp root, unmount, remove."""
-    for lp in (LP, LP_DEB):
+    for lp in (LP, LP_DEB, LP_DEBB):
         if os.path.isdir(lp):
             for n in os.listdir(lp):
                 subprocess.run(["lxc-stop", "-P", lp, "-n", n, "-k"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -60,8 +71,10 @@ def cleanup():
         mounts = [l.split()[4] for l in f if l.split()[4].startswith(work + "/")]
     for m in sorted(mounts, key=len, reverse=True):
         subprocess.run(["umount", "-l", m], stderr=subprocess.DEVNULL)
+    if loopdev[0]:
+        subprocess.run(["losetup", "-d", loopdev[0]], stderr=subprocess.DEVNULL)
     shutil.rmtree(work, ignore_errors=True)
-    for lp in (LP, LP_DEB):
+    for lp in (LP, LP_DEB, LP_DEBB):
         shutil.rmtree("/run/lxc/lock" + lp, ignore_errors=True)
 
 
@@ -226,6 +239,34 @@ def raw_files(lp, ref, name, rootfs):
         shutil.copyfile(f"{lp}/{ref}/seccomp", f"{lp}/{name}/seccomp")
 
 
+def btrfs_setup():
+    """A 4 GB sparse image, btrfs, mounted at BTRFS; False where it cannot."""
+    if not shutil.which("mkfs.btrfs"):
+        log("compare: no mkfs.btrfs (btrfs-progs): the btrfs row is skipped")
+        return False
+    img = f"{work}/btrfs.img"
+    with open(img, "wb") as f:
+        f.truncate(4 << 30)
+    r = run(["losetup", "--find", "--show", img], check=False)
+    if r.returncode != 0:
+        log(f"compare: no loop device ({r.stderr.decode().strip()}): the btrfs row is skipped")
+        return False
+    loopdev[0] = r.stdout.decode().strip()
+    os.makedirs(BTRFS)
+    run(["mkfs.btrfs", "-q", loopdev[0]])
+    run(["mount", loopdev[0], BTRFS])
+    os.makedirs(f"{BTRFS}/raw")
+    os.link(f"{DEB}/var/lib/geats/templates/debian.tar.gz", f"{DEBB}/var/lib/geats/templates/debian.tar.gz")
+    return True
+
+
+HAVE_BTRFS = btrfs_setup()
+debb = dict(deb, storage=[{"name": "root", "type": "btrfs"}])
+if HAVE_BTRFS:
+    call("define", {"vm_name": "refdebb", "definition": debb}, ENV_DEBB)  # makes the template subvolume once
+    tpl = sorted(d for d in os.listdir(f"{BTRFS}/geats/.templates") if not d.startswith("."))
+    deb_subvol = f"{BTRFS}/geats/.templates/{tpl[0]}"
+
 deb_lower = open(f"{DEB}/var/lib/geats/overlay/refdeb/root/lower").read().strip()
 if not deb_lower.startswith("/"):
     deb_lower = f"{DEB}/var/lib/geats/overlay/.templates/{deb_lower}"
@@ -300,9 +341,32 @@ measure("define+start Debian minbase on overlay / overlay mount + config + lxc-s
         geats_create("cdeb", deb, ENV_DEB), raw_deb, CREATE_PAIRS, down_a=geats_down("cdeb", ENV_DEB), down_b=raw_down("rawdeb", LP_DEB, True))
 
 
+
+def raw_debb(i):
+    name, d = f"rawdebb{i}", f"{BTRFS}/raw/rawdebb{i}"
+    return [(["btrfs", "subvolume", "snapshot", deb_subvol, d], BASE_ENV),
+            lambda: raw_files(LP_DEBB, "refdebb", name, d), (["lxc-start", "-P", LP_DEBB, "-n", name, "-d"], BASE_ENV)]
+
+
+def raw_down_btrfs(i):
+    name = f"rawdebb{i}"
+    run(["lxc-stop", "-P", LP_DEBB, "-n", name, "-k"], check=False)
+    run(["btrfs", "subvolume", "delete", f"{BTRFS}/raw/{name}"], check=False)
+    shutil.rmtree(f"{LP_DEBB}/{name}", ignore_errors=True)
+
+
+if HAVE_BTRFS:
+    measure("define+start Debian minbase on a btrfs snapshot / subvolume snapshot + config + lxc-start -d",
+            geats_create("cdebb", debb, ENV_DEBB), raw_debb, CREATE_PAIRS, down_a=geats_down("cdebb", ENV_DEBB), down_b=raw_down_btrfs)
+
 # Stop rows: geats stops container X, the raw tool container X+1 (both started untimed just before).
 measure("stop (agent) / lxc-stop -k", lambda i: [agent("stop", {"vm_name": names[N // 2 + (2 * i) % (N // 2)]})],
         lambda i: [lxc("lxc-stop", names[N // 2 + (2 * i + 1) % (N // 2)], "-k")], CREATE_PAIRS,
+        setup_a=lambda i: call("start", {"vm_name": names[N // 2 + (2 * i) % (N // 2)]}),
+        setup_b=lambda i: call("start", {"vm_name": names[N // 2 + (2 * i + 1) % (N // 2)]}))
+
+measure("shutdown (agent) / lxc-stop (clean)", lambda i: [agent("shutdown", {"vm_name": names[N // 2 + (2 * i) % (N // 2)]})],
+        lambda i: [lxc("lxc-stop", names[N // 2 + (2 * i + 1) % (N // 2)])], CREATE_PAIRS,
         setup_a=lambda i: call("start", {"vm_name": names[N // 2 + (2 * i) % (N // 2)]}),
         setup_b=lambda i: call("start", {"vm_name": names[N // 2 + (2 * i + 1) % (N // 2)]}))
 

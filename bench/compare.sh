@@ -17,7 +17,7 @@ for p in lxc-start:lxc busybox:busybox-static debootstrap:debootstrap; do
   command -v "${p%%:*}" >/dev/null || { echo "bench: installing ${p#*:}" >&2; apt-get install -y -qq "${p#*:}" >/dev/null; }
 done
 if [ -z "${GEATS_BIN:-}" ]; then
-  cargo build --release --quiet
+  bash scripts/build.sh   # the static binary geats ships (docs/operations.md)
   GEATS_BIN=$PWD/target/release/geats
 fi
 CACHE_DIR=${CACHE_DIR:-/var/cache/geats-bench}

@@ -57,6 +57,7 @@ struct FileConfig {
     database: Option<PathBuf>,
     records_dir: Option<PathBuf>,
     template_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
     lock_timeout: Option<f64>,
     busy_timeout: Option<f64>,
     request_limit: Option<usize>,
@@ -182,9 +183,12 @@ pub struct Config {
     pub busy_timeout: Duration,
     /// The largest request accepted, in bytes.
     pub request_limit: usize,
-    /// How many VMs of one boot priority `geats reconcile` starts at once
-    /// (default: the number of CPUs).
-    pub boot_parallel: usize,
+    /// How many VMs of one boot priority `geats reconcile` starts at once,
+    /// if set; [`Config::boot_parallel`] gives the default.
+    pub boot_parallel: Option<usize>,
+    /// Where measurements worth keeping for a while are cached (`cache_dir`,
+    /// default `ROOT/run/geats`: a tmpfs on most hosts, emptied at boot).
+    pub cache_dir: PathBuf,
     /// The VM type of a definition that names none.
     pub default_vm_type: TypeName,
     /// The VM types by name.
@@ -205,6 +209,12 @@ pub struct Config {
 pub const EMBEDDED: &str = "<embedded defaults>";
 
 impl Config {
+    /// How many VMs of one boot priority `geats reconcile` starts at once:
+    /// `boot_parallel`, else the number of CPUs this process may use.
+    pub fn boot_parallel(&self) -> usize {
+        self.boot_parallel.unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1))
+    }
+
     /// Load following the documented order.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         let env_root = std::env::var_os("GEATS_ROOT").filter(|v| !v.is_empty()).map(PathBuf::from);
@@ -313,9 +323,11 @@ impl Config {
         if request_limit < 1024 {
             return Err(invalid("request_limit", format!("{request_limit} bytes is too small; use at least 1024")));
         }
-        let boot_parallel = file.boot_parallel.unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1));
-        if !(1..=1024).contains(&boot_parallel) {
-            return Err(invalid("boot_parallel", format!("{boot_parallel} is not from 1 to 1024")));
+        // The default (the CPUs, from the cgroup's quota) is only looked up
+        // by `reconcile`, not by every request.
+        let boot_parallel = file.boot_parallel;
+        if let Some(n) = boot_parallel.filter(|n| !(1..=1024).contains(n)) {
+            return Err(invalid("boot_parallel", format!("{n} is not from 1 to 1024")));
         }
         let mig = file.migration.unwrap_or_default();
         let command = mig.command.unwrap_or_else(|| MIGRATION_COMMAND.iter().map(|s| s.to_string()).collect());
@@ -329,6 +341,7 @@ impl Config {
             database: abs("database", file.database, "var/lib/geats/geats.db")?,
             records_dir: abs("records_dir", file.records_dir, "var/lib/geats/records")?,
             template_dir: abs("template_dir", file.template_dir, "var/lib/geats/templates")?,
+            cache_dir: abs("cache_dir", file.cache_dir, "run/geats")?,
             lock_timeout: seconds("lock_timeout", file.lock_timeout, 10.0)?,
             busy_timeout: seconds("busy_timeout", file.busy_timeout, 30.0)?,
             request_limit,

@@ -158,3 +158,18 @@ fn issue_13_kept_vms_are_visible() {
     assert_eq!(env.ok("status", json!({}))["kept"], json!({}));
     assert!(!cli_ok(&env, &["list", "--all"]).contains("web1"));
 }
+
+/// `geats list | head -0`: a reader that closed the pipe ends the listing,
+/// not with a panic (`println!` panics on a broken pipe).
+#[test]
+fn issue_15_closed_stdout_is_not_a_panic() {
+    let env = cli_env();
+    for args in [&["list"][..], &["info", "web1"], &["status"], &["events"]] {
+        let (reader, writer) = nix::unistd::pipe().expect("pipe");
+        drop(reader);
+        let out = env.cmd().args(args).stdout(std::process::Stdio::from(writer)).output().expect("run geats");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "geats {args:?} panicked on a closed stdout: {err}");
+        assert_eq!(out.status.code(), Some(0), "geats {args:?}: {err}");
+    }
+}

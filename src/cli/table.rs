@@ -3,12 +3,28 @@
 
 #![allow(clippy::disallowed_macros)]
 
+use std::io::Write;
+
 use serde::Serialize;
 
 use crate::db::Event;
 use crate::manager::reply::{HealthReport, InfoReply, ListRow, Reply, RowState, StatusReply};
 use crate::names::VmName;
 use crate::state::VmState;
+
+// `println!` panics when stdout is a pipe its reader closed (`geats list |
+// head`); these drop what cannot be written instead, and the command ends
+// as it would have.
+macro_rules! println {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+macro_rules! print {
+    ($($t:tt)*) => {{
+        let _ = write!(std::io::stdout().lock(), $($t)*);
+    }};
+}
 
 /// Print pretty JSON, keys sorted as the agent's replies have them.
 pub fn print_json<T: Serialize + ?Sized>(v: &T) {
@@ -18,7 +34,6 @@ pub fn print_json<T: Serialize + ?Sized>(v: &T) {
 
 /// Write bytes to stdout as they are.
 pub fn print_bytes(b: &[u8]) {
-    use std::io::Write;
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(b);
     let _ = out.flush();

@@ -287,8 +287,12 @@ impl Db {
 
     /// Events with `seq > since`, oldest first, at most `limit`.
     pub fn events(&self, since: i64, limit: u32) -> Result<EventPage, DbError> {
-        let mut st = self
-            .conn()
+        // Both reads in one snapshot: an event committed between them
+        // would count in `last_seq` without being in the page, and a
+        // client polling from `last_seq` would never see it (seen as a
+        // lost event in `lxc_events` under load).
+        let tx = self.conn().unchecked_transaction().map_err(q("read events"))?;
+        let mut st = tx
             .prepare_cached("SELECT seq, time, vm, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
             .map_err(q("read events"))?;
         let rows: Vec<EventRow> = st
@@ -297,10 +301,11 @@ impl Db {
             .collect::<Result<_, _>>()
             .map_err(q("read events"))?;
         let events = rows.into_iter().map(event_from_row).collect::<Result<Vec<_>, _>>()?;
-        let (newest, oldest): (i64, i64) = self
-            .conn()
+        let (newest, oldest): (i64, i64) = tx
             .query_row("SELECT COALESCE(max(seq), 0), COALESCE(min(seq), 1) FROM events", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(q("read events"))?;
+        drop(st);
+        tx.commit().map_err(q("read events"))?;
         // Pruning keeps the newest event, so pruned events lie between
         // `since` and the oldest kept one.
         let gap = since < newest && oldest > since + 1;

@@ -181,6 +181,7 @@ impl Db {
         // fail at once with "database is locked" (seen in the issue 11
         // stress test).
         conn.busy_timeout(busy).map_err(open_err)?;
+        keep_wal(&conn).map_err(open_err)?;
         if writer {
             tune(&conn).map_err(open_err)?;
         }
@@ -223,6 +224,7 @@ impl Db {
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(busy).map_err(open_err)?;
         // WAL is persistent in the file: set once at creation.
+        keep_wal(&conn).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         tune(&conn).map_err(open_err)?;
         let mut db = Db { conn, path: path.to_path_buf(), busy };
@@ -298,11 +300,36 @@ impl Db {
 /// Per-connection settings. `synchronous = NORMAL` is WAL's recommended
 /// setting: the database stays consistent after a crash and a commit costs
 /// no fsync (the last commits before a power loss may be lost, never
-/// half-applied). The WAL is checkpointed and removed when the last
-/// connection closes, as by default: keeping it would make the first
-/// connection of every process rebuild the WAL index from it.
+/// half-applied). The WAL is checkpointed and emptied when the last
+/// connection closes (see [`keep_wal`]): a WAL left full would make the
+/// first connection of every process rebuild the WAL index from it.
 fn tune(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", "NORMAL")
+}
+
+/// Keep the `-wal` and `-shm` files when the last connection closes
+/// (`SQLITE_FCNTL_PERSIST_WAL`), emptied (`journal_size_limit = 0`, so the
+/// next process has no WAL to rebuild its index from). By default SQLite
+/// creates both files, sizes the index, and unlinks both again in every
+/// process, reads included: a dozen syscalls and two file creations per
+/// request (issue 15). Both files have the database file's mode (0600).
+fn keep_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let mut on: std::ffi::c_int = 1;
+    // SAFETY: the handle is this open connection's; the file control
+    // reads and writes one int through the pointer, which outlives the
+    // call.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&mut on as *mut std::ffi::c_int).cast(),
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        return Err(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rc), Some("cannot keep the WAL file".into())));
+    }
+    conn.pragma_update(None, "journal_size_limit", 0)
 }
 
 /// Now as RFC 3339 UTC with milliseconds, e.g. `2026-11-23T09:40:01.123Z`.
@@ -401,6 +428,24 @@ mod tests {
         assert!(e.to_string().contains("definition of b"), "{e}");
         let version: i64 = db.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn wal_files_stay_and_the_wal_is_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.db");
+        let mut db = Db::create(&p, std::time::Duration::from_secs(1)).unwrap();
+        db.write(|tx| tx.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1)").map_err(q("test"))).unwrap();
+        let wal = dir.path().join("g.db-wal");
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0, "the write went to the WAL");
+        drop(db);
+        // Kept (no create and unlink per process) but empty (nothing for
+        // the next process to rebuild its index from), data in the file.
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        assert!(dir.path().join("g.db-shm").exists());
+        let db = Db::open_read(&p, std::time::Duration::from_secs(1)).unwrap();
+        let x: i64 = db.conn().query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(x, 1);
     }
 
     #[test]

@@ -20,10 +20,6 @@ type TypesAndStates = (BTreeMap<TypeName, Box<dyn vm::VmType>>, BTreeMap<TypeNam
 /// Records, VM types by name, and states by VM.
 type Observed = (Vec<VmRecord>, BTreeMap<TypeName, Box<dyn vm::VmType>>, BTreeMap<VmName, VmState>);
 
-fn state_of(states: &BTreeMap<VmName, VmState>, vm: &VmName) -> VmState {
-    states.get(vm).cloned().unwrap_or_else(|| VmState::plain(crate::state::Power::Unknown))
-}
-
 impl Manager {
     /// `status`: every defined VM with its definition and state, and the
     /// host's figures (after repairing any VM whose action was killed).
@@ -105,19 +101,30 @@ impl Manager {
 
     /// The rows of `geats list`: name, state, admin lock, VM type, primary
     /// IP and memory of every defined VM, from one database read and one
-    /// state pass per VM type.
+    /// look per VM type (state and IP together).
     pub fn list(&self) -> Result<Vec<ListRow>> {
         let db = self.db_read()?;
-        let (records, types, states) = self.observe(db.as_ref())?;
+        let records = match db.as_ref() {
+            Some(db) => db.vms(false)?,
+            None => Vec::new(),
+        };
+        let mut by_type: BTreeMap<&TypeName, Vec<(&VmName, &crate::definition::Definition)>> = BTreeMap::new();
+        for r in &records {
+            by_type.entry(&r.vm_type).or_default().push((&r.name, &r.definition));
+        }
+        let mut looks = BTreeMap::new();
+        for (t, vms) in by_type {
+            let vmt = vm::build(&self.config, t)?;
+            looks.extend(vms.iter().map(|(n, _)| *n).zip(vmt.looks(&vms, vm::Depth::Ip)));
+        }
         Ok(records
             .iter()
-            .map(|r| ListRow {
-                name: r.name.clone(),
-                state: RowState::Observed(state_of(&states, &r.name)),
-                locked: r.locked,
-                vm_type: r.vm_type.clone(),
-                ip: types.get(&r.vm_type).and_then(|t| t.primary_ip(&r.name, &r.definition)),
-                ram: r.definition.ram,
+            .map(|r| {
+                let (state, ip) = match looks.remove(&r.name) {
+                    Some(l) => (l.state, l.ip),
+                    None => (VmState::plain(crate::state::Power::Unknown), None),
+                };
+                ListRow { name: r.name.clone(), state: RowState::Observed(state), locked: r.locked, vm_type: r.vm_type.clone(), ip, ram: r.definition.ram }
             })
             .collect())
     }
@@ -190,7 +197,10 @@ impl Manager {
         };
         let read_at = self.read_started();
         let vmt = vm::build(&self.config, &rec.vm_type)?;
-        let state = vmt.state(vm);
+        // State, usage, IP and pending changes from one look.
+        let look = vmt.looks(&[(vm, &rec.definition)], vm::Depth::Full).pop();
+        let vm::Look { state, usage, ip, pending } =
+            look.unwrap_or_else(|| vm::Look { state: VmState::plain(crate::state::Power::Unknown), usage: Default::default(), ip: None, pending: Vec::new() });
         let basis = self.health_basis(Some(&db), read_at, [&rec])?;
         let health = events::judge(&rec.intent, basis.lease(vm), &state, || vmt.exit_reason(vm));
         self.note_drifts(&mut db, &basis, &[(vm, &rec.intent, &health)]);
@@ -213,7 +223,6 @@ impl Manager {
                 }
             })
             .collect();
-        let pending = vmt.pending(vm, &rec.definition);
         let snapshots = db.snapshots(vm)?.into_iter().map(|s| super::reply::SnapshotInfo { name: s.name, created: s.created, size_bytes: s.size_bytes }).collect();
         let info = InfoReply {
             name: rec.name,
@@ -222,8 +231,8 @@ impl Manager {
             health,
             locked: rec.locked,
             privileged: rec.definition.privileged,
-            usage: vmt.usage(vm),
-            ip: vmt.primary_ip(vm, &rec.definition),
+            usage,
+            ip,
             definition: rec.definition,
             storage,
             snapshots,

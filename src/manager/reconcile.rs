@@ -61,7 +61,7 @@ impl Manager {
         let n = groups.len();
         for (i, (_, group)) in groups.into_iter().enumerate() {
             let delay = group.iter().map(|d| d.delay).max().unwrap_or(0);
-            for chunk in group.chunks(self.config.boot_parallel.max(1)) {
+            for chunk in group.chunks(self.config.boot_parallel().max(1)) {
                 let results = self.start_all(chunk, &caller);
                 for (vm, r) in results {
                     match r {

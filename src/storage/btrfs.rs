@@ -64,6 +64,7 @@ pub struct Btrfs {
     volume: String,
     root: PathBuf,
     path: PathBuf,
+    usage_cache: PathBuf,
 }
 
 impl Btrfs {
@@ -71,7 +72,7 @@ impl Btrfs {
     pub fn new(ctx: &VolumeCtx<'_>) -> Result<Btrfs, StorageError> {
         ctx.only_options(&[])?;
         let root = ctx.root_setting("btrfs")?;
-        Ok(Btrfs { volume: ctx.volume_label(), path: ctx.path_under(&root), root })
+        Ok(Btrfs { volume: ctx.volume_label(), path: ctx.path_under(&root), root, usage_cache: ctx.usage_cache() })
     }
 
     fn templates(&self) -> PathBuf {
@@ -192,7 +193,7 @@ impl Volume for Btrfs {
     }
 
     fn usage(&self) -> VolumeUsage {
-        VolumeUsage { size_bytes: None, used_bytes: self.exists().then(|| crate::sys::fsutil::du(&self.path)) }
+        VolumeUsage { size_bytes: None, used_bytes: self.exists().then(|| crate::sys::fsutil::du_cached(&self.path, &self.usage_cache)) }
     }
 
     fn describe(&self) -> String {

@@ -19,6 +19,8 @@ use crate::names::SnapshotName;
 pub struct Dir {
     volume: String,
     path: PathBuf,
+    /// Where its measured usage is kept a while (`None`: measured each time).
+    usage_cache: Option<PathBuf>,
 }
 
 impl Dir {
@@ -26,13 +28,13 @@ impl Dir {
     pub fn new(ctx: &VolumeCtx<'_>) -> Result<Dir, StorageError> {
         ctx.only_options(&[])?;
         let root = ctx.root_setting("dir")?;
-        Ok(Dir { volume: ctx.name.to_string(), path: ctx.path_under(&root) })
+        Ok(Dir { volume: ctx.name.to_string(), path: ctx.path_under(&root), usage_cache: Some(ctx.usage_cache()) })
     }
 
     /// A directory volume at a fixed path (a VM type's own root directory,
     /// see `VmType::own_root`); `volume` names it in messages.
     pub fn at(volume: String, path: PathBuf) -> Dir {
-        Dir { volume, path }
+        Dir { volume, path, usage_cache: None }
     }
 }
 
@@ -89,7 +91,11 @@ impl Volume for Dir {
     }
 
     fn usage(&self) -> VolumeUsage {
-        VolumeUsage { size_bytes: None, used_bytes: self.exists().then(|| crate::sys::fsutil::du(&self.path)) }
+        let du = |p: &std::path::Path| match &self.usage_cache {
+            Some(c) => crate::sys::fsutil::du_cached(p, c),
+            None => crate::sys::fsutil::du(p),
+        };
+        VolumeUsage { size_bytes: None, used_bytes: self.exists().then(|| du(&self.path)) }
     }
 
     fn describe(&self) -> String {

@@ -442,6 +442,12 @@ pub struct VolumeCtx<'a> {
 }
 
 impl VolumeCtx<'_> {
+    /// Where a tree-walking driver keeps its measured usage a while
+    /// ([`crate::sys::fsutil::du_cached`]).
+    pub fn usage_cache(&self) -> PathBuf {
+        self.config.cache_dir.join("usage")
+    }
+
     /// Claim the definition options this component understands (`size`
     /// and `mountpoint` are separate fields and always allowed). [`open`]
     /// refuses an option that no component of the chain claimed.

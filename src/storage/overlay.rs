@@ -40,6 +40,7 @@ pub struct Overlay {
     volume: String,
     root: PathBuf,
     dir: PathBuf,
+    usage_cache: PathBuf,
 }
 
 impl Overlay {
@@ -52,7 +53,7 @@ impl Overlay {
         if shown.contains([',', ':', '\\']) || shown.chars().any(char::is_whitespace) {
             return Err(ctx.config.invalid(format!("{}.root", ctx.prefix), format!("{shown} contains a comma, colon, backslash or space, which overlayfs options cannot carry")).into());
         }
-        Ok(Overlay { volume: ctx.volume_label(), dir: ctx.path_under(&root), root })
+        Ok(Overlay { volume: ctx.volume_label(), dir: ctx.path_under(&root), root, usage_cache: ctx.usage_cache() })
     }
 
     fn upper(&self) -> PathBuf {
@@ -190,7 +191,7 @@ impl Volume for Overlay {
     }
 
     fn usage(&self) -> VolumeUsage {
-        VolumeUsage { size_bytes: None, used_bytes: self.exists().then(|| crate::sys::fsutil::du(&self.upper())) }
+        VolumeUsage { size_bytes: None, used_bytes: self.exists().then(|| crate::sys::fsutil::du_cached(&self.upper(), &self.usage_cache)) }
     }
 
     fn describe(&self) -> String {

@@ -73,6 +73,48 @@ pub fn du(path: &Path) -> u64 {
     total
 }
 
+/// How long a tree's measured usage is reused by [`du_cached`].
+pub const TREE_USAGE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`du`] of the tree at `path`, reusing a measurement younger than
+/// [`TREE_USAGE_MAX_AGE`] kept in `cache` (one small file per tree, named
+/// by the tree's device and inode). The walk costs a `statx` per file
+/// (about 10,000 for a Debian root), and `info` is asked often: as with
+/// `df`-style monitors, the figure may be that old. A cache that cannot
+/// be read or written only costs the walk.
+pub fn du_cached(path: &Path, cache: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::symlink_metadata(path) else { return 0 };
+    if !m.is_dir() {
+        return m.blocks() * 512;
+    }
+    let file = cache.join(format!("du-{}-{}", m.dev(), m.ino()));
+    let fresh = std::fs::metadata(&file)
+        .and_then(|f| f.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < TREE_USAGE_MAX_AGE);
+    if fresh {
+        if let Some(n) = std::fs::read_to_string(&file).ok().and_then(|t| t.trim().parse().ok()) {
+            return n;
+        }
+    }
+    let n = du(path);
+    if ensure_private_dir(cache).is_ok() {
+        let _ = write_replace(&file, format!("{n}\n").as_bytes(), 0o600, false);
+    }
+    n
+}
+
+/// Create `dir` (and its parents) if missing, the last one mode 0700.
+fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Remove a file; one that is already gone is not an error.
 pub fn remove_file_if_exists(path: &Path) -> std::io::Result<()> {
     ignore_missing(std::fs::remove_file(path))
@@ -142,6 +184,25 @@ mod tests {
         assert_eq!(dir.read_start(b"long", &mut buf).unwrap(), 16, "a full buffer");
         assert_eq!(dir.read_start(b"missing", &mut buf).unwrap_err().kind(), std::io::ErrorKind::NotFound);
         assert!(OpenDir::open(&d.path().join("a.state")).is_err(), "not a directory");
+    }
+
+    #[test]
+    fn du_cached_reuses_a_recent_walk() {
+        let d = tempfile::tempdir().unwrap();
+        let (tree, cache) = (d.path().join("tree"), d.path().join("cache/usage"));
+        std::fs::create_dir(&tree).unwrap();
+        std::fs::write(tree.join("f"), vec![1u8; 100_000]).unwrap();
+        let first = du_cached(&tree, &cache);
+        assert_eq!(first, du(&tree));
+        // Within the max age the walk is not repeated...
+        std::fs::write(tree.join("g"), vec![1u8; 200_000]).unwrap();
+        assert_eq!(du_cached(&tree, &cache), first);
+        // ...and without the cache it is.
+        std::fs::remove_dir_all(&cache).unwrap();
+        assert!(du_cached(&tree, &cache) > first);
+        // A cache directory that cannot be made only costs the walk.
+        std::fs::write(d.path().join("file"), b"").unwrap();
+        assert_eq!(du_cached(&tree, &d.path().join("file/usage")), du(&tree));
     }
 
     #[test]

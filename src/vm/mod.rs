@@ -167,6 +167,29 @@ pub struct Usage {
     pub pid: Option<i64>,
 }
 
+/// What a reader shows of one VM's runtime, from one look at the
+/// hypervisor (`info`, `geats list`): see [`VmType::looks`].
+#[derive(Debug, Clone)]
+pub struct Look {
+    /// Its state.
+    pub state: VmState,
+    /// Memory and CPU usage ([`Depth::Full`] only).
+    pub usage: Usage,
+    /// The primary IPv4 address.
+    pub ip: Option<String>,
+    /// Definition keys that wait for the next start ([`Depth::Full`] only).
+    pub pending: Vec<String>,
+}
+
+/// How much of a [`Look`] the reader needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// The state and the primary IP (`geats list`).
+    Ip,
+    /// Everything (`info`).
+    Full,
+}
+
 /// One VM type. Every method may assume the VM's operation lease is held
 /// (except the read-only ones: `state`, `states`, `usage`, `primary_ip`,
 /// `config_text`) and must be idempotent: doing it twice is doing it once.
@@ -283,6 +306,27 @@ pub trait VmType: std::fmt::Debug {
         let owned: Vec<VmName> = vms.iter().map(|v| (*v).clone()).collect();
         let map = self.states(&owned);
         vms.iter().map(|v| map.get(*v).cloned().unwrap_or_else(|| VmState::plain(crate::state::Power::Unknown))).collect()
+    }
+
+    /// State, IP and (at [`Depth::Full`]) usage and pending changes of
+    /// each VM, in order: what `info` and `geats list` show. By default
+    /// the separate questions; a VM type that learns them all from the
+    /// same traces (LXC: the init process) answers in one look per VM.
+    fn looks(&self, vms: &[(&VmName, &Definition)], depth: Depth) -> Vec<Look> {
+        let names: Vec<VmName> = vms.iter().map(|(n, _)| (*n).clone()).collect();
+        let mut states = self.states(&names);
+        vms.iter()
+            .map(|(vm, def)| {
+                let state = states.remove(*vm).unwrap_or_else(|| VmState::plain(crate::state::Power::Unknown));
+                let full = depth == Depth::Full;
+                Look {
+                    state,
+                    usage: if full { self.usage(vm) } else { Usage::default() },
+                    ip: self.primary_ip(vm, def),
+                    pending: if full { self.pending(vm, def) } else { Vec::new() },
+                }
+            })
+            .collect()
     }
 
     /// Why a VM that should run has stopped, if the VM type knows (LXC:

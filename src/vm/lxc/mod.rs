@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AttachedVolume, Usage, VmError, VmType};
+use super::{AttachedVolume, Depth, Look, Usage, VmError, VmType};
 use crate::storage::{Kind, Provides};
 use crate::config::{Config, ConfigError};
 use crate::definition::{Definition, NicType};
@@ -273,6 +273,21 @@ impl Lxc {
         serde_json::from_str(&std::fs::read_to_string(self.running_file(vm)).ok()?).ok()
     }
 
+    /// The definition keys that differ between `def` and what the running
+    /// container started with.
+    fn pending_now(&self, vm: &VmName, def: &Definition) -> Vec<String> {
+        let Some(running) = self.read_running(vm) else { return Vec::new() };
+        let (Ok(serde_json::Value::Object(now)), Ok(serde_json::Value::Object(then))) = (serde_json::to_value(def), serde_json::to_value(&running)) else {
+            return Vec::new();
+        };
+        let mut keys: Vec<String> = now.keys().chain(then.keys()).filter(|k| now.get(*k) != then.get(*k)).cloned().collect();
+        keys.sort();
+        keys.dedup();
+        // The description is only recorded; it needs no restart.
+        keys.retain(|k| k != "description");
+        keys
+    }
+
     fn write_running(&self, vm: &VmName, def: &Definition) -> Result<(), VmError> {
         let p = self.running_file(vm);
         // 0600: the definition may carry secrets in its metadata.
@@ -453,7 +468,10 @@ impl Lxc {
             }
         }
         if let Some(p) = &security.seccomp {
-            write_atomic(p, confine::SECCOMP_POLICY.as_bytes(), 0o644).map_err(Self::io("write", p))?;
+            // Written once: every start renders the config again.
+            if std::fs::read(p).ok().as_deref() != Some(confine::SECCOMP_POLICY.as_bytes()) {
+                write_atomic(p, confine::SECCOMP_POLICY.as_bytes(), 0o644).map_err(Self::io("write", p))?;
+            }
         }
         let text = config::render(vm, def, &config::Inputs { rootfs: rootfs.to_path_buf(), volumes, extra: &self.extra, security })?;
         let cfg = self.file(vm, "config");
@@ -462,6 +480,12 @@ impl Lxc {
         }
         Ok(())
     }
+}
+
+/// Empty (or create) a log file, mode 0640.
+fn truncate_log(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o640).open(p).map(drop)
 }
 
 fn remove_if_exists(p: &Path) -> Result<(), VmError> {
@@ -626,16 +650,7 @@ impl VmType for Lxc {
         if !self.is_running(vm) {
             return Vec::new();
         }
-        let Some(running) = self.read_running(vm) else { return Vec::new() };
-        let (Ok(serde_json::Value::Object(now)), Ok(serde_json::Value::Object(then))) = (serde_json::to_value(def), serde_json::to_value(&running)) else {
-            return Vec::new();
-        };
-        let mut keys: Vec<String> = now.keys().chain(then.keys()).filter(|k| now.get(*k) != then.get(*k)).cloned().collect();
-        keys.sort();
-        keys.dedup();
-        // The description is only recorded; it needs no restart.
-        keys.retain(|k| k != "description");
-        keys
+        self.pending_now(vm, def)
     }
 
     /// Waits while an `lxc-*` tool runs on this container (`-P LXCPATH
@@ -681,8 +696,12 @@ impl VmType for Lxc {
         // running is a stop in progress (e.g. an `lxc-stop` left by a
         // killed geats, issue 11): starting now fails to enter the
         // cgroup it is removing, so let it finish first.
+        // A monitor lives in its `lxc.monitor.NAME` cgroup: without one
+        // (the usual case) there is none to wait for, and no stale cgroup
+        // to remove, so /proc is not scanned.
+        let traces = state::has_cgroups(vm.as_str());
         let t = std::time::Instant::now();
-        while t.elapsed() < Duration::from_secs(10) && state::scan_monitors(&self.lxcpath).contains_key(vm.as_str()) && !self.is_running(vm) {
+        while traces && t.elapsed() < Duration::from_secs(10) && state::scan_monitors(&self.lxcpath).contains_key(vm.as_str()) && !self.is_running(vm) {
             std::thread::sleep(Duration::from_millis(50));
         }
         if let Some(Meta { rootfs, owned, definition: Some(def), volumes, .. }) = self.read_meta(vm) {
@@ -692,11 +711,14 @@ impl VmType for Lxc {
                 .collect();
             self.write_config(vm, &def, &att, &rootfs, owned, true)?;
         }
-        state::remove_stale_cgroups(vm.as_str());
+        if traces {
+            state::remove_stale_cgroups(vm.as_str());
+        }
         let log = self.file(vm, "lxc.log");
         let pidfile = self.file(vm, "geats.pid");
-        // LXC appends to its log: start each attempt with an empty one.
-        write_atomic(&log, b"", 0o640).map_err(Self::io("truncate", &log))?;
+        // LXC appends to its log: start each attempt with an empty one (a
+        // log needs no fsync).
+        truncate_log(&log).map_err(Self::io("truncate", &log))?;
         remove_if_exists(&pidfile)?;
         let (log_s, pid_s) = (log.to_string_lossy().into_owned(), pidfile.to_string_lossy().into_owned());
         let res = self.tool("lxc-start", vm, &["-d", "-p", &pid_s, "-l", &self.log_level, "-o", &log_s]).timeout(Duration::from_secs(120)).run();
@@ -802,7 +824,7 @@ impl VmType for Lxc {
     fn state(&self, vm: &VmName) -> VmState {
         // One VM: look for its socket alone, and never scan /proc unless
         // its pid file is gone.
-        self.state_with(vm, state::listening, &std::cell::OnceCell::new())
+        self.probe(vm, state::listening, &std::cell::OnceCell::new()).state
     }
 
     fn states(&self, vms: &[VmName]) -> BTreeMap<VmName, VmState> {
@@ -810,32 +832,51 @@ impl VmType for Lxc {
         // a few /proc and cgroup files. No process is spawned.
         let sockets = state::abstract_sockets();
         let scan = std::cell::OnceCell::new();
-        vms.iter().map(|v| (v.clone(), self.state_with(v, |s| sockets.contains(s), &scan))).collect()
+        vms.iter().map(|v| (v.clone(), self.probe(v, |s| sockets.contains(s), &scan).state)).collect()
+    }
+
+    fn looks(&self, vms: &[(&VmName, &Definition)], depth: Depth) -> Vec<Look> {
+        // State, usage and IP all come from the init process: find it once
+        // per VM, and read /proc/net/unix once (for one VM, search it for
+        // that VM's socket alone).
+        let sockets = (vms.len() > 1).then(state::abstract_sockets);
+        let listening = |s: &str| match &sockets {
+            Some(set) => set.contains(s),
+            None => state::listening(s),
+        };
+        let scan = std::cell::OnceCell::new();
+        vms.iter()
+            .map(|(vm, def)| {
+                let p = self.probe(vm, listening, &scan);
+                let full = depth == Depth::Full;
+                let Some((init, cg)) = &p.live else {
+                    return Look { state: p.state, usage: Usage::default(), ip: None, pending: Vec::new() };
+                };
+                Look {
+                    usage: if full { usage_of(*init, cg) } else { Usage::default() },
+                    ip: ip_of(*init, def),
+                    pending: if full { self.pending_now(vm, def) } else { Vec::new() },
+                    state: p.state,
+                }
+            })
+            .collect()
     }
 
     fn exit_reason(&self, vm: &VmName) -> Option<String> {
         self.log_exit(vm).or_else(|| self.log_error(vm))
     }
 
+    /// The running container's cgroups, through its init.
     fn usage(&self, vm: &VmName) -> Usage {
-        if !self.is_running(vm) {
-            return Usage::default();
+        match self.probe(vm, state::listening, &std::cell::OnceCell::new()).live {
+            Some((init, cg)) => usage_of(init, &cg),
+            None => Usage::default(),
         }
-        let Some(init) = self.init(vm) else { return Usage::default() };
-        let cg = state::cgroups(init);
-        Usage { memory_bytes: cg.memory(), memory_limit_bytes: cg.memory_limit(), cpu_seconds: cg.cpu_seconds(), pid: Some(i64::from(init)) }
     }
 
     fn primary_ip(&self, vm: &VmName, def: &Definition) -> Option<String> {
-        if !self.is_running(vm) {
-            return None;
-        }
-        let ips = state::ipv4s(self.init(vm)?);
-        let configured = def.network.iter().find_map(|n| n.cidr().ok().flatten()).map(|c| c.addr);
-        match configured {
-            Some(c) if ips.contains(&c) => Some(c.to_string()),
-            _ => ips.first().map(|a| a.to_string()),
-        }
+        let (init, _) = self.probe(vm, state::listening, &std::cell::OnceCell::new()).live?;
+        ip_of(init, def)
     }
 
     fn console_command(&self, vm: &VmName) -> Option<Vec<String>> {
@@ -857,28 +898,55 @@ impl VmType for Lxc {
     }
 }
 
+/// What one look at a container's runtime traces found: its state and,
+/// while it has an init, that init and its cgroups.
+struct Probe {
+    state: VmState,
+    live: Option<(i32, state::Cgroups)>,
+}
+
+fn usage_of(init: i32, cg: &state::Cgroups) -> Usage {
+    Usage { memory_bytes: cg.memory(), memory_limit_bytes: cg.memory_limit(), cpu_seconds: cg.cpu_seconds(), pid: Some(i64::from(init)) }
+}
+
+/// The configured address if the container has it, else its first one.
+fn ip_of(init: i32, def: &Definition) -> Option<String> {
+    let ips = state::ipv4s(init);
+    let configured = def.network.iter().find_map(|n| n.cidr().ok().flatten()).map(|c| c.addr);
+    match configured {
+        Some(c) if ips.contains(&c) => Some(c.to_string()),
+        _ => ips.first().map(|a| a.to_string()),
+    }
+}
+
 impl Lxc {
     /// The state mapping. LXC's own states (`lxc-info -s`: STOPPED,
     /// STARTING, RUNNING, STOPPING, ABORTING, FREEZING, FROZEN, THAWED) are
     /// derived from the runtime traces instead of asked for, to spawn no
     /// process:
-    fn state_with(&self, vm: &VmName, listening: impl Fn(&str) -> bool, scan: &std::cell::OnceCell<BTreeMap<String, i32>>) -> VmState {
+    fn probe(&self, vm: &VmName, listening: impl Fn(&str) -> bool, scan: &std::cell::OnceCell<BTreeMap<String, i32>>) -> Probe {
+        let plain = |state| Probe { state, live: None };
         if !self.exists(vm) {
             // Not defined in LXC (an interrupted define, or removed by hand).
-            return VmState::with(Power::Unknown, "undefined");
+            return plain(VmState::with(Power::Unknown, "undefined"));
         }
         if !listening(&state::command_socket(&self.lxcpath, vm.as_str())) {
             // No monitor: STOPPED (LXC's ABORTING ends here too).
-            return VmState::plain(Power::Stopped);
+            return plain(VmState::plain(Power::Stopped));
         }
-        match self.monitor_with(vm, scan).and_then(state::init_pid) {
+        let Some(pid) = self.monitor_with(vm, scan).and_then(state::init_pid) else {
             // A monitor without an init yet: STARTING (or STOPPING).
-            None => VmState::with(Power::Running, "starting"),
+            return plain(VmState::with(Power::Running, "starting"));
+        };
+        let cg = state::cgroups(pid);
+        let state = if cg.frozen() {
             // FROZEN and FREEZING: init cannot run; the contract's paused.
-            Some(pid) if state::cgroups(pid).frozen() => VmState::with(Power::Paused, "frozen"),
+            VmState::with(Power::Paused, "frozen")
+        } else {
             // RUNNING (and THAWED, which is running again).
-            Some(_) => VmState::plain(Power::Running),
-        }
+            VmState::plain(Power::Running)
+        };
+        Probe { state, live: Some((pid, cg)) }
     }
 }
 

@@ -296,6 +296,18 @@ fn parse_fib_trie(text: &str) -> Vec<Ipv4Addr> {
     out
 }
 
+/// Does any cgroup hierarchy have `lxc.payload.NAME` or `lxc.monitor.NAME`
+/// (LXC's default layout)? A few `stat`s, however many containers exist.
+pub fn has_cgroups(name: &str) -> bool {
+    let root = Path::new(CGROUP_ROOT);
+    let here = |base: &Path| ["lxc.payload.", "lxc.monitor."].iter().any(|p| base.join(format!("{p}{name}")).exists());
+    if here(root) {
+        return true;
+    }
+    let Ok(rd) = std::fs::read_dir(root) else { return false };
+    rd.flatten().any(|e| e.file_type().is_ok_and(|t| t.is_dir()) && here(&e.path()))
+}
+
 /// Remove empty cgroups left by an earlier run of container `name`
 /// (`lxc.payload.NAME[-N]`, `lxc.monitor.NAME[-N]`, depth first), so the
 /// next start gets the plain name. `rmdir` refuses a cgroup with processes,

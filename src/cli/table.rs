@@ -265,7 +265,7 @@ pub fn print_status(st: &StatusReply) {
         .vms
         .iter()
         .map(|(n, v)| {
-            vec![n.to_string(), state_str(&v.state), or_dash(v.health.desired.as_ref()), health_str(&v.health), or_dash(v.definition.vm_type.as_ref())]
+            vec![n.to_string(), state_str(&v.state), or_dash(v.health.desired.as_ref()), health_str(&v.health), v.vm_type.to_string()]
         })
         .collect();
     render(&["NAME", "STATE", "DESIRED", "HEALTH", "TYPE"], &rows);

@@ -21,10 +21,23 @@ pub use events::{Drift, Event, EventPage, LeaseInfo, NewEvent, Retention};
 pub use journal::{JournalEntry, JournalId, Unfinished};
 pub use leases::LeaseHolder;
 pub use snapshots::SnapshotRecord;
-pub use vms::{Desired, Intent, VmRecord, VolumeRecord};
+pub use vms::{Desired, Intent, VmRecord, VmSummary, VolumeRecord};
 
 /// Schema migrations: entry N brings version N to N+1.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("snapshots.sql"), include_str!("journal_intent.sql"), include_str!("schema_events.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("snapshots.sql"),
+    include_str!("journal_intent.sql"),
+    include_str!("schema_events.sql"),
+    include_str!("canonical_definitions.sql"),
+];
+
+/// A migration step done in Rust.
+type RustStep = fn(&rusqlite::Transaction<'_>) -> Result<(), DbError>;
+
+/// Migration steps done in Rust, after the SQL of the migration that
+/// reaches the version they name.
+const RUST_STEPS: &[(i64, RustStep)] = &[(5, vms::canonical_definitions)];
 
 /// The current schema version.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -245,6 +258,9 @@ impl Db {
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(q("read schema version"))?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
             tx.execute_batch(sql).map_err(q("migrate schema"))?;
+            for (_, step) in RUST_STEPS.iter().filter(|(v, _)| *v == i as i64 + 1) {
+                step(&tx)?;
+            }
             tx.pragma_update(None, "user_version", i as i64 + 1).map_err(q("set schema version"))?;
         }
         tx.commit().map_err(q("commit migration"))?;
@@ -387,6 +403,31 @@ mod tests {
         let db = Db::open(&p, std::time::Duration::from_secs(1)).unwrap();
         let mode: String = db.conn().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    /// Version 5 rewrites the stored definitions in canonical form; one
+    /// that does not parse is left for its reader to report.
+    #[test]
+    fn definitions_become_canonical() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.db");
+        let db = Db::create(&p, std::time::Duration::from_secs(1)).unwrap();
+        let old = r#"{"name":"a","vm_type":"dummy","network":[],"storage":[{"type":"dir","name":"root"}],"ram":256}"#;
+        for (name, def) in [("a", old), ("b", "{not json")] {
+            db.conn()
+                .execute("INSERT INTO vms (name, vm_type, definition, created, updated) VALUES (?1, 'dummy', ?2, 'x', 'x')", [name, def])
+                .unwrap();
+        }
+        db.conn().pragma_update(None, "user_version", 4).unwrap();
+        drop(db);
+        let db = Db::open(&p, std::time::Duration::from_secs(1)).unwrap();
+        let def = |n: &str| -> String { db.conn().query_row("SELECT definition FROM vms WHERE name = ?1", [n], |r| r.get(0)).unwrap() };
+        assert_eq!(def("a"), r#"{"name":"a","network":[],"ram":256,"storage":[{"name":"root","type":"dir"}],"vm_type":"dummy"}"#);
+        assert_eq!(def("b"), "{not json");
+        let e = db.vm_summaries().unwrap_err();
+        assert!(e.to_string().contains("definition of b"), "{e}");
+        let version: i64 = db.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use super::{q, Db, DbError};
-use crate::definition::Definition;
+use crate::definition::{Definition, DefinitionJson};
 use crate::names::{TypeName, VmName, VolumeName};
 
 /// What geats knows about a VM (not its running state).
@@ -43,6 +43,35 @@ pub struct Intent {
     /// true when one did (its holder may be dead) or when the read did not
     /// check (the list of all VMs).
     pub leased: bool,
+}
+
+/// A defined VM as `status` reads it: its definition as stored, not
+/// parsed ([`DefinitionJson`]), and the two values `status` needs from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmSummary {
+    /// Its name.
+    pub name: VmName,
+    /// Its VM type.
+    pub vm_type: TypeName,
+    /// Its definition, as stored.
+    pub definition: DefinitionJson,
+    /// `definition.ram`.
+    pub ram: Option<u64>,
+    /// `definition.privileged`.
+    pub privileged: bool,
+    /// The intent and outstanding drift (`leased` is always true: the
+    /// list does not check).
+    pub intent: Intent,
+}
+
+/// What `status` reads from a stored definition. Deserialising it checks
+/// that the whole text is JSON (every other key is skipped, not built).
+#[derive(Deserialize)]
+struct SummaryFields {
+    #[serde(default)]
+    ram: Option<u64>,
+    #[serde(default)]
+    privileged: bool,
 }
 
 /// What a storage driver recorded about one volume.
@@ -120,6 +149,11 @@ const VM_COLS: &str = "name, vm_type, definition, locked, defined, created, upda
 const ONE_LEASED: &str = "EXISTS (SELECT 1 FROM op_locks WHERE op_locks.vm = vms.name)";
 const LIST_LEASED: &str = "1";
 
+/// A text column, borrowed from the row.
+fn text<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> Result<&'a str, DbError> {
+    r.get_ref(i).map_err(q("list VMs"))?.as_str().map_err(|e| corrupt("VM row", e))
+}
+
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
     let desired = r.get_ref(7)?.as_str_or_null().ok().flatten().and_then(Desired::parse);
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, desired, r.get(8)?, r.get(9)?))
@@ -139,6 +173,45 @@ impl Db {
         let mut st = self.conn().prepare_cached(&sql).map_err(q("list VMs"))?;
         let rows = st.query_map([with_kept], row).map_err(q("list VMs"))?;
         rows.map(|r| r.map_err(q("list VMs")).and_then(vm_from_row)).collect()
+    }
+
+    /// Every VM as `status` reads it, by name: the defined ones, then the
+    /// kept ones (one pass over the table for both). The stored
+    /// definitions are checked to be JSON but not parsed into
+    /// [`Definition`]s, and no text is copied that `status` does not send.
+    pub fn vm_summaries(&self) -> Result<(Vec<VmSummary>, Vec<VmSummary>), DbError> {
+        const SQL: &str = "SELECT name, vm_type, definition, desired, drift IS NOT NULL, defined FROM vms ORDER BY name";
+        let mut st = self.conn().prepare_cached(SQL).map_err(q("list VMs"))?;
+        let mut rows = st.query([]).map_err(q("list VMs"))?;
+        let (mut defined, mut kept) = (Vec::new(), Vec::new());
+        // Most hosts use one VM type or two: its name is checked once.
+        let mut last_type: Option<TypeName> = None;
+        while let Some(r) = rows.next().map_err(q("list VMs"))? {
+            let name = VmName::new(text(r, 0)?).map_err(|e| corrupt("VM name", e))?;
+            let vm_type = match (text(r, 1)?, &last_type) {
+                (t, Some(last)) if t == last.as_str() => last.clone(),
+                (t, _) => {
+                    let t = TypeName::new(t).map_err(|e| corrupt(&format!("VM type of {name}"), e))?;
+                    last_type = Some(t.clone());
+                    t
+                }
+            };
+            let def = text(r, 2)?;
+            let fields: SummaryFields = serde_json::from_str(def).map_err(|e| corrupt(&format!("definition of {name}"), e))?;
+            let desired = r.get_ref(3).map_err(q("list VMs"))?.as_str_or_null().ok().flatten().and_then(Desired::parse);
+            let drift: bool = r.get(4).map_err(q("list VMs"))?;
+            let is_defined: bool = r.get(5).map_err(q("list VMs"))?;
+            let summary = VmSummary {
+                vm_type,
+                definition: DefinitionJson::from_stored(def.to_owned()),
+                ram: fields.ram,
+                privileged: fields.privileged,
+                intent: Intent { desired, drift, leased: true },
+                name,
+            };
+            if is_defined { defined.push(summary) } else { kept.push(summary) }
+        }
+        Ok((defined, kept))
     }
 
     /// The volumes of a VM, root first.
@@ -163,7 +236,8 @@ impl Db {
 
     /// Insert or replace a VM and its volumes in one transaction.
     pub fn put_vm(&mut self, vm: &VmRecord, volumes: &[VolumeRecord]) -> Result<(), DbError> {
-        let def = serde_json::to_string(&vm.definition).map_err(|e| corrupt("definition", e))?;
+        let def = DefinitionJson::of(&vm.definition).map_err(|e| corrupt("definition", e))?;
+        let def = def.as_str();
         self.write(|tx| {
             tx.execute(
                 "INSERT INTO vms (name, vm_type, definition, locked, defined, created, updated)
@@ -193,4 +267,24 @@ impl Db {
             Ok(())
         })
     }
+}
+
+/// Migration to schema version 5: every stored definition rewritten in its
+/// canonical form ([`DefinitionJson`]), which `status` copies into its
+/// reply as it is. A definition that does not parse is left as it was: it
+/// is reported as corrupt when read, as before.
+pub(super) fn canonical_definitions(tx: &rusqlite::Transaction<'_>) -> Result<(), DbError> {
+    let rows: Vec<(String, String)> = {
+        let mut st = tx.prepare("SELECT name, definition FROM vms").map_err(q("read definitions"))?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(q("read definitions"))?;
+        rows.collect::<Result<_, _>>().map_err(q("read definitions"))?
+    };
+    for (name, text) in rows {
+        let Ok(def) = serde_json::from_str::<Definition>(&text) else { continue };
+        let canonical = DefinitionJson::of(&def).map_err(|e| corrupt(&format!("definition of {name}"), e))?;
+        if canonical.as_str() != text {
+            tx.execute("UPDATE vms SET definition = ?2 WHERE name = ?1", params![name, canonical.as_str()]).map_err(q("rewrite definition"))?;
+        }
+    }
+    Ok(())
 }

@@ -83,8 +83,14 @@ impl Manager {
     /// for when a row says one exists; dead holders are left out (they
     /// are not in flight).
     pub(crate) fn health_basis<'r>(&self, db: Option<&Db>, read_at: String, records: impl IntoIterator<Item = &'r VmRecord>) -> Result<Basis> {
+        self.health_basis_of(db, read_at, records.into_iter().filter(|r| r.intent.leased).map(|r| &r.name))
+    }
+
+    /// [`Manager::health_basis`], given the names of the VMs whose rows
+    /// say a lease may exist.
+    pub(crate) fn health_basis_of<'r>(&self, db: Option<&Db>, read_at: String, leased: impl IntoIterator<Item = &'r VmName>) -> Result<Basis> {
         let mut live = BTreeMap::new();
-        let wanted: Vec<&VmName> = records.into_iter().filter(|r| r.intent.leased).map(|r| &r.name).collect();
+        let wanted: Vec<&VmName> = leased.into_iter().collect();
         if let (Some(db), false) = (db, wanted.is_empty()) {
             for mut l in db.leases()? {
                 if wanted.iter().any(|w| w.as_str() == l.vm) && proc::alive(l.pid, l.start_time) {
@@ -189,7 +195,7 @@ pub(crate) fn judge(intent: &Intent, live_lease: Option<&LeaseInfo>, state: &VmS
         let now_ms = db::parse_rfc3339_ms(&db::now()).unwrap_or(0);
         let running_s = db::parse_rfc3339_ms(&l.since).map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
         let in_flight = InFlight { action: l.action.clone(), caller: l.caller.clone(), request_id: l.request_id.clone(), since: l.since.clone(), running_s, pid: l.pid };
-        return HealthReport { desired, health: Health::InFlight, in_flight: Some(in_flight), exit_reason: None };
+        return HealthReport { desired, health: Health::InFlight, in_flight: Some(Box::new(in_flight)), exit_reason: None };
     }
     let health = match (state.power, desired) {
         (Power::Unknown, _) => Health::Unknown,

@@ -9,19 +9,21 @@ use std::collections::BTreeMap;
 
 use super::reply::{KeptVm, ListRow, RowState};
 use super::Manager;
-use crate::db::Db;
+use crate::db::{Db, DbError, VmSummary};
 use crate::error::Result;
 use crate::names::VmName;
 
 impl Manager {
-    /// `status`'s `kept`: every kept VM by name, with its last definition
-    /// and the names of the volumes kept for it.
-    pub(super) fn kept(&self, db: Option<&Db>) -> Result<BTreeMap<VmName, KeptVm>> {
+    /// `status`'s `kept`: every kept VM by name (`rows`, read with the
+    /// defined ones), with its last definition and the names of the
+    /// volumes kept for it.
+    pub(super) fn kept(&self, db: Option<&Db>, rows: Vec<VmSummary>) -> Result<BTreeMap<VmName, KeptVm>> {
         let mut out = BTreeMap::new();
         let Some(db) = db else { return Ok(out) };
-        for r in db.vms(true)?.into_iter().filter(|r| !r.defined) {
+        for r in rows {
+            let definition = r.definition.parse().map_err(|e| DbError::Corrupt { what: format!("definition of {}", r.name), problem: e.to_string() })?;
             let volumes = db.volumes(&r.name)?.into_iter().map(|v| v.name).collect();
-            out.insert(r.name, KeptVm { definition: r.definition, volumes });
+            out.insert(r.name, KeptVm { definition, volumes });
         }
         Ok(out)
     }

@@ -5,21 +5,20 @@
 
 use std::collections::BTreeMap;
 
-use super::reply::{HealthReport, HostStats, InfoReply, ListRow, Repair, RowState, StatusReply, VmStatus, VolumeInfo};
+use super::reply::{Health, HealthReport, HostStats, InfoReply, ListRow, Repair, RowState, StatusReply, VmStatus, VolumeInfo};
 use super::{events, volumes, Manager};
-use crate::db::{Db, Intent, VmRecord};
+use crate::db::{Db, Intent, VmRecord, VmSummary};
 use crate::error::{Error, Result};
 use crate::names::{TypeName, VmName};
 use crate::state::VmState;
 use crate::sys::{fsutil, proc};
 use crate::{storage, vm};
 
+/// VM types by name, and the states of their VMs in the rows' order.
+type TypesAndStates = (BTreeMap<TypeName, Box<dyn vm::VmType>>, BTreeMap<TypeName, std::vec::IntoIter<VmState>>);
+
 /// Records, VM types by name, and states by VM.
 type Observed = (Vec<VmRecord>, BTreeMap<TypeName, Box<dyn vm::VmType>>, BTreeMap<VmName, VmState>);
-
-fn state_of(states: &BTreeMap<VmName, VmState>, vm: &VmName) -> VmState {
-    states.get(vm).cloned().unwrap_or_else(|| VmState::plain(crate::state::Power::Unknown))
-}
 
 impl Manager {
     /// `status`: every defined VM with its definition and state, and the
@@ -29,34 +28,75 @@ impl Manager {
     }
 
     /// `status`, and the repairs done first.
+    ///
+    /// Its cost grows with the number of VMs, so per VM it reads only what
+    /// it sends: the stored definition is copied into the reply as it is
+    /// ([`crate::definition::DefinitionJson`]), and the states come in one
+    /// pass per VM type, in the rows' order.
     pub(super) fn status_repaired(&self) -> Result<(StatusReply, Vec<Repair>)> {
         let (repairs, mut db) = self.converged_read(None)?;
         // A drift is only recorded if no action recorded anything since
         // the states were observed (db::events).
         let read_at = self.read_started();
-        let (records, types, states) = self.observe(db.as_ref())?;
-        let basis = self.health_basis(db.as_ref(), read_at, &records)?;
-        // RAM promised to defined VMs: summed from the records just read
+        let (rows, kept) = match db.as_ref() {
+            Some(db) => db.vm_summaries()?,
+            None => Default::default(),
+        };
+        let (types, mut states) = self.states_by_type(&rows)?;
+        let basis = self.health_basis_of(db.as_ref(), read_at, rows.iter().map(|r| &r.name))?;
+        // RAM promised to defined VMs: summed from the rows just read
         // (as SQL's json_extract over every definition did, at 8% of a
         // status of 1000 VMs, callgrind).
-        let ram: u64 = records.iter().filter_map(|r| r.definition.ram).sum();
-        let status = self.host_stats(ram, records.len());
-        let kept = self.kept(db.as_ref())?;
-        let mut vms = BTreeMap::new();
-        let mut intents = Vec::with_capacity(records.len());
-        for r in records {
-            let state = state_of(&states, &r.name);
-            let health = events::judge(&r.intent, basis.lease(&r.name), &state, || types.get(&r.vm_type).and_then(|t| t.exit_reason(&r.name)));
-            intents.push((r.name.clone(), r.intent));
-            vms.insert(r.name, VmStatus { state, privileged: r.definition.privileged, definition: r.definition, health });
-        }
+        let ram: u64 = rows.iter().filter_map(|r| r.ram).sum();
+        let status = self.host_stats(ram, rows.len());
+        let kept = self.kept(db.as_ref(), kept)?;
+        // What note_drifts may act on: a VM that is not healthy or had a
+        // drift recorded (usually none; a healthy VM without one needs
+        // nothing written).
+        let mut noted = Vec::new();
+        let vms: BTreeMap<VmName, VmStatus> = rows
+            .into_iter()
+            .map(|r| {
+                let state = states.get_mut(&r.vm_type).and_then(Iterator::next).unwrap_or_else(|| VmState::plain(crate::state::Power::Unknown));
+                let health = events::judge(&r.intent, basis.lease(&r.name), &state, || types.get(&r.vm_type).and_then(|t| t.exit_reason(&r.name)));
+                if health.health != Health::Ok || r.intent.drift {
+                    noted.push((r.name.clone(), r.intent, health.clone()));
+                }
+                (r.name, VmStatus { definition: r.definition, vm_type: r.vm_type, state, privileged: r.privileged, health })
+            })
+            .collect();
         if let Some(db) = db.as_mut() {
-            let judged: Vec<(&VmName, &Intent, &HealthReport)> =
-                intents.iter().filter_map(|(n, i)| Some((n, i, &vms.get(n)?.health))).collect();
+            let judged: Vec<(&VmName, &Intent, &HealthReport)> = noted.iter().map(|(n, i, h)| (n, i, h)).collect();
             self.note_drifts(db, &basis, &judged);
         }
         self.run_hooks();
         Ok((StatusReply { vms, kept, status }, repairs))
+    }
+
+    /// The VM types of `rows`, and the states of each type's VMs in the
+    /// rows' order, asked in one pass per VM type (never a process per VM).
+    fn states_by_type(&self, rows: &[VmSummary]) -> Result<TypesAndStates> {
+        let mut by_type: BTreeMap<&TypeName, Vec<&VmName>> = BTreeMap::new();
+        for r in rows {
+            by_type.entry(&r.vm_type).or_default().push(&r.name);
+        }
+        let mut types = BTreeMap::new();
+        let mut states = BTreeMap::new();
+        for (t, names) in by_type {
+            let vmt = vm::build(&self.config, t)?;
+            let got = vmt.states_in_order(&names);
+            // A VM type that answers for other VMs than asked: none of its
+            // states can be matched to a VM.
+            let got = if got.len() == names.len() {
+                got
+            } else {
+                tracing::warn!(vm_type = %t, "the VM type answered {} states for {} VMs", got.len(), names.len());
+                Vec::new()
+            };
+            states.insert(t.clone(), got.into_iter());
+            types.insert(t.clone(), vmt);
+        }
+        Ok((types, states))
     }
 
     /// The rows of `geats list`: name, state, admin lock, VM type, primary

@@ -133,9 +133,58 @@ pub fn ignore_missing(r: std::io::Result<()>) -> std::io::Result<()> {
     }
 }
 
+/// A directory held open to read many small files in it by name: each one
+/// is opened relative to it (no path built, none walked again), read with
+/// one `read` into the caller's buffer and closed; no `statx`, no
+/// allocation. Two syscalls fewer per file than `fs::read_to_string`, and
+/// a shorter lookup (callgrind and strace, `status` of 1000 dummy VMs).
+#[derive(Debug)]
+pub struct OpenDir(std::fs::File);
+
+impl OpenDir {
+    /// Open `path`, a directory.
+    pub fn open(path: &Path) -> std::io::Result<OpenDir> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(path).map(OpenDir)
+    }
+
+    /// The first bytes of the file `name` in this directory (a symlink is
+    /// followed, as by `File::open`), up to `buf.len()`; returns how many.
+    /// One `read` of a regular file returns all it has up to the length
+    /// asked for, so fewer than `buf.len()` means the whole file; a full
+    /// buffer may be the start of a longer one.
+    pub fn read_start(&self, name: &[u8], buf: &mut [u8]) -> std::io::Result<usize> {
+        use nix::fcntl::{openat, OFlag};
+        use std::os::fd::AsRawFd;
+        let fd = openat(Some(self.0.as_raw_fd()), name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
+        let n = loop {
+            match nix::unistd::read(fd, buf) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => break other,
+            }
+        };
+        let _ = nix::unistd::close(fd);
+        Ok(n?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_dir_reads_the_start_of_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.state"), "running\n").unwrap();
+        std::fs::write(d.path().join("long"), "x".repeat(100)).unwrap();
+        let dir = OpenDir::open(d.path()).unwrap();
+        let mut buf = [0u8; 16];
+        let n = dir.read_start(b"a.state", &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"running\n");
+        assert_eq!(dir.read_start(b"long", &mut buf).unwrap(), 16, "a full buffer");
+        assert_eq!(dir.read_start(b"missing", &mut buf).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+        assert!(OpenDir::open(&d.path().join("a.state")).is_err(), "not a directory");
+    }
 
     #[test]
     fn du_cached_reuses_a_recent_walk() {

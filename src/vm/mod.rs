@@ -298,6 +298,16 @@ pub trait VmType: std::fmt::Debug {
         vms.iter().map(|v| (v.clone(), self.state(v))).collect()
     }
 
+    /// The states of `vms`, in their order: what `status` asks, which
+    /// then needs neither a map nor a copy of each name. The default asks
+    /// [`VmType::states`] (a VM missing from its answer is `unknown`); a
+    /// type that reads every state at once answers it directly.
+    fn states_in_order(&self, vms: &[&VmName]) -> Vec<VmState> {
+        let owned: Vec<VmName> = vms.iter().map(|v| (*v).clone()).collect();
+        let map = self.states(&owned);
+        vms.iter().map(|v| map.get(*v).cloned().unwrap_or_else(|| VmState::plain(crate::state::Power::Unknown))).collect()
+    }
+
     /// State, IP and (at [`Depth::Full`]) usage and pending changes of
     /// each VM, in order: what `info` and `geats list` show. By default
     /// the separate questions; a VM type that learns them all from the

@@ -1,0 +1,7 @@
+-- geats database, schema version 5: no new table or column.
+--
+-- vms.definition holds each definition in its canonical JSON form: compact,
+-- the keys of every object sorted (definition::DefinitionJson), the bytes a
+-- reply prints for it, so `status` copies it into its reply as it is. The
+-- migration rewrites the stored definitions in Rust (db::vms::
+-- canonical_definitions); SQL cannot sort JSON keys.

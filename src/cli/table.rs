@@ -143,14 +143,26 @@ fn render(headers: &[&str], rows: &[Vec<String>]) {
             w[i] = w[i].max(c.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
-        println!("{}", s.join("  ").trim_end());
+    // The whole table in one buffer and one write: a line at a time was
+    // a write(2) per row (stdout is line-buffered) and a `format!` per cell.
+    let mut out = String::with_capacity((rows.len() + 1) * (w.iter().sum::<usize>() + 2 * w.len() + 1));
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        for (i, c) in cells.enumerate() {
+            if i > 0 {
+                out.push_str("  ");
+            }
+            out.push_str(c);
+            let pad = w.get(i).copied().unwrap_or(0).saturating_sub(c.chars().count());
+            out.extend(std::iter::repeat(' ').take(pad));
+        }
+        out.truncate(out.trim_end_matches(' ').len());
+        out.push('\n');
     };
-    line(headers.iter().map(|h| h.to_string()).collect());
+    line(&mut headers.iter().copied());
     for r in rows {
-        line(r.clone());
+        line(&mut r.iter().map(String::as_str));
     }
+    print!("{out}");
 }
 
 /// `geats snapshots VM`: name, created, size; oldest first.

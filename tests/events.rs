@@ -280,8 +280,9 @@ fn issue_14_cli_follow_prints_events_as_they_come() {
     define(&env, "f");
     let mut c = env.cmd();
     c.args(["events", "--follow", "--json", "--interval", "0.1"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
-    let mut child = c.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
+    // Guarded: a failing assertion below must not leave it running.
+    let mut child = crate::common::procs::Guard::new("geats events --follow", c.spawn().unwrap());
+    let stdout = child.child.as_mut().and_then(|c| c.stdout.take()).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
@@ -299,8 +300,7 @@ fn issue_14_cli_follow_prints_events_as_they_come() {
     env.ok("stop", json!({"vm_name": "f"}));
     let e = next(&rx);
     assert_eq!((&e["kind"], &e["seq"]), (&json!("stop"), &json!(3)), "the no-op start printed nothing");
-    let _ = child.kill();
-    let _ = child.wait();
+    child.stop(Duration::from_secs(5));
 }
 
 /// A hook: a script that appends its stdin and a newline to `log`.

@@ -144,8 +144,9 @@ fn issue_14_lxc_drift_events_and_hooks() {
     let p_mco = Poller::start(mco_poll(&env));
     let mut follow = env.cmd();
     follow.args(["events", "--follow", "--json", "--interval", "0.1"]).stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut follow = follow.spawn().unwrap();
-    let follow_out = follow.stdout.take().unwrap();
+    // Guarded: a failing assertion below must not leave it running.
+    let mut follow = crate::common::procs::Guard::new("geats events --follow", follow.spawn().unwrap());
+    let follow_out = follow.child.as_mut().and_then(|c| c.stdout.take()).unwrap();
     let cli_seen = Arc::new(Mutex::new(Vec::new()));
     let cs = cli_seen.clone();
     std::thread::spawn(move || {
@@ -213,8 +214,7 @@ fn issue_14_lxc_drift_events_and_hooks() {
     assert_eq!(p_stdio.finish(last), all, "stdio poll loop: every event exactly once, in order");
     assert_eq!(p_mco.finish(last), all, "MCollective poll loop");
     wait_for("geats events --follow", 20, || cli_seen.lock().unwrap().last().is_some_and(|(s, _)| *s >= last));
-    let _ = follow.kill();
-    let _ = follow.wait();
+    follow.stop(Duration::from_secs(5));
     assert_eq!(*cli_seen.lock().unwrap(), all, "geats events --follow");
 
     // The hook received the same events, each once.

@@ -20,6 +20,16 @@ type TypesAndStates = (BTreeMap<TypeName, Box<dyn vm::VmType>>, BTreeMap<TypeNam
 /// Records, VM types by name, and states by VM.
 type Observed = (Vec<VmRecord>, BTreeMap<TypeName, Box<dyn vm::VmType>>, BTreeMap<VmName, VmState>);
 
+/// Items grouped by VM type, each group in the order given: the VM types
+/// are asked once per type, never once per VM.
+fn by_type<'a, T>(items: impl Iterator<Item = (&'a TypeName, T)>) -> BTreeMap<&'a TypeName, Vec<T>> {
+    let mut groups: BTreeMap<&TypeName, Vec<T>> = BTreeMap::new();
+    for (t, item) in items {
+        groups.entry(t).or_default().push(item);
+    }
+    groups
+}
+
 impl Manager {
     /// `status`: every defined VM with its definition and state, and the
     /// host's figures (after repairing any VM whose action was killed).
@@ -76,10 +86,7 @@ impl Manager {
     /// The VM types of `rows`, and the states of each type's VMs in the
     /// rows' order, asked in one pass per VM type (never a process per VM).
     fn states_by_type(&self, rows: &[VmSummary]) -> Result<TypesAndStates> {
-        let mut by_type: BTreeMap<&TypeName, Vec<&VmName>> = BTreeMap::new();
-        for r in rows {
-            by_type.entry(&r.vm_type).or_default().push(&r.name);
-        }
+        let by_type = by_type(rows.iter().map(|r| (&r.vm_type, &r.name)));
         let mut types = BTreeMap::new();
         let mut states = BTreeMap::new();
         for (t, names) in by_type {
@@ -108,12 +115,8 @@ impl Manager {
             Some(db) => db.vms(false)?,
             None => Vec::new(),
         };
-        let mut by_type: BTreeMap<&TypeName, Vec<(&VmName, &crate::definition::Definition)>> = BTreeMap::new();
-        for r in &records {
-            by_type.entry(&r.vm_type).or_default().push((&r.name, &r.definition));
-        }
         let mut looks = BTreeMap::new();
-        for (t, vms) in by_type {
+        for (t, vms) in by_type(records.iter().map(|r| (&r.vm_type, (&r.name, &r.definition)))) {
             let vmt = vm::build(&self.config, t)?;
             looks.extend(vms.iter().map(|(n, _)| *n).zip(vmt.looks(&vms, vm::Depth::Ip)));
         }

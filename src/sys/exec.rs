@@ -248,14 +248,7 @@ impl Cmd {
                 let _ = child.wait();
                 return Ok(None);
             }
-            match &pidfd {
-                // Woken by the exit itself.
-                Some(fd) => wait_exit(fd, deadline.saturating_duration_since(Instant::now())),
-                // Without pidfds (Linux < 5.3), notice the exit at most ~10%
-                // late: doubling the pause instead made a 30 ms tool cost up
-                // to 45 ms, most of a snapshot's overhead (issue 18).
-                None => std::thread::sleep((start.elapsed() / 10).clamp(Duration::from_micros(200), Duration::from_millis(20))),
-            }
+            pause(pidfd.as_ref(), start, deadline);
         }
     }
 
@@ -322,17 +315,15 @@ impl Streaming {
     /// exit code and stderr.
     pub fn wait(&mut self) -> Result<Output, ExecError> {
         self.stdin = None;
-        let deadline = Instant::now() + self.cmd.timeout;
+        let start = Instant::now();
+        let deadline = start + self.cmd.timeout;
         let pid = self.child.id();
-        let mut sleep = Duration::from_micros(500);
+        let pidfd = pidfd_open(pid);
         let status = loop {
             match self.child.try_wait() {
                 Ok(Some(st)) => break Some(st),
                 Ok(None) if Instant::now() >= deadline => break None,
-                Ok(None) => {
-                    std::thread::sleep(sleep);
-                    sleep = (sleep * 2).min(Duration::from_millis(20));
-                }
+                Ok(None) => pause(pidfd.as_ref(), start, deadline),
                 Err(source) => return Err(ExecError::Spawn { program: self.cmd.program(), source }),
             }
         };
@@ -397,13 +388,22 @@ fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
     Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
-/// Wait up to `limit` for the process behind `pidfd` to exit (or for a
-/// signal to interrupt the wait).
-fn wait_exit(pidfd: &std::os::fd::OwnedFd, limit: Duration) {
+/// Between two looks at a child started at `start`: with its pidfd, until
+/// it exits (or `deadline`); without one (Linux < 5.3), a tenth of the time
+/// it has run, so its exit is noticed at most ~10% late (doubling the pause
+/// instead made a 30 ms tool cost up to 45 ms, most of a snapshot's
+/// overhead, issue 18).
+fn pause(pidfd: Option<&std::os::fd::OwnedFd>, start: Instant, deadline: Instant) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
-    let ms = u16::try_from(limit.as_millis().saturating_add(1)).unwrap_or(u16::MAX);
-    let _ = poll(&mut [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)], PollTimeout::from(ms));
+    match pidfd {
+        Some(fd) => {
+            let limit = deadline.saturating_duration_since(Instant::now());
+            let ms = u16::try_from(limit.as_millis().saturating_add(1)).unwrap_or(u16::MAX);
+            let _ = poll(&mut [PollFd::new(fd.as_fd(), PollFlags::POLLIN)], PollTimeout::from(ms));
+        }
+        None => std::thread::sleep((start.elapsed() / 10).clamp(Duration::from_micros(200), Duration::from_millis(20))),
+    }
 }
 
 /// SIGKILL every process of the group `pgid` (there may be none left).

@@ -822,9 +822,7 @@ impl VmType for Lxc {
     }
 
     fn state(&self, vm: &VmName) -> VmState {
-        // One VM: look for its socket alone, and never scan /proc unless
-        // its pid file is gone.
-        self.probe(vm, state::listening, &std::cell::OnceCell::new()).state
+        self.probe_one(vm).state
     }
 
     fn states(&self, vms: &[VmName]) -> BTreeMap<VmName, VmState> {
@@ -868,14 +866,14 @@ impl VmType for Lxc {
 
     /// The running container's cgroups, through its init.
     fn usage(&self, vm: &VmName) -> Usage {
-        match self.probe(vm, state::listening, &std::cell::OnceCell::new()).live {
+        match self.probe_one(vm).live {
             Some((init, cg)) => usage_of(init, &cg),
             None => Usage::default(),
         }
     }
 
     fn primary_ip(&self, vm: &VmName, def: &Definition) -> Option<String> {
-        let (init, _) = self.probe(vm, state::listening, &std::cell::OnceCell::new()).live?;
+        let (init, _) = self.probe_one(vm).live?;
         ip_of(init, def)
     }
 
@@ -924,6 +922,12 @@ impl Lxc {
     /// STARTING, RUNNING, STOPPING, ABORTING, FREEZING, FROZEN, THAWED) are
     /// derived from the runtime traces instead of asked for, to spawn no
     /// process:
+    /// One VM alone: its socket searched for by itself, /proc scanned only
+    /// if its pid file is gone.
+    fn probe_one(&self, vm: &VmName) -> Probe {
+        self.probe(vm, state::listening, &std::cell::OnceCell::new())
+    }
+
     fn probe(&self, vm: &VmName, listening: impl Fn(&str) -> bool, scan: &std::cell::OnceCell<BTreeMap<String, i32>>) -> Probe {
         let plain = |state| Probe { state, live: None };
         if !self.exists(vm) {

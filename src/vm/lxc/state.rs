@@ -296,16 +296,21 @@ fn parse_fib_trie(text: &str) -> Vec<Ipv4Addr> {
     out
 }
 
+/// The cgroup root and each hierarchy mounted below it (`/sys/fs/cgroup`
+/// and, on a v1 or hybrid host, `memory`, `unified`, ...).
+fn cgroup_bases() -> Vec<PathBuf> {
+    let root = Path::new(CGROUP_ROOT);
+    let mut bases = vec![root.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(root) {
+        bases.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+    }
+    bases
+}
+
 /// Does any cgroup hierarchy have `lxc.payload.NAME` or `lxc.monitor.NAME`
 /// (LXC's default layout)? A few `stat`s, however many containers exist.
 pub fn has_cgroups(name: &str) -> bool {
-    let root = Path::new(CGROUP_ROOT);
-    let here = |base: &Path| ["lxc.payload.", "lxc.monitor."].iter().any(|p| base.join(format!("{p}{name}")).exists());
-    if here(root) {
-        return true;
-    }
-    let Ok(rd) = std::fs::read_dir(root) else { return false };
-    rd.flatten().any(|e| e.file_type().is_ok_and(|t| t.is_dir()) && here(&e.path()))
+    cgroup_bases().iter().any(|base| ["lxc.payload.", "lxc.monitor."].iter().any(|p| base.join(format!("{p}{name}")).exists()))
 }
 
 /// Remove empty cgroups left by an earlier run of container `name`
@@ -313,16 +318,7 @@ pub fn has_cgroups(name: &str) -> bool {
 /// next start gets the plain name. `rmdir` refuses a cgroup with processes,
 /// so a live one is never touched.
 pub fn remove_stale_cgroups(name: &str) {
-    let root = Path::new(CGROUP_ROOT);
-    let mut bases = vec![root.to_path_buf()];
-    if let Ok(rd) = std::fs::read_dir(root) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                bases.push(e.path());
-            }
-        }
-    }
-    for base in bases {
+    for base in cgroup_bases() {
         let Ok(rd) = std::fs::read_dir(&base) else { continue };
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();

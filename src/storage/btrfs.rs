@@ -10,6 +10,9 @@
 //! snapshot of that subvolume, which costs no copy and no space until the
 //! guest writes.
 //!
+//! Subvolumes are made, snapshotted and deleted through the kernel's
+//! ioctls ([`crate::sys::btrfs`]), as the `btrfs` tool does.
+//!
 //! Snapshots are read-only subvolume snapshots
 //! `ROOT/VM/.snapshots/VOLUME/NAME` (`btrfs subvolume snapshot -r`):
 //! atomic, instant, and no space until the volume and the snapshot
@@ -24,8 +27,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::template_cache::{self, CacheOps};
-use super::{empty_dir, io_err, remove_if_empty, tool_err, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
-use crate::sys::exec::Cmd;
+use super::{empty_dir, io_err, remove_if_empty, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
+use crate::sys;
 use crate::names::SnapshotName;
 use crate::storage::snapshot;
 use crate::template::Template;
@@ -45,9 +48,9 @@ pub fn is_subvolume(path: &Path) -> bool {
 
 
 
-/// `btrfs subvolume create PATH`.
+/// `btrfs subvolume create PATH` (the ioctl, [`sys::btrfs`]).
 fn create(volume: &str, path: &Path) -> Result<(), StorageError> {
-    Cmd::new(["btrfs", "subvolume", "create"]).arg(path).run().map(|_| ()).map_err(tool_err(volume, "create subvolume"))
+    sys::btrfs::create(path).map_err(io_err(volume, "create subvolume", path))
 }
 
 /// `btrfs subvolume delete PATH`, if it is one.
@@ -55,7 +58,7 @@ fn delete(volume: &str, path: &Path) -> Result<(), StorageError> {
     if !is_subvolume(path) {
         return Ok(());
     }
-    Cmd::new(["btrfs", "subvolume", "delete"]).arg(path).run().map(|_| ()).map_err(tool_err(volume, "delete subvolume"))
+    sys::btrfs::delete(path).map_err(io_err(volume, "delete subvolume", path))
 }
 
 /// A subvolume volume.
@@ -86,11 +89,7 @@ impl Btrfs {
 
 /// `btrfs subvolume snapshot [-r] FROM TO`.
 fn snapshot_of(volume: &str, from: &Path, to: &Path, read_only: bool, step: &'static str) -> Result<(), StorageError> {
-    let mut cmd = Cmd::new(["btrfs", "subvolume", "snapshot"]);
-    if read_only {
-        cmd = cmd.arg("-r");
-    }
-    cmd.arg(from).arg(to).run().map(|_| ()).map_err(tool_err(volume, step))
+    sys::btrfs::snapshot(from, to, read_only).map_err(io_err(volume, step, to))
 }
 
 struct SubvolumeCache<'a>(&'a str);
@@ -100,10 +99,7 @@ impl CacheOps for SubvolumeCache<'_> {
         create(self.0, path)
     }
     fn seal(&self, path: &Path) -> Result<(), StorageError> {
-        Cmd::new(["btrfs", "property", "set", "-ts"]).arg(path).arg("ro").arg("true")
-            .run()
-            .map(|_| ())
-            .map_err(tool_err(self.0, "make template subvolume read-only"))
+        sys::btrfs::set_read_only(path).map_err(io_err(self.0, "make read-only the template subvolume", path))
     }
     fn discard(&self, path: &Path) -> Result<(), StorageError> {
         delete(self.0, path)
@@ -206,13 +202,12 @@ impl Volume for Btrfs {
         // one); replace it by a writable snapshot of the template.
         empty_dir(&self.volume, &self.path)?;
         delete(&self.volume, &self.path)?;
-        let snap = Cmd::new(["btrfs", "subvolume", "snapshot"]).arg(&source).arg(&self.path).run();
-        if let Err(e) = snap {
+        if let Err(e) = snapshot_of(&self.volume, &source, &self.path, false, "snapshot the template to") {
             // Leave an empty volume, as before.
             if let Err(c) = create(&self.volume, &self.path) {
                 tracing::warn!(volume = %self.volume, error = %c, "cannot re-create the empty subvolume");
             }
-            return Err(StorageError::Tool { volume: self.volume.clone(), step: "snapshot template", source: e });
+            return Err(e);
         }
         Ok(true)
     }

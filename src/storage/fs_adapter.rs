@@ -149,7 +149,7 @@ impl Volume for Filesystem {
     }
 
     fn deactivate(&mut self) -> Result<(), StorageError> {
-        mount::umount(&self.target).map_err(tool_err(&self.volume, "unmount file system"))?;
+        mount::umount(&self.target).map_err(io_err(&self.volume, "unmount file system from", &self.target))?;
         self.inner.deactivate()
     }
 

@@ -28,7 +28,7 @@
 use std::path::{Path, PathBuf};
 
 use super::template_cache::{self, CacheOps};
-use super::{empty_dir, io_err, remove_if_empty, remove_tree, tool_err, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
+use super::{empty_dir, io_err, remove_if_empty, remove_tree, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
 use super::snapshot;
 use crate::names::SnapshotName;
 use crate::sys::mount;
@@ -143,11 +143,13 @@ impl Volume for Overlay {
         self.mkdirs()?;
         let lower = self.lower()?;
         let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), self.upper().display(), self.work().display());
-        mount::mount("overlay", &self.merged(), "overlay", Some(&opts)).map_err(tool_err(&self.volume, "mount overlay"))
+        let merged = self.merged();
+        mount::mount_data("overlay", &merged, "overlay", nix::mount::MsFlags::empty(), &opts).map_err(io_err(&self.volume, "mount overlay on", &merged))
     }
 
     fn deactivate(&mut self) -> Result<(), StorageError> {
-        mount::umount(&self.merged()).map_err(tool_err(&self.volume, "unmount overlay"))
+        let merged = self.merged();
+        mount::umount(&merged).map_err(io_err(&self.volume, "unmount overlay from", &merged))
     }
 
     fn undefine(&mut self) -> Result<(), StorageError> {

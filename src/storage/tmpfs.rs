@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{io_err, remove_if_empty, tool_err, Driver, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
+use super::{io_err, remove_if_empty, Driver, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
 use crate::sys::{fsutil, mount};
 
 /// A tmpfs volume.
@@ -59,12 +59,13 @@ impl Volume for Tmpfs {
         if mount::is_mounted(&self.path) {
             return Ok(());
         }
-        let options = format!("size={},mode={},nodev,nosuid", self.size, self.mode);
-        mount::mount("tmpfs", &self.path, "tmpfs", Some(&options)).map_err(tool_err(&self.volume, "mount tmpfs"))
+        let options = format!("size={},mode={}", self.size, self.mode);
+        let flags = nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOSUID;
+        mount::mount_data("tmpfs", &self.path, "tmpfs", flags, &options).map_err(io_err(&self.volume, "mount tmpfs on", &self.path))
     }
 
     fn deactivate(&mut self) -> Result<(), StorageError> {
-        mount::umount(&self.path).map_err(tool_err(&self.volume, "unmount tmpfs"))
+        mount::umount(&self.path).map_err(io_err(&self.volume, "unmount tmpfs from", &self.path))
     }
 
     fn undefine(&mut self) -> Result<(), StorageError> {

@@ -2,6 +2,7 @@
 //! process runner ([`exec`]) and readers of `/proc` ([`proc`]). Storage
 //! helpers for mount, loop devices and mkfs live here too as they are added.
 
+pub mod btrfs;
 pub mod exec;
 pub mod fsutil;
 pub mod loopdev;

@@ -1,7 +1,39 @@
-//! Small file-system helpers: atomic writes and free space.
+//! Small file-system helpers: atomic writes, kernel files, free space.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
+
+/// Read a small kernel file (`/proc`, `/sys`, a pid file) whole, as text.
+/// `std::fs::read_to_string` asks `statx` for a size hint, which these
+/// files report as 0, and then reads 32, 32, 64, 128... bytes: six
+/// syscalls for a 300-byte `/proc/PID/cgroup`, and a `seq_file` such as
+/// `fib_trie` formats its text again for every read. One page-sized read
+/// and the read that sees the end instead (issue 15).
+pub fn read_small(path: impl AsRef<Path>) -> std::io::Result<String> {
+    String::from_utf8(read_small_bytes(path)?).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// [`read_small`] as bytes (`/proc/PID/cmdline` holds NULs, maybe not UTF-8).
+/// A plain `read` loop: `File::read_to_end` would `statx` and `lseek` for
+/// a size hint first.
+pub fn read_small_bytes(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
 
 /// Write `data` to `path` atomically and durably: a temp file in the same
 /// directory, fsync, then rename over the target. `mode` applies to the new
@@ -221,5 +253,22 @@ mod tests {
         assert_eq!(du(r), want);
         assert_eq!(du(&r.join("a/b/f")), std::fs::metadata(r.join("a/b/f")).unwrap().blocks() * 512);
         assert_eq!(du(&r.join("missing")), 0);
+    }
+
+    #[test]
+    fn read_small_reads_whole_files_of_any_size() {
+        let d = tempfile::tempdir().unwrap();
+        // Larger than the first buffer, not a multiple of it.
+        let big: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(d.path().join("big"), &big).unwrap();
+        assert_eq!(read_small_bytes(d.path().join("big")).unwrap(), big);
+        std::fs::write(d.path().join("empty"), b"").unwrap();
+        assert_eq!(read_small(d.path().join("empty")).unwrap(), "");
+        // A kernel file (size 0 in stat) and one with NULs.
+        assert!(read_small("/proc/self/status").unwrap().contains("Pid:"));
+        assert!(read_small_bytes("/proc/self/cmdline").unwrap().contains(&0));
+        assert_eq!(read_small(d.path().join("missing")).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+        std::fs::write(d.path().join("bin"), [0xff, 0xfe]).unwrap();
+        assert_eq!(read_small(d.path().join("bin")).unwrap_err().kind(), std::io::ErrorKind::InvalidData);
     }
 }

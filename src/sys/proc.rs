@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 /// `/proc/meminfo` values in kB, by key (`MemTotal`, `MemFree`, ...).
 pub fn meminfo() -> BTreeMap<String, u64> {
     // /proc/meminfo lines look like: "MemTotal:       24610608 kB"
-    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let text = super::fsutil::read_small("/proc/meminfo").unwrap_or_default();
     text.lines()
         .filter_map(|l| {
             let (k, rest) = l.split_once(':')?;
@@ -18,7 +18,7 @@ pub fn meminfo() -> BTreeMap<String, u64> {
 /// The 1, 5 and 15 minute load averages from `/proc/loadavg`
 /// ("0.52 0.58 0.59 1/389 12345").
 pub fn loadavg() -> [f64; 3] {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let text = super::fsutil::read_small("/proc/loadavg").unwrap_or_default();
     let mut it = text.split_whitespace().map(|s| s.parse().unwrap_or(0.0));
     [it.next().unwrap_or(0.0), it.next().unwrap_or(0.0), it.next().unwrap_or(0.0)]
 }
@@ -31,7 +31,7 @@ pub fn cpu_count() -> u64 {
 /// The start time of a process in clock ticks since boot (field 22 of
 /// `/proc/PID/stat`), or `None` if it does not exist.
 pub fn start_time(pid: i64) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let text = super::fsutil::read_small(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses; fields
     // after the last ')' are plain. starttime is field 22, i.e. the 20th
     // after the ')'.
@@ -49,7 +49,7 @@ pub fn alive(pid: i64, start: u64) -> bool {
 /// Is `pid` a zombie (state `Z` in `/proc/PID/stat`, the field after the
 /// command name)?
 fn zombie(pid: i64) -> bool {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Ok(text) = super::fsutil::read_small(format!("/proc/{pid}/stat")) else { return false };
     text.rfind(')').and_then(|i| text[i + 1..].split_whitespace().next()).is_some_and(|s| s == "Z" || s == "X")
 }
 
@@ -71,7 +71,7 @@ pub fn kill_self() {
 
 /// The host name, from the kernel.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    super::fsutil::read_small("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]

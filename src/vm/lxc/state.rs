@@ -19,6 +19,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use crate::sys::fsutil::{read_small, read_small_bytes};
+
 /// The cgroup file system root.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -52,7 +54,7 @@ pub fn command_socket(lxcpath: &Path, name: &str) -> String {
 /// 0000000000000000: 00000002 00000000 00010000 0001 01 27871 @/var/lib/lxc/c1/command
 /// ```
 pub fn abstract_sockets() -> HashSet<String> {
-    abstract_sockets_in(&std::fs::read_to_string("/proc/net/unix").unwrap_or_default())
+    abstract_sockets_in(&read_small("/proc/net/unix").unwrap_or_default())
 }
 
 fn abstract_sockets_in(text: &str) -> HashSet<String> {
@@ -64,7 +66,7 @@ fn abstract_sockets_in(text: &str) -> HashSet<String> {
 /// `info` and every action on one container ask, where building the set
 /// of every socket on the host (`abstract_sockets`) was most of the cost.
 pub fn listening(name: &str) -> bool {
-    let text = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    let text = read_small("/proc/net/unix").unwrap_or_default();
     listening_in(&text, name)
 }
 
@@ -95,12 +97,12 @@ fn abstract_name(line: &str) -> Option<&str> {
 /// The monitor pid from LXC's pid file, if that process is still the
 /// monitor of this container.
 pub fn monitor_pid(pidfile: &Path, lxcpath: &Path, name: &str) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    let pid: i32 = read_small(pidfile).ok()?.trim().parse().ok()?;
     is_monitor(pid, lxcpath, name).then_some(pid)
 }
 
 fn is_monitor(pid: i32, lxcpath: &Path, name: &str) -> bool {
-    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let Ok(cmd) = read_small_bytes(format!("/proc/{pid}/cmdline")) else { return false };
     let cmd = String::from_utf8_lossy(&cmd);
     let cmd = cmd.trim_end_matches('\0');
     cmd == format!("[lxc monitor] {} {name}", lxcpath.to_string_lossy())
@@ -116,7 +118,7 @@ pub fn tools_running(lxcpath: &Path, name: &str) -> bool {
         if !e.file_name().to_str().is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit())) {
             return false;
         }
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { return false };
+        let Ok(cmd) = read_small_bytes(e.path().join("cmdline")) else { return false };
         let cmd = String::from_utf8_lossy(&cmd);
         let prog = cmd.split('\0').next().unwrap_or_default();
         prog.rsplit('/').next().is_some_and(|p| p.starts_with("lxc-")) && format!("{cmd}\0").contains(&want)
@@ -131,7 +133,7 @@ pub fn scan_monitors(lxcpath: &Path) -> BTreeMap<String, i32> {
     let Ok(rd) = std::fs::read_dir("/proc") else { return out };
     for e in rd.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Ok(cmd) = read_small_bytes(format!("/proc/{pid}/cmdline")) else { continue };
         let cmd = String::from_utf8_lossy(&cmd);
         if let Some(name) = cmd.trim_end_matches('\0').strip_prefix(&prefix) {
             out.insert(name.to_string(), pid);
@@ -142,7 +144,7 @@ pub fn scan_monitors(lxcpath: &Path) -> BTreeMap<String, i32> {
 
 /// The container's init: the monitor's child.
 pub fn init_pid(monitor: i32) -> Option<i32> {
-    let s = std::fs::read_to_string(format!("/proc/{monitor}/task/{monitor}/children")).ok()?;
+    let s = read_small(format!("/proc/{monitor}/task/{monitor}/children")).ok()?;
     s.split_whitespace().next()?.parse().ok()
 }
 
@@ -155,9 +157,11 @@ pub struct Cgroups {
     pub v2: Option<PathBuf>,
 }
 
-/// Is the host pure cgroup v2?
+/// Is the host pure cgroup v2? Asked once per process (`status` asks
+/// for every running container).
 pub fn pure_v2() -> bool {
-    Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
+    static PURE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PURE.get_or_init(|| Path::new(CGROUP_ROOT).join("cgroup.controllers").exists())
 }
 
 /// The cgroup directories of `pid`.
@@ -169,7 +173,7 @@ pub fn pure_v2() -> bool {
 /// 0::/lxc.payload.c1
 /// ```
 pub fn cgroups(pid: i32) -> Cgroups {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let text = read_small(format!("/proc/{pid}/cgroup")).unwrap_or_default();
     parse_cgroups(&text, pure_v2())
 }
 
@@ -198,7 +202,7 @@ fn no_controller(name: &str) -> std::io::Error {
 }
 
 fn read_u64(p: &Path) -> Option<u64> {
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    read_small(p).ok()?.trim().parse().ok()
 }
 
 impl Cgroups {
@@ -225,7 +229,7 @@ impl Cgroups {
     /// CPU time used, seconds.
     pub fn cpu_seconds(&self) -> Option<f64> {
         if let Some(p) = self.v2_file("cpu.stat") {
-            let text = std::fs::read_to_string(p).ok()?;
+            let text = read_small(p).ok()?;
             let usec: u64 = text.lines().find_map(|l| l.strip_prefix("usage_usec "))?.trim().parse().ok()?;
             return Some(usec as f64 / 1e6);
         }
@@ -257,20 +261,20 @@ impl Cgroups {
     /// Is it frozen (or freezing)?
     pub fn frozen(&self) -> bool {
         if let Some(p) = self.v2_file("cgroup.freeze") {
-            if std::fs::read_to_string(p).map(|s| s.trim() == "1").unwrap_or(false) {
+            if read_small(p).map(|s| s.trim() == "1").unwrap_or(false) {
                 return true;
             }
         }
         self.v1
             .get("freezer")
-            .and_then(|d| std::fs::read_to_string(d.join("freezer.state")).ok())
+            .and_then(|d| read_small(d.join("freezer.state")).ok())
             .is_some_and(|s| matches!(s.trim(), "FROZEN" | "FREEZING"))
     }
 }
 
 /// The IPv4 addresses of `pid`'s network namespace, loopback excluded.
 pub fn ipv4s(pid: i32) -> Vec<Ipv4Addr> {
-    parse_fib_trie(&std::fs::read_to_string(format!("/proc/{pid}/net/fib_trie")).unwrap_or_default())
+    parse_fib_trie(&read_small(format!("/proc/{pid}/net/fib_trie")).unwrap_or_default())
 }
 
 /// `/proc/PID/net/fib_trie`:

@@ -290,8 +290,10 @@ impl Lxc {
 
     fn write_running(&self, vm: &VmName, def: &Definition) -> Result<(), VmError> {
         let p = self.running_file(vm);
-        // 0600: the definition may carry secrets in its metadata.
-        write_atomic(&p, &serde_json::to_vec(def).unwrap_or_default(), 0o600).map_err(Self::io("write", &p))
+        // 0600: the definition may carry secrets in its metadata. No
+        // fsync: it describes a running container, which a host crash
+        // ends; the next start writes it again.
+        crate::sys::fsutil::write_replace(&p, &serde_json::to_vec(def).unwrap_or_default(), 0o600, false).map_err(Self::io("write", &p))
     }
 
     /// After a start: the definition of the last define is what runs now.

@@ -32,6 +32,7 @@ mod lxc_confinement;
 mod live_limits;
 mod lxc_events;
 mod lxc_lifecycle;
+mod lxc_stop;
 mod mcollective;
 mod migration;
 mod plugins;

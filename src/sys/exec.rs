@@ -230,7 +230,7 @@ impl Cmd {
     /// while the rest of the group is killed.
     fn wait(&self, child: &mut Child, deadline: Instant) -> std::io::Result<Option<ExitStatus>> {
         let start = Instant::now();
-        let pidfd = pidfd_open(child.id());
+        let pidfd = super::proc::pidfd_open(child.id());
         loop {
             let exited = if self.group { exited_unreaped(child.id())? } else { child.try_wait()?.is_some() };
             if exited {
@@ -318,7 +318,7 @@ impl Streaming {
         let start = Instant::now();
         let deadline = start + self.cmd.timeout;
         let pid = self.child.id();
-        let pidfd = pidfd_open(pid);
+        let pidfd = super::proc::pidfd_open(pid);
         let status = loop {
             match self.child.try_wait() {
                 Ok(Some(st)) => break Some(st),
@@ -375,17 +375,6 @@ fn exited_unreaped(pid: u32) -> std::io::Result<bool> {
         Ok(_) => Ok(true),
         Err(e) => Err(std::io::Error::from(e)),
     }
-}
-
-/// A pidfd of our child `pid`: readable once it has exited (Linux 5.3+).
-fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new file
-    // descriptor (or -1), which is owned from here on.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
-    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// Between two looks at a child started at `start`: with its pidfd, until

@@ -53,6 +53,19 @@ fn zombie(pid: i64) -> bool {
     text.rfind(')').and_then(|i| text[i + 1..].split_whitespace().next()).is_some_and(|s| s == "Z" || s == "X")
 }
 
+/// A pidfd of process `pid`: readable once it has exited (Linux 5.3+;
+/// `None` before, or when there is no such process).
+pub fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new file
+    // descriptor (or -1), which is owned from here on.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 /// Make sure nothing this process creates is group- or world-writable,
 /// whatever umask the caller left (`umask 000` would make every directory
 /// geats creates 0777). Files that need to be private ask for 0600.

@@ -1,9 +1,12 @@
 //! The `lxc` VM type: system containers driven through the standard
-//! `lxc-*` tools (argv, never a shell; always `-P LXCPATH`).
+//! `lxc-*` tools (argv, never a shell; always `-P LXCPATH`), but for
+//! `stop`, which speaks LXC's command protocol itself ([`command`]).
 //!
 //! - [`config`]: the LXC config written at define time (pure, snapshot-tested);
 //! - [`state`]: running state, usage and addresses read from `/proc` and
 //!   the cgroup files, with no process per container;
+//! - [`command`]: LXC's command protocol, for `stop` (what `lxc-stop -k`
+//!   sends, without the process);
 //! - [`guest`]: `/etc/hostname` and `/etc/firstboot.config` inside the
 //!   guest, written without following symlinks.
 //!
@@ -26,6 +29,7 @@
 //! - [`confine`]: id map, idmapped mounts or shifted owners, cap drops,
 //!   device allow-list, seccomp, AppArmor.
 
+mod command;
 mod config;
 mod confine;
 mod guest;
@@ -112,6 +116,10 @@ pub struct Lxc {
 
 /// geats' record of a container, beside its LXC config (`geats recover`).
 const RECORD: &str = "geats-record.json";
+
+/// How long `stop` waits for the monitor to finish (that of `lxc-stop -k`
+/// as a tool: `Cmd`'s default).
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 const LOG_LEVELS: [&str; 9] = ["TRACE", "DEBUG", "INFO", "NOTICE", "WARN", "ERROR", "CRIT", "ALERT", "FATAL"];
 
@@ -228,6 +236,52 @@ impl Lxc {
                 VmError::Hypervisor { hypervisor: "lxc", step, vm: vm.clone(), detail }
             }
         }
+    }
+
+    /// `lxc-stop -P LXCPATH -n NAME -k`, the fallback of [`command::stop`].
+    fn stop_with_tool(&self, vm: &VmName) -> Result<(), VmError> {
+        if !self.is_running(vm) {
+            return Ok(());
+        }
+        match self.tool("lxc-stop", vm, &["-k"]).timeout(STOP_TIMEOUT).run() {
+            Ok(_) => Ok(()),
+            // `lxc-stop` exits 2 "NAME is not running" when it stopped meanwhile.
+            Err(e) if !self.is_running(vm) => {
+                tracing::debug!(vm = %vm, error = %e, "lxc-stop failed but the container is stopped");
+                Ok(())
+            }
+            Err(e) => Err(self.failed("stop", vm, e)),
+        }
+    }
+
+    /// After the monitor closed the stop command's connection, until its
+    /// command socket is gone (what `is_running` and LXC's tools ask).
+    /// LXC 3.0 to 6 close that connection only as the monitor exits, after
+    /// it closed the socket, so this returns at once; should a monitor
+    /// close it earlier, wait for the monitor's exit (its pidfd), then
+    /// look again with growing pauses, until `deadline`.
+    fn wait_gone(&self, vm: &VmName, socket: &str, deadline: std::time::Instant) -> Result<(), VmError> {
+        if !state::listening(socket) {
+            return Ok(());
+        }
+        if let Some(pid) = self.monitor_with(vm, &std::cell::OnceCell::new()) {
+            tracing::debug!(vm = %vm, monitor = pid, "the command socket still listens; waiting for the monitor to exit");
+            command::wait_exit(pid, deadline);
+        }
+        let mut pause = Duration::from_millis(1);
+        while state::listening(socket) {
+            if std::time::Instant::now() >= deadline {
+                return Err(VmError::Hypervisor {
+                    hypervisor: "lxc",
+                    step: "stop",
+                    vm: vm.clone(),
+                    detail: format!("LXC's monitor took the stop command but its command socket still listens after {} s", STOP_TIMEOUT.as_secs()),
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+        Ok(())
     }
 
     /// The first ERROR line of LXC's log, without its timestamp and source
@@ -750,21 +804,31 @@ impl VmType for Lxc {
         }
     }
 
+    /// Power off: LXC's stop command spoken on the monitor's command
+    /// socket, exactly as `lxc-stop -k` sends it ([`command`]), which
+    /// saves starting `lxc-stop` (about half of what a stop cost). When
+    /// the protocol fails otherwise than "not running" or "timed out"
+    /// (an answer, a socket error), `lxc-stop -k` runs instead.
     fn stop(&self, vm: &VmName) -> Result<(), VmError> {
-        if !self.is_running(vm) {
-            return Ok(());
-        }
-        match self.tool("lxc-stop", vm, &["-k"]).run() {
-            Ok(_) => Ok(()),
-            // `lxc-stop` exits 2 "NAME is not running" when it stopped meanwhile.
-            Err(e) if !self.is_running(vm) => {
-                tracing::debug!(vm = %vm, error = %e, "lxc-stop failed but the container is stopped");
+        let socket = state::command_socket(&self.lxcpath, vm.as_str());
+        let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+        match command::stop(&socket, STOP_TIMEOUT) {
+            Ok(command::Stopped::NotRunning) => {
+                tracing::debug!(vm = %vm, "not running: nothing listens on LXC's command socket");
                 Ok(())
             }
-            Err(e) => Err(self.failed("stop", vm, e)),
+            Ok(command::Stopped::Closed) => {
+                tracing::debug!(vm = %vm, "stopped through LXC's command socket");
+                self.wait_gone(vm, &socket, deadline)
+            }
+            // A monitor that does not finish would hang `lxc-stop` as well.
+            Err(e @ command::CommandError::Timeout(_)) => Err(VmError::Hypervisor { hypervisor: "lxc", step: "stop", vm: vm.clone(), detail: e.to_string() }),
+            Err(e) => {
+                tracing::warn!(vm = %vm, error = %e, "LXC's stop command failed; running lxc-stop -k");
+                self.stop_with_tool(vm)
+            }
         }
     }
-
     /// `lxc-freeze -P LXCPATH -n NAME` (the cgroup freezer: every task
     /// of the container stops until `lxc-unfreeze`).
     fn freeze(&self, vm: &VmName) -> Result<(), VmError> {

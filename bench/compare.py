@@ -12,7 +12,9 @@ goes first alternating, and the row prints the medians and the median of the
 per-pair ratios. Create rows tear their container down outside the timed part.
 
 Env: PAIRS (default 15) pairs per row, CREATE_PAIRS (default 5) per create
-row, CONTAINERS (default 100, half running), KEEP=1 keeps the temp root.
+row, CONTAINERS (default 100, half running), KEEP=1 keeps the temp root,
+ONLY=WORD[,WORD] measures only the rows whose label contains one of them,
+VERBOSE=1 prints every pair.
 """
 import atexit, json, os, shutil, statistics, subprocess, sys, tarfile, io, tempfile, time
 
@@ -163,20 +165,30 @@ def debian_template(dest):
 
 def timed(steps):
     t = time.perf_counter_ns()
+    parts = []
     for s in steps:
+        t0 = time.perf_counter_ns()
         if callable(s):
             s()
         else:
             argv, env = s
             run(argv, env)
+        parts.append(f"{(time.perf_counter_ns() - t0) / 1e6:.1f}")
+    if os.environ.get("VERBOSE") == "1" and len(steps) > 1:
+        log(f"      steps: {' + '.join(parts)} ms")
     return (time.perf_counter_ns() - t) / 1e6
 
 
 rows = []
 
 
+ONLY = [w for w in os.environ.get("ONLY", "").split(",") if w]
+
+
 def measure(label, a, b, pairs, setup_a=None, setup_b=None, down_a=None, down_b=None, note=""):
     """a, b: functions i -> list of steps; setup/down: untimed, i -> None."""
+    if ONLY and not any(w in label for w in ONLY):
+        return
     ta, tb, ratios = [], [], []
     for i in range(pairs):
         res = {}
@@ -187,7 +199,14 @@ def measure(label, a, b, pairs, setup_a=None, setup_b=None, down_a=None, down_b=
             res[which] = timed(steps(i))
             if down:
                 down(i)
+                # Write the teardown's deletions back now, untimed: left
+                # dirty, they would be paid by whichever run next syncs
+                # the file system (an fsync, an unmount), not by the run
+                # that made them.
+                os.sync()
         ta.append(res["a"]), tb.append(res["b"]), ratios.append(res["a"] / res["b"])
+        if os.environ.get("VERBOSE") == "1":
+            log(f"    pair {i}: geats {res['a']:.1f} ms, raw {res['b']:.1f} ms ({'geats' if i % 2 == 0 else 'raw'} first)")
     row = (label, statistics.median(ta), statistics.median(tb), statistics.median(ratios), note)
     rows.append(row)
     log(f"  {label}: {row[1]:.2f} ms vs {row[2]:.2f} ms, ratio {row[3]:.2f}")

@@ -131,4 +131,34 @@ mod tests {
         assert_eq!(m[1].mount_point, PathBuf::from("/tmp/a b"));
         assert_eq!(m[1].fstype, "overlay");
     }
+
+    #[test]
+    fn mount_and_umount_through_the_kernel() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED mount_and_umount_through_the_kernel: needs root (mount(2))");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let at = d.path().join("m");
+        std::fs::create_dir(&at).unwrap();
+        // Nothing mounted, or nothing there at all: nothing to do.
+        umount(&at).unwrap();
+        umount(&d.path().join("missing")).unwrap();
+        // A failure names the call and the kernel's reason.
+        let e = mount_data("none", &at, "no-such-fs", nix::mount::MsFlags::empty(), "").unwrap_err();
+        assert!(e.to_string().contains("mount -t no-such-fs") && e.to_string().contains("No such device"), "{e}");
+        // Flags and data both reach the kernel.
+        let flags = nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOSUID;
+        mount_data("tmpfs", &at, "tmpfs", flags, "size=1m,mode=0710").unwrap();
+        assert!(is_mounted(&at));
+        let line = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().find(|l| l.contains(&*at.to_string_lossy())).unwrap().to_string();
+        assert!(line.contains("nosuid") && line.contains("nodev") && line.contains("size=1024k") && line.contains("mode=710"), "{line}");
+        // A symlink to the mount point is not followed.
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&at, &link).unwrap();
+        umount(&link).unwrap();
+        assert!(is_mounted(&at), "umount followed a symlink");
+        umount(&at).unwrap();
+        assert!(!is_mounted(&at));
+    }
 }

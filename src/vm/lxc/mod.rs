@@ -748,6 +748,9 @@ impl VmType for Lxc {
         if !self.exists(vm) {
             return Err(VmError::Hypervisor { hypervisor: "lxc", step: "start", vm: vm.clone(), detail: format!("no LXC config at {}", self.file(vm, "config").display()) });
         }
+        // The monitor's migration into its cgroup waits a grace period
+        // unless one began recently: begin it now, beside the work below.
+        let _warm = state::MigrationWarmup::begin();
         // A monitor of this container still running while it is not
         // running is a stop in progress (e.g. an `lxc-stop` left by a
         // killed geats, issue 11): starting now fails to enter the
@@ -812,6 +815,9 @@ impl VmType for Lxc {
     fn stop(&self, vm: &VmName) -> Result<(), VmError> {
         let socket = state::command_socket(&self.lxcpath, vm.as_str());
         let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+        // The monitor migrates out of its cgroup before it closes the
+        // socket: begin the grace period that waits for.
+        let _warm = state::listening(&socket).then(state::MigrationWarmup::begin);
         match command::stop(&socket, STOP_TIMEOUT) {
             Ok(command::Stopped::NotRunning) => {
                 tracing::debug!(vm = %vm, "not running: nothing listens on LXC's command socket");

@@ -14,6 +14,9 @@
 //!   from the cgroup files (v1 hierarchies under `/sys/fs/cgroup/<ctrl>`,
 //!   v2 under `/sys/fs/cgroup` or, on a hybrid host, `/sys/fs/cgroup/unified`).
 //! - IPv4 addresses: the `/32 host LOCAL` entries of `/proc/INIT/net/fib_trie`.
+//!
+//! One write: [`MigrationWarmup`] begins the grace period LXC's monitor
+//! would otherwise wait for at its first cgroup migration.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
@@ -300,6 +303,50 @@ fn parse_fib_trie(text: &str) -> Vec<Ipv4Addr> {
     out
 }
 
+/// The RCU grace period that the kernel's cgroup migration lock
+/// (`cgroup_threadgroup_rwsem`) waits for when no migration ran in the
+/// last grace period, begun in the background so that LXC's monitor finds
+/// it passed, or under way, when it migrates: into `lxc.monitor.NAME` as a
+/// container starts, out of it as the container stops.
+///
+/// Without it the monitor itself waits the whole grace period (`perf`:
+/// ~10 ms of `synchronize_rcu` under `cgroup_procs_write_start`, on
+/// start and on stop; docs/performance.md). A thread moves this process
+/// into the cgroup it is already in, a migration that changes nothing but
+/// takes the lock. Errors are ignored: a host without the unified
+/// hierarchy, or with a read-only one, gains nothing and loses nothing.
+/// Dropping it waits for the thread (at most one grace period), so the
+/// process never ends with it blocked.
+pub struct MigrationWarmup(Option<std::thread::JoinHandle<()>>);
+
+impl MigrationWarmup {
+    pub fn begin() -> MigrationWarmup {
+        MigrationWarmup(Some(std::thread::spawn(|| {
+            let text = read_small("/proc/self/cgroup").unwrap_or_default();
+            if let Some(procs) = own_procs_file(&text, pure_v2()) {
+                let _ = std::fs::write(procs, std::process::id().to_string());
+            }
+        })))
+    }
+}
+
+/// The `cgroup.procs` of the unified-hierarchy cgroup that
+/// `/proc/self/cgroup` (`text`) names, under `/sys/fs/cgroup` (pure v2) or
+/// `/sys/fs/cgroup/unified` (hybrid); `None` on a v1-only host.
+fn own_procs_file(text: &str, pure_v2: bool) -> Option<PathBuf> {
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let base = if pure_v2 { PathBuf::from(CGROUP_ROOT) } else { Path::new(CGROUP_ROOT).join("unified") };
+    Some(base.join(rel.trim_start_matches('/')).join("cgroup.procs"))
+}
+
+impl Drop for MigrationWarmup {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The cgroup root and each hierarchy mounted below it (`/sys/fs/cgroup`
 /// and, on a v1 or hybrid host, `memory`, `unified`, ...).
 fn cgroup_bases() -> Vec<PathBuf> {
@@ -397,6 +444,22 @@ mod tests {
         assert_eq!(c.v2.as_deref(), Some(Path::new("/sys/fs/cgroup/unified/lxc.payload.c1")));
         let c = parse_cgroups("0::/lxc.payload.c1\n", true);
         assert_eq!(c.v2.as_deref(), Some(Path::new("/sys/fs/cgroup/lxc.payload.c1")));
+    }
+
+    #[test]
+    fn warmup_writes_to_the_cgroup_the_process_is_in() {
+        let hybrid = "9:name=systemd:/\n4:memory:/process_api/77e4\n0::/user.slice/session-3.scope\n";
+        assert_eq!(own_procs_file(hybrid, false).unwrap(), Path::new("/sys/fs/cgroup/unified/user.slice/session-3.scope/cgroup.procs"));
+        assert_eq!(own_procs_file("0::/system.slice/geats.service\n", true).unwrap(), Path::new("/sys/fs/cgroup/system.slice/geats.service/cgroup.procs"));
+        assert_eq!(own_procs_file("0::/\n", true).unwrap(), Path::new("/sys/fs/cgroup/cgroup.procs"));
+        assert_eq!(own_procs_file("4:memory:/x\n1:cpu:/x\n", false), None, "a v1-only host has no unified cgroup to name");
+    }
+
+    #[test]
+    fn warmup_leaves_the_process_where_it_was() {
+        let before = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        drop(MigrationWarmup::begin());
+        assert_eq!(std::fs::read_to_string("/proc/self/cgroup").unwrap(), before);
     }
 
     #[test]

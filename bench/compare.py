@@ -14,13 +14,15 @@ per-pair ratios. Create rows tear their container down outside the timed part.
 Env: PAIRS (default 15) pairs per row, CREATE_PAIRS (default 5) per create
 row, CONTAINERS (default 100, half running), KEEP=1 keeps the temp root,
 ONLY=WORD[,WORD] measures only the rows whose label contains one of them,
-VERBOSE=1 prints every pair.
+VERBOSE=1 prints every pair, SETTLE (default 0.1) seconds of quiet after
+each untimed setup and teardown (see settle()).
 """
 import atexit, json, os, shutil, statistics, subprocess, sys, tarfile, io, tempfile, time
 
 GEATS, CACHE = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
 PAIRS = int(os.environ.get("PAIRS", "15"))
 CREATE_PAIRS = int(os.environ.get("CREATE_PAIRS", "5"))
+SETTLE = float(os.environ.get("SETTLE", "0.1"))
 N = int(os.environ.get("CONTAINERS", "100"))
 work = tempfile.mkdtemp(prefix="geats-compare.")
 os.chmod(work, 0o755)  # unprivileged containers need x on the way to their rootfs
@@ -192,6 +194,23 @@ rows = []
 ONLY = [w for w in os.environ.get("ONLY", "").split(",") if w]
 
 
+def settle():
+    """Let the kernel go quiet after an untimed setup or teardown.
+
+    A container's start and stop move LXC's monitor between cgroups, and a
+    cgroup migration waits for an RCU grace period unless another ran within
+    the last one (docs/performance.md, fourth pass). A timed run starting
+    right after a teardown found that wait skipped, about half of the time,
+    because the torn-down container's monitor had just migrated: the raw
+    side, which reaches `lxc-start` within 3 ms, took that gift far more
+    often than geats, which reaches it after a whole `define` (raw
+    `lxc-start` 14 ms right after a teardown, 33 ms after 0.1 s of quiet).
+    SETTLE seconds (default 0.1) after each setup and teardown give every
+    run the kernel a single start on a quiet host meets.
+    """
+    time.sleep(SETTLE)
+
+
 def measure(label, a, b, pairs, setup_a=None, setup_b=None, down_a=None, down_b=None, note=""):
     """a, b: functions i -> list of steps; setup/down: untimed, i -> None."""
     if ONLY and not any(w in label for w in ONLY):
@@ -203,6 +222,7 @@ def measure(label, a, b, pairs, setup_a=None, setup_b=None, down_a=None, down_b=
             steps, setup, down = (a, setup_a, down_a) if which == "a" else (b, setup_b, down_b)
             if setup:
                 setup(i)
+                settle()
             res[which] = timed(steps(i))
             if down:
                 down(i)
@@ -211,6 +231,7 @@ def measure(label, a, b, pairs, setup_a=None, setup_b=None, down_a=None, down_b=
                 # the file system (an fsync, an unmount), not by the run
                 # that made them.
                 os.sync()
+                settle()
         ta.append(res["a"]), tb.append(res["b"]), ratios.append(res["a"] / res["b"])
         if os.environ.get("VERBOSE") == "1":
             log(f"    pair {i}: geats {res['a']:.1f} ms, raw {res['b']:.1f} ms ({'geats' if i % 2 == 0 else 'raw'} first)")

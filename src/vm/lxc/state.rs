@@ -320,13 +320,23 @@ fn parse_fib_trie(text: &str) -> Vec<Ipv4Addr> {
 pub struct MigrationWarmup(Option<std::thread::JoinHandle<()>>);
 
 impl MigrationWarmup {
+    /// Start the thread; a host that refuses one more thread gets none.
     pub fn begin() -> MigrationWarmup {
-        MigrationWarmup(Some(std::thread::spawn(|| {
+        let warm = || {
             let text = read_small("/proc/self/cgroup").unwrap_or_default();
             if let Some(procs) = own_procs_file(&text, pure_v2()) {
                 let _ = std::fs::write(procs, std::process::id().to_string());
             }
-        })))
+        };
+        MigrationWarmup(std::thread::Builder::new().name("cgroup-warmup".into()).spawn(warm).ok())
+    }
+}
+
+impl Drop for MigrationWarmup {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -337,14 +347,6 @@ fn own_procs_file(text: &str, pure_v2: bool) -> Option<PathBuf> {
     let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
     let base = if pure_v2 { PathBuf::from(CGROUP_ROOT) } else { Path::new(CGROUP_ROOT).join("unified") };
     Some(base.join(rel.trim_start_matches('/')).join("cgroup.procs"))
-}
-
-impl Drop for MigrationWarmup {
-    fn drop(&mut self) {
-        if let Some(t) = self.0.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// The cgroup root and each hierarchy mounted below it (`/sys/fs/cgroup`

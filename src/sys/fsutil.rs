@@ -14,24 +14,15 @@ pub fn read_small(path: impl AsRef<Path>) -> std::io::Result<String> {
 }
 
 /// [`read_small`] as bytes (`/proc/PID/cmdline` holds NULs, maybe not UTF-8).
-/// A plain `read` loop: `File::read_to_end` would `statx` and `lseek` for
-/// a size hint first.
+/// Read through `Take`, which hides `File::read_to_end` (that one would
+/// `statx` and `lseek` for a size hint first): the generic `read_to_end`
+/// reads into the page of spare capacity without zeroing it, where a
+/// zeroed buffer cost a 4 KiB `memset` per file, a fifth of `status`'s
+/// instructions over 50 running containers.
 pub fn read_small_bytes(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
-    let mut f = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            buf.resize(len * 2, 0);
-        }
-        match f.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(len);
+    let f = std::fs::File::open(path)?;
+    let mut buf = Vec::with_capacity(4096);
+    f.take(u64::MAX).read_to_end(&mut buf)?;
     Ok(buf)
 }
 

@@ -176,6 +176,17 @@ fn issue_4_veth_on_a_bridge_shows_the_address_inside() {
     assert!(text.contains("link/ether 02:00:0a:d5:00:02"), "{text}");
     let info = env.ok("info", json!({"vm_name": name}));
     assert_eq!(info["ip"], json!(ip), "{info}");
+    // `list` among more containers: the address reaches its own row only.
+    for i in 0..8 {
+        env.ok("define", json!({"vm_name": format!("{name}x{i}"), "definition": {"ram": 64, "storage": [{"name": "root", "type": "dir"}]}}));
+    }
+    let out = env.cli(&["list", "--json"]);
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 9, "{rows:?}");
+    let row = rows.iter().find(|r| r["name"] == json!(name)).unwrap();
+    assert_eq!(row["ip"], json!(ip), "{rows:?}");
+    assert!(rows.iter().filter(|r| r["name"] != json!(name)).all(|r| r["ip"].is_null()), "{rows:?}");
     // The host end is on the bridge.
     let (_, links, _) = crate::common::lxc::run(&["ip", "-o", "link", "show", "master", &bridge.name]);
     assert!(!links.trim().is_empty(), "no veth on {}", bridge.name);

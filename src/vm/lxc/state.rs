@@ -180,6 +180,9 @@ pub fn cgroups(pid: i32) -> Cgroups {
     parse_cgroups(&text, pure_v2())
 }
 
+/// The v1 controllers [`Cgroups`] reads or writes.
+const V1_USED: [&str; 4] = ["memory", "cpu", "cpuacct", "freezer"];
+
 fn parse_cgroups(text: &str, pure_v2: bool) -> Cgroups {
     let root = Path::new(CGROUP_ROOT);
     let mut c = Cgroups::default();
@@ -191,8 +194,10 @@ fn parse_cgroups(text: &str, pure_v2: bool) -> Cgroups {
             let base = if pure_v2 { root.to_path_buf() } else { root.join("unified") };
             c.v2 = Some(base.join(rel));
         } else {
-            for ctrl in ctrls.split(',') {
-                let ctrl = ctrl.trim_start_matches("name=");
+            // Only the controllers geats reads or writes: a hybrid host
+            // lists ten hierarchies, and `status` asks for every running
+            // container.
+            for ctrl in ctrls.split(',').filter(|c| V1_USED.contains(c)) {
                 c.v1.insert(ctrl.to_string(), root.join(ctrls).join(rel));
             }
         }
@@ -261,10 +266,11 @@ impl Cgroups {
         std::fs::write(dir.join("cpu.cfs_quota_us"), quota_us.map_or_else(|| "-1".to_string(), |q| q.to_string()))
     }
 
-    /// Is it frozen (or freezing)?
+    /// Is it frozen (or freezing)? (`cgroup.freeze` is read without
+    /// asking first whether it exists: an absent one reads as not frozen.)
     pub fn frozen(&self) -> bool {
-        if let Some(p) = self.v2_file("cgroup.freeze") {
-            if read_small(p).map(|s| s.trim() == "1").unwrap_or(false) {
+        if let Some(d) = &self.v2 {
+            if read_small(d.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1") {
                 return true;
             }
         }
@@ -440,9 +446,11 @@ mod tests {
 
     #[test]
     fn cgroup_lines() {
-        let c = parse_cgroups("4:memory:/lxc.payload.c1\n1:cpu,cpuacct:/lxc.payload.c1\n0::/lxc.payload.c1\n", false);
+        let c = parse_cgroups("9:name=systemd:/lxc.payload.c1\n5:devices:/lxc.payload.c1\n4:memory:/lxc.payload.c1\n1:cpu,cpuacct:/lxc.payload.c1\n0::/lxc.payload.c1\n", false);
         assert_eq!(c.v1["memory"], Path::new("/sys/fs/cgroup/memory/lxc.payload.c1"));
+        assert_eq!(c.v1["cpu"], Path::new("/sys/fs/cgroup/cpu,cpuacct/lxc.payload.c1"));
         assert_eq!(c.v1["cpuacct"], Path::new("/sys/fs/cgroup/cpu,cpuacct/lxc.payload.c1"));
+        assert_eq!(c.v1.len(), 3, "only the controllers geats uses: {c:?}");
         assert_eq!(c.v2.as_deref(), Some(Path::new("/sys/fs/cgroup/unified/lxc.payload.c1")));
         let c = parse_cgroups("0::/lxc.payload.c1\n", true);
         assert_eq!(c.v2.as_deref(), Some(Path::new("/sys/fs/cgroup/lxc.payload.c1")));

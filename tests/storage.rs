@@ -779,8 +779,15 @@ fn issue_5_lxc_boots_from_each_root_volume() {
         let def = json!({"template": "busybox", "ram": 64, "storage": storage});
         env.ok("define", json!({"vm_name": name, "definition": def}));
         assert_eq!(leftovers(&root), Vec::<String>::new(), "{name}: define left volumes active");
+        // define decides how the root's files are mapped as start does,
+        // although the root is released by then (an empty overlay or image
+        // mount point). An extra volume is decided when start mounts it.
+        let config_file = root.join("var/lib/lxc").join(name).join("config");
+        let root_lines = |text: &str| -> Vec<String> { text.lines().filter(|l| l.starts_with("# files:") || l.starts_with("lxc.rootfs.")).map(str::to_string).collect() };
+        let defined = root_lines(&std::fs::read_to_string(&config_file).expect("config after define"));
         env.ok("start", vm.clone());
         assert_eq!(lxc.lxc_state(name), "RUNNING", "{name}");
+        assert_eq!(root_lines(&std::fs::read_to_string(&config_file).expect("config after start")), defined, "{name}: the root's mapping changed from define to start");
         let t = std::time::Instant::now();
         loop {
             let out = env.cli(&["exec", name, "--", "cat", "/run/rcS.done"]);

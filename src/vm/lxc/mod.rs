@@ -112,6 +112,12 @@ pub struct Lxc {
     idmap: confine::IdShift,
     idmapped_mounts: confine::IdmappedMounts,
     devices: Vec<&'static str>,
+    /// How the files of a VM's active root are owned, as
+    /// `write_guest_files` found them: `define` writes the config after
+    /// the manager has released the root again (an empty overlay or
+    /// image mount point, which says nothing), and must write the config
+    /// `start` will (docs/lxc.md).
+    seen: std::sync::Mutex<Option<(VmName, confine::Files, String)>>,
 }
 
 /// geats' record of a container, beside its LXC config (`geats recover`).
@@ -173,6 +179,7 @@ impl Lxc {
             idmap,
             idmapped_mounts: s.idmapped_mounts.unwrap_or(confine::IdmappedMounts::Auto),
             devices,
+            seen: std::sync::Mutex::new(None),
         })
     }
 
@@ -417,6 +424,24 @@ impl Lxc {
         }
     }
 
+    /// [`Lxc::files`] for a config: on a root that shows no files (a
+    /// released mount point), what this process saw on the active root
+    /// (`write_guest_files` of the same `define`). Without it an overlay
+    /// root was probed as the empty directory under it, and `define`
+    /// wrote `idmap=container` for files unpacked shifted; `start`
+    /// rewrote the config, and an `lxc-start` before it got files owned
+    /// by nobody.
+    fn files_for_config(&self, vm: &VmName, def: &Definition, rootfs: &Path) -> Result<(confine::Files, String), VmError> {
+        let empty = std::fs::read_dir(rootfs).map_or(true, |mut rd| rd.all(|e| e.is_ok_and(|e| e.file_name() == "lost+found")));
+        if empty && !def.privileged {
+            let seen = self.seen.lock().ok().and_then(|s| s.clone());
+            if let Some((_, files, why)) = seen.filter(|(v, files, _)| v == vm && *files != confine::Files::Privileged) {
+                return Ok((files, why));
+            }
+        }
+        self.files(vm, def, rootfs)
+    }
+
     /// The mapped root's host ids, when the files are shifted.
     fn shifted_owner(&self, files: confine::Files) -> Option<(u32, u32)> {
         (files == confine::Files::Shifted).then_some((self.idmap.uid, self.idmap.gid))
@@ -493,7 +518,7 @@ impl Lxc {
     /// `active`, the volumes are active: the container's directories are
     /// fenced off and the tops of shifted ones given to its root.
     fn write_config(&self, vm: &VmName, def: &Definition, volumes: &[AttachedVolume], rootfs: &Path, owned: bool, active: bool) -> Result<(), VmError> {
-        let (files, why) = self.files(vm, def, rootfs)?;
+        let (files, why) = self.files_for_config(vm, def, rootfs)?;
         let (security, tops) = self.security(vm, rootfs, volumes, files, &why);
         let mapped = (files != confine::Files::Privileged).then_some((self.idmap.uid, self.idmap.gid));
         if active {
@@ -607,7 +632,10 @@ impl VmType for Lxc {
     }
 
     fn write_guest_files(&self, vm: &VmName, def: &Definition, root: &Path) -> Result<(), VmError> {
-        let (files, _) = self.files(vm, def, root)?;
+        let (files, why) = self.files(vm, def, root)?;
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some((vm.clone(), files, why));
+        }
         let owner = self.shifted_owner(files);
         if let Some((u, g)) = owner {
             // A root with no template: record the decision on the disk.

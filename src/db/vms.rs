@@ -167,6 +167,13 @@ impl Db {
         r.map(vm_from_row).transpose()
     }
 
+    /// The VM type of a defined VM, read alone (no definition parsed).
+    pub fn vm_type(&self, name: &VmName) -> Result<Option<TypeName>, DbError> {
+        const SQL: &str = "SELECT vm_type FROM vms WHERE name = ?1 AND defined = 1";
+        let t: Option<String> = self.conn().query_row(SQL, [name.as_str()], |r| r.get(0)).optional().map_err(q("read VM"))?;
+        t.map(|t| TypeName::new(&t).map_err(|e| corrupt(&format!("VM type of {name}"), e))).transpose()
+    }
+
     /// All VMs, defined ones only unless `with_kept`.
     pub fn vms(&self, with_kept: bool) -> Result<Vec<VmRecord>, DbError> {
         let sql = format!("SELECT {VM_COLS}, {LIST_LEASED} FROM vms WHERE defined = 1 OR ?1 ORDER BY name");

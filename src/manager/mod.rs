@@ -29,6 +29,7 @@ use crate::db::{Db, VmRecord, VolumeRecord};
 use crate::error::{self, Error, Result};
 use crate::names::VmName;
 use crate::request::{Action, Request};
+use crate::state::PowerAction;
 use crate::sys::fsutil::write_atomic;
 use crate::sys::proc;
 
@@ -189,6 +190,8 @@ impl Manager {
             out?;
         }
         let mut db = self.db_write()?;
+        // Dropped when the action has ended.
+        let _early = self.begin_power(&db, &req.action);
         let me = me();
         self.acquire_lease(&mut db, &vm, action, me)?;
         let before = events::before(&db, &vm);
@@ -225,6 +228,20 @@ impl Manager {
             tracing::warn!(vm = %vm, "cannot release the operation lease: {}", error::chain(&e));
         }
         result.map(|r| r.with_repairs(repairs))
+    }
+
+    /// What the VM type of a start or a stop begins before the lease
+    /// ([`crate::vm::VmType::begin_power`]); nothing for any other action,
+    /// or when the VM or its type cannot be read (the action itself then
+    /// says why).
+    fn begin_power(&self, db: &Db, action: &Action) -> Option<Box<dyn std::any::Any>> {
+        let (vm, power) = match action {
+            Action::Start(vm) => (vm, PowerAction::Start),
+            Action::Stop(vm) => (vm, PowerAction::Stop),
+            _ => return None,
+        };
+        let t = db.vm_type(vm).ok().flatten()?;
+        crate::vm::build(&self.config, &t).ok()?.begin_power(vm, power)
     }
 
     /// Take the VM's operation lease, waiting up to `lock_timeout` for a

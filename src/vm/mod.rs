@@ -55,7 +55,7 @@ use serde::Serialize;
 use crate::config::{Config, ConfigError};
 use crate::definition::Definition;
 use crate::names::{TypeName, VmName, VolumeName};
-use crate::state::VmState;
+use crate::state::{PowerAction, VmState};
 use crate::storage::{Kind, Provides};
 use crate::sys::exec::ExecError;
 
@@ -229,6 +229,18 @@ pub trait VmType: std::fmt::Debug {
     /// [`VmType::installs_templates`] is true.
     fn template_for(&self, _vm: &VmName, _def: &Definition, _root: &std::path::Path, t: crate::template::Template) -> Result<crate::template::Template, VmError> {
         Ok(t)
+    }
+
+    /// Begin in the background what a start or a stop of `vm` will wait
+    /// for, as soon as the manager knows the VM's type: before it takes
+    /// the lease and writes the journal, whose `fsync`s the work then
+    /// overlaps. The guard waits for that work when dropped, and is kept
+    /// until the action ends. LXC: the grace period of the kernel's
+    /// cgroup migration lock, which its monitor waits for otherwise
+    /// (docs/performance.md). Default: nothing. Read-only otherwise: the
+    /// lease is not held yet.
+    fn begin_power(&self, _vm: &VmName, _action: PowerAction) -> Option<Box<dyn std::any::Any>> {
+        None
     }
 
     /// Create or update the VM in the hypervisor. Volumes are defined (but

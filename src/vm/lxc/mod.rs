@@ -50,7 +50,7 @@ use crate::storage::{Kind, Provides};
 use crate::config::{Config, ConfigError};
 use crate::definition::{Definition, NicType};
 use crate::names::VmName;
-use crate::state::{Power, VmState};
+use crate::state::{Power, PowerAction, VmState};
 use crate::sys::exec::{self, Cmd, ExecError};
 use crate::sys::fsutil::write_atomic;
 
@@ -646,6 +646,20 @@ impl VmType for Lxc {
         guest::write(vm, def, root, owner)
     }
 
+    /// The cgroup warm-up of [`state::MigrationWarmup`], begun only when
+    /// the action will run `lxc-start` or stop a monitor: a start of a
+    /// defined container that is not running, a stop of a running one.
+    /// A no-op (stop of a stopped container) must not wait a grace
+    /// period at its end for nothing.
+    fn begin_power(&self, vm: &VmName, action: PowerAction) -> Option<Box<dyn std::any::Any>> {
+        let useful = match action {
+            PowerAction::Start => !self.is_running(vm) && self.exists(vm),
+            PowerAction::Stop => self.is_running(vm),
+            PowerAction::Shutdown | PowerAction::Reboot => false,
+        };
+        useful.then(|| Box::new(state::MigrationWarmup::begin()) as Box<dyn std::any::Any>)
+    }
+
     fn define(&self, vm: &VmName, def: &Definition, volumes: &[AttachedVolume]) -> Result<(), VmError> {
         let (rootfs, owned) = self.rootfs_of(vm, volumes);
         // Every value is checked before anything is written.
@@ -1074,6 +1088,22 @@ mod tests {
 
     fn def(v: serde_json::Value) -> Definition {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn power_warms_up_only_when_lxc_will_run() {
+        let d = tempfile::tempdir().unwrap();
+        let l = lxc(d.path(), "");
+        let vm = VmName::new("w1").unwrap();
+        // Nothing to start without a config, nothing to stop without a
+        // monitor: no thread, so the no-op ends without a grace period.
+        assert!(l.begin_power(&vm, PowerAction::Start).is_none());
+        assert!(l.begin_power(&vm, PowerAction::Stop).is_none());
+        std::fs::create_dir_all(l.dir(&vm)).unwrap();
+        std::fs::write(l.file(&vm, "config"), "lxc.uts.name = w1\n").unwrap();
+        assert!(l.begin_power(&vm, PowerAction::Start).is_some(), "a defined, stopped container is about to run lxc-start");
+        assert!(l.begin_power(&vm, PowerAction::Stop).is_none());
+        assert!(l.begin_power(&vm, PowerAction::Shutdown).is_none(), "the monitor migrates only when the guest has halted, seconds later");
     }
 
     #[test]

@@ -325,9 +325,29 @@ fn parse_fib_trie(text: &str) -> Vec<Ipv4Addr> {
 /// process never ends with it blocked.
 pub struct MigrationWarmup(Option<std::thread::JoinHandle<()>>);
 
+/// When this process last began a warm-up, in milliseconds since
+/// [`WARMUP_EPOCH`] plus one (0: never).
+static LAST_WARMUP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static WARMUP_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// A warm-up begun this recently is still under way, or its grace period
+/// has passed and the lock skips the next one: a second would add a
+/// thread and a place in the cgroup mutex's queue ahead of the monitor.
+const WARMUP_RECENT_MS: u64 = 20;
+
 impl MigrationWarmup {
-    /// Start the thread; a host that refuses one more thread gets none.
+    /// Start the thread; a host that refuses one more thread gets none,
+    /// and so does a second call within [`WARMUP_RECENT_MS`] of the last
+    /// (the manager begins one before the lease, `start` and `stop` again
+    /// for the callers that did not).
     pub fn begin() -> MigrationWarmup {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = u64::try_from(WARMUP_EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        let last = LAST_WARMUP.load(Relaxed);
+        if last != 0 && now.saturating_sub(last) < WARMUP_RECENT_MS {
+            return MigrationWarmup(None);
+        }
+        LAST_WARMUP.store(now, Relaxed);
         let warm = || {
             let text = read_small("/proc/self/cgroup").unwrap_or_default();
             if let Some(procs) = own_procs_file(&text, pure_v2()) {
@@ -465,10 +485,30 @@ mod tests {
         assert_eq!(own_procs_file("4:memory:/x\n1:cpu:/x\n", false), None, "a v1-only host has no unified cgroup to name");
     }
 
+    /// A warm-up with its thread: other tests of this process may have
+    /// begun one within the window, so wait the window out and retry.
+    fn begun() -> MigrationWarmup {
+        for _ in 0..20 {
+            let w = MigrationWarmup::begin();
+            if w.0.is_some() {
+                return w;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(WARMUP_RECENT_MS + 5));
+        }
+        panic!("no warm-up thread began in 20 tries");
+    }
+
+    #[test]
+    fn a_second_warmup_soon_after_is_skipped() {
+        let first = begun();
+        assert!(MigrationWarmup::begin().0.is_none());
+        drop(first);
+    }
+
     #[test]
     fn warmup_leaves_the_process_where_it_was() {
         let before = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        drop(MigrationWarmup::begin());
+        drop(begun());
         assert_eq!(std::fs::read_to_string("/proc/self/cgroup").unwrap(), before);
     }
 

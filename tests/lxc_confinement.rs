@@ -316,8 +316,10 @@ fn issue_12_privileged_is_still_fenced() {
     assert!(config.contains("lxc.cap.drop = mac_admin mac_override sys_module sys_rawio sys_time\n"), "{config}");
     assert!(config.contains("lxc.cgroup.devices.deny = a\n"), "{config}");
     if Path::new("/proc/sys/kernel/seccomp/actions_avail").exists() {
-        assert!(config.contains("lxc.seccomp.profile = "), "{config}");
-        let policy = std::fs::read_to_string(env.root().join("var/lib/lxc").join(&name).join("seccomp")).unwrap();
+        // One policy for every container, beside them in the lxcpath.
+        let shared = env.root().join("var/lib/lxc/.geats-seccomp");
+        assert!(config.contains(&format!("lxc.seccomp.profile = {}\n", shared.display())), "{config}");
+        let policy = std::fs::read_to_string(&shared).unwrap();
         assert!(policy.contains("init_module errno 1"), "{policy}");
     }
     if !std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|s| s.starts_with('Y')) {

@@ -123,6 +123,12 @@ pub struct Lxc {
 /// geats' record of a container, beside its LXC config (`geats recover`).
 const RECORD: &str = "geats-record.json";
 
+/// The seccomp policy every container's config names, in the lxcpath:
+/// the same for all, so a `define` only reads it (one file written, and
+/// fsynced, per host instead of per container). Not a directory with a
+/// `config`, so neither LXC nor geats takes it for a container.
+const SECCOMP_FILE: &str = ".geats-seccomp";
+
 /// How long `stop` waits for the monitor to finish (that of `lxc-stop -k`
 /// as a tool: `Cmd`'s default).
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -449,7 +455,7 @@ impl Lxc {
 
     /// The confinement of `vm` for a config, and the directories whose top
     /// must belong to the container's root (not idmapped, unprivileged).
-    fn security(&self, vm: &VmName, rootfs: &Path, volumes: &[AttachedVolume], files: confine::Files, why: &str) -> (config::Security, Vec<PathBuf>) {
+    fn security(&self, rootfs: &Path, volumes: &[AttachedVolume], files: confine::Files, why: &str) -> (config::Security, Vec<PathBuf>) {
         use confine::Files;
         let m = self.idmap;
         let mut notes = Vec::new();
@@ -502,7 +508,7 @@ impl Lxc {
             };
             idmapped_volumes.push(ok);
         }
-        let seccomp = confine::seccomp_supported().then(|| self.file(vm, "seccomp"));
+        let seccomp = confine::seccomp_supported().then(|| self.lxcpath.join(SECCOMP_FILE));
         if seccomp.is_none() {
             notes.push("seccomp: not supported by this kernel, no seccomp policy".into());
         }
@@ -519,7 +525,7 @@ impl Lxc {
     /// fenced off and the tops of shifted ones given to its root.
     fn write_config(&self, vm: &VmName, def: &Definition, volumes: &[AttachedVolume], rootfs: &Path, owned: bool, active: bool) -> Result<(), VmError> {
         let (files, why) = self.files_for_config(vm, def, rootfs)?;
-        let (security, tops) = self.security(vm, rootfs, volumes, files, &why);
+        let (security, tops) = self.security(rootfs, volumes, files, &why);
         let mapped = (files != confine::Files::Privileged).then_some((self.idmap.uid, self.idmap.gid));
         if active {
             let mut dirs: Vec<&Path> = vec![rootfs];
@@ -549,7 +555,8 @@ impl Lxc {
             }
         }
         if let Some(p) = &security.seccomp {
-            // Written once: every start renders the config again.
+            // Written once per host (and again when geats' policy
+            // changes): every define and start renders the config again.
             if std::fs::read(p).ok().as_deref() != Some(confine::SECCOMP_POLICY.as_bytes()) {
                 write_atomic(p, confine::SECCOMP_POLICY.as_bytes(), 0o644).map_err(Self::io("write", p))?;
             }

@@ -163,6 +163,14 @@ fn issue_11_lost_database_recovered_on_real_lxc() {
     env.ok("define", json!({"vm_name": a, "definition": {"template": "busybox", "storage": [{"name": "root", "type": "img", "size": "64M"}]}}));
     env.ok("define", json!({"vm_name": b, "definition": {"template": "busybox"}}));
     env.ok("start", json!({"vm_name": a}));
+    // The copy beside each container is the records directory's file
+    // under a second name (one fsync per record, not two).
+    for vm in [&a, &b] {
+        use std::os::unix::fs::MetadataExt;
+        let kept = std::fs::metadata(env.root().join("var/lib/lxc").join(vm).join("geats-record.json")).unwrap();
+        let record = std::fs::metadata(env.root().join("var/lib/geats/records").join(format!("{vm}.json"))).unwrap();
+        assert_eq!((kept.ino(), kept.nlink(), kept.mode() & 0o777), (record.ino(), 2, 0o600), "{vm}");
+    }
     let before = env.ok("status", json!({}))["vms"].clone();
     let db = env.root().join("var/lib/geats/geats.db");
     for ext in ["", "-wal", "-shm"] {

@@ -347,7 +347,7 @@ impl Manager {
         if rec.defined {
             let vmt = crate::vm::build(config, &rec.vm_type)?;
             if vmt.exists(&rec.name) {
-                vmt.keep_record(&rec.name, &text)?;
+                vmt.keep_record(&rec.name, &text, &path)?;
             }
         }
         Ok(())

@@ -51,6 +51,21 @@ pub fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> std:
     res
 }
 
+/// Give the file `from` the name `to` as well (a hard link, not following
+/// a symlink), replacing whatever `to` was atomically: a link under a
+/// temp name in `to`'s directory, renamed over it. Fails across file
+/// systems (`EXDEV`); the caller then writes a copy.
+pub fn link_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
+    let dir = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.link", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::hard_link(from, &tmp)?;
+    std::fs::rename(&tmp, to).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
 /// (total, free) bytes of the file system holding `path`, or `None`.
 pub fn space(path: &Path) -> Option<(u64, u64)> {
     let mut p = path;
@@ -194,6 +209,27 @@ impl OpenDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_atomic_replaces_the_name_with_the_same_file() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let (from, to) = (d.path().join("a.json"), d.path().join("sub/b.json"));
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        write_atomic(&from, b"one", 0o600).unwrap();
+        std::fs::write(&to, "old").unwrap();
+        link_atomic(&from, &to).unwrap();
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "one");
+        assert_eq!(std::fs::metadata(&to).unwrap().ino(), std::fs::metadata(&from).unwrap().ino());
+        // The next record is a new file under the first name; the second
+        // name follows it, and no temp name is left.
+        write_atomic(&from, b"two", 0o600).unwrap();
+        link_atomic(&from, &to).unwrap();
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "two");
+        assert_eq!(std::fs::read_dir(d.path().join("sub")).unwrap().count(), 1);
+        assert!(link_atomic(&d.path().join("missing"), &to).is_err());
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "two", "a failed link leaves the name as it was");
+    }
 
     #[test]
     fn open_dir_reads_the_start_of_files() {

@@ -397,7 +397,11 @@ pub trait VmType: std::fmt::Debug {
     /// the database and its records directory are both lost. Called
     /// after [`VmType::define`]; [`VmType::undefine`] removes it. The
     /// default keeps nothing.
-    fn keep_record(&self, _vm: &VmName, _record: &[u8]) -> Result<(), VmError> {
+    ///
+    /// `written` is the records directory's copy of the same bytes, just
+    /// written and fsynced: a type whose files share its file system may
+    /// give that file a second name instead of writing and syncing it again.
+    fn keep_record(&self, _vm: &VmName, _record: &[u8], _written: &Path) -> Result<(), VmError> {
         Ok(())
     }
 

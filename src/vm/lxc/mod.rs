@@ -769,8 +769,14 @@ impl VmType for Lxc {
         }
     }
 
-    fn keep_record(&self, vm: &VmName, record: &[u8]) -> Result<(), VmError> {
+    /// A hard link to the records directory's copy (the same inode, its
+    /// data already fsynced), which a lost records directory leaves in
+    /// place; a copy of its own where the two are on different file systems.
+    fn keep_record(&self, vm: &VmName, record: &[u8], written: &Path) -> Result<(), VmError> {
         let path = self.file(vm, RECORD);
+        if crate::sys::fsutil::link_atomic(written, &path).is_ok() {
+            return Ok(());
+        }
         write_atomic(&path, record, 0o600).map_err(Self::io("write", &path))
     }
 

@@ -197,7 +197,9 @@ impl Rig {
         } else {
             assert_eq!(v["errorcode"], json!("not_found"), "{what}: {v}");
             assert!(!matches!(action, "start" | "stop"), "{what}: a killed {action} made the VM disappear");
-            assert!(!self.config().exists(), "{what}: not_found but the LXC config is left");
+            let lxc_dir = self.config().parent().map(Path::to_path_buf).unwrap_or_default();
+            let lxc_left: Vec<_> = std::fs::read_dir(&lxc_dir).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+            assert!(!lxc_dir.exists(), "{what}: not_found but the container directory is left, holding {lxc_left:?}");
             assert_eq!(leftovers(self.env.root()), Vec::<String>::new(), "{what}: mounts or loop devices left");
             if action == "undefine" {
                 assert!(self.image().is_file(), "{what}: undefine lost the volume");

@@ -356,7 +356,9 @@ impl Manager {
     /// Remove a VM's record file.
     pub(crate) fn remove_record(config: &Config, vm: &VmName) -> Result<()> {
         let path = Self::record_path(config, vm);
-        crate::sys::fsutil::remove_file_if_exists(&path).map_err(error::io("remove", &path))
+        crate::sys::fsutil::remove_file_if_exists(&path).map_err(error::io("remove", &path))?;
+        let name = format!("{vm}.json");
+        crate::sys::fsutil::remove_stale_temps(&config.records_dir, &[&name]).map_err(error::io("remove temp files in", &config.records_dir))
     }
 }
 

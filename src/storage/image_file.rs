@@ -76,12 +76,21 @@ impl<F: Format> ImageFile<F> {
         snapshot::dir_for(&self.path).join(format!("{name}.{}", F::EXT))
     }
 
+    /// Where [`Self::create`] makes the image before renaming it into
+    /// place. One name, not one per process: the VM's lease keeps out a
+    /// second writer, and a process killed half-way leaves a file that the
+    /// next create replaces and undefine removes (issue 11).
+    fn temp_file(&self) -> PathBuf {
+        snapshot::with_suffix(&self.path, ".tmp")
+    }
+
     /// Make a fresh image beside the path and rename it into place.
     fn create(&self) -> Result<(), StorageError> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(io_err(&self.volume, "create directory", dir))?;
         }
-        let tmp = self.path.with_extension(format!("{}.{}.tmp", F::EXT, std::process::id()));
+        let tmp = self.temp_file();
+        fsutil::remove_file_if_exists(&tmp).map_err(io_err(&self.volume, "remove", &tmp))?;
         let made = F::create(&self.volume, &tmp, self.size)
             .and_then(|_| std::fs::rename(&tmp, &self.path).map_err(io_err(&self.volume, "rename image into", &self.path)));
         if made.is_err() {
@@ -113,7 +122,7 @@ impl<F: Format> Volume for ImageFile<F> {
 
     fn undefine(&mut self) -> Result<(), StorageError> {
         snapshot::remove_all(&self.volume, &snapshot::dir_for(&self.path))?;
-        for leftover in [snapshot::with_suffix(&self.path, ".restore"), snapshot::with_suffix(&self.path, ".old")] {
+        for leftover in [snapshot::with_suffix(&self.path, ".restore"), snapshot::with_suffix(&self.path, ".old"), self.temp_file()] {
             fsutil::remove_file_if_exists(&leftover).map_err(io_err(&self.volume, "remove", &leftover))?;
         }
         fsutil::remove_file_if_exists(&self.path).map_err(io_err(&self.volume, "remove", &self.path))?;
@@ -202,5 +211,33 @@ impl<F: Format> Volume for ImageFile<F> {
             remove_if_empty(parent);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sparsefile::Raw;
+
+    /// A process killed between making the image under its temp name and
+    /// renaming it leaves the temp file: the next define makes the image
+    /// anyway, and undefine (a rollback's, too) leaves no directory.
+    #[test]
+    fn a_killed_create_leaves_nothing_that_define_or_undefine_keeps() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("vm1");
+        let mut img: ImageFile<Raw> = ImageFile { volume: "vm1/root".into(), path: dir.join("root.img"), size: 1 << 20, format: PhantomData };
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(img.temp_file(), "half").unwrap();
+        img.undefine().unwrap();
+        assert!(!dir.exists(), "undefine after a killed create left {:?}", std::fs::read_dir(&dir).map(|rd| rd.count()));
+
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(img.temp_file(), "half").unwrap();
+        img.define().unwrap();
+        assert_eq!(std::fs::metadata(dir.join("root.img")).unwrap().len(), 1 << 20);
+        assert!(!img.temp_file().exists());
+        img.undefine().unwrap();
+        assert!(!dir.exists());
     }
 }

@@ -66,6 +66,35 @@ pub fn link_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
     })
 }
 
+/// Is `entry` a temp name [`write_replace`] or [`link_atomic`] makes for
+/// the file `name` (`.NAME.PID.tmp`, `.NAME.PID.link`)?
+fn is_temp_of(entry: &str, name: &str) -> bool {
+    let Some(rest) = entry.strip_prefix('.').and_then(|e| e.strip_prefix(name)).and_then(|e| e.strip_prefix('.')) else {
+        return false;
+    };
+    let pid = rest.strip_suffix(".tmp").or_else(|| rest.strip_suffix(".link"));
+    pid.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Remove the temp files a process killed half-way through
+/// [`write_replace`] or [`link_atomic`] left for the files `names` in
+/// `dir`. Only for a caller that holds those files' lease, so that no
+/// live writer can own one; run where the files themselves are removed.
+pub fn remove_stale_temps(dir: &Path, names: &[&str]) -> std::io::Result<()> {
+    let rd = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    for entry in rd.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        if names.iter().any(|n| is_temp_of(&file, n)) {
+            remove_file_if_exists(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// (total, free) bytes of the file system holding `path`, or `None`.
 pub fn space(path: &Path) -> Option<(u64, u64)> {
     let mut p = path;
@@ -229,6 +258,20 @@ mod tests {
         assert_eq!(std::fs::read_dir(d.path().join("sub")).unwrap().count(), 1);
         assert!(link_atomic(&d.path().join("missing"), &to).is_err());
         assert_eq!(std::fs::read_to_string(&to).unwrap(), "two", "a failed link leaves the name as it was");
+    }
+
+    #[test]
+    fn stale_temps_of_the_named_files_are_removed_and_nothing_else() {
+        let d = tempfile::tempdir().unwrap();
+        let names = [".config.4242.tmp", ".config.7.link", ".a.json.99.tmp", "config", ".config.x.tmp", ".config.tmp", ".other.1.tmp", ".config.1.tmpx"];
+        for n in names {
+            std::fs::write(d.path().join(n), "x").unwrap();
+        }
+        remove_stale_temps(d.path(), &["config", "a.json"]).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, [".config.1.tmpx", ".config.tmp", ".config.x.tmp", ".other.1.tmp", "config"]);
+        assert!(remove_stale_temps(&d.path().join("missing"), &["config"]).is_ok(), "no directory, nothing to remove");
     }
 
     #[test]

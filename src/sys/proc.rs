@@ -46,6 +46,13 @@ pub fn alive(pid: i64, start: u64) -> bool {
     start_time(pid) == Some(start) && !zombie(pid)
 }
 
+/// Is some process `pid` alive (not a zombie)? Without a start time to
+/// compare, a reused pid counts as alive: for callers that only err on
+/// the side of keeping something.
+pub fn running(pid: i64) -> bool {
+    start_time(pid).is_some() && !zombie(pid)
+}
+
 /// Is `pid` a zombie (state `Z` in `/proc/PID/stat`, the field after the
 /// command name)?
 fn zombie(pid: i64) -> bool {

@@ -212,7 +212,10 @@ impl VmType for ExecVm {
     fn undefine(&self, vm: &VmName) -> Result<(), VmError> {
         self.simple("undefine", "undefine", vm)?;
         let path = self.file(vm);
-        fsutil::remove_file_if_exists(&path).map_err(|source| VmError::Io { step: "remove", path: path.clone(), source })
+        fsutil::remove_file_if_exists(&path).map_err(|source| VmError::Io { step: "remove", path: path.clone(), source })?;
+        // A process killed while writing it left its temp file (issue 11).
+        let name = format!("{vm}.json");
+        fsutil::remove_stale_temps(&self.dir, &[&name]).map_err(|source| VmError::Io { step: "remove temp files in", path: self.dir.clone(), source })
     }
 
     fn exists(&self, vm: &VmName) -> bool {

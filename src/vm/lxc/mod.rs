@@ -694,9 +694,12 @@ impl VmType for Lxc {
 
     fn undefine(&self, vm: &VmName) -> Result<(), VmError> {
         let dir = self.dir(vm);
-        for f in ["config", "lxc.log", "geats.pid", "geats.json", "geats.running.json", "seccomp", RECORD] {
+        const OWN: [&str; 7] = ["config", "lxc.log", "geats.pid", "geats.json", "geats.running.json", "seccomp", RECORD];
+        for f in OWN {
             remove_if_exists(&dir.join(f))?;
         }
+        // A process killed while writing one left its temp file (issue 11).
+        crate::sys::fsutil::remove_stale_temps(&dir, &OWN).map_err(Self::io("remove temp files in", &dir))?;
         if let Err(e) = crate::sys::fsutil::ignore_missing(std::fs::remove_dir(&dir)) {
             tracing::warn!(vm = %vm, dir = %dir.display(), error = %e, "left the container directory (it holds files geats did not write)");
         }

@@ -304,26 +304,12 @@ impl Lxc {
     /// ```
     /// gives `No such file or directory - Failed to attach ... doesn't exist`.
     fn log_error(&self, vm: &VmName) -> Option<String> {
-        let text = std::fs::read_to_string(self.file(vm, "lxc.log")).ok()?;
-        let line = text.lines().find(|l| l.contains(" ERROR "))?;
-        let re = regex_lite::Regex::new(r":\d+ - ").ok()?;
-        Some(match re.find(line) {
-            Some(m) => line[m.end()..].trim().to_string(),
-            None => line.trim().to_string(),
-        })
+        log_error_in(&self.read_log(vm)?)
     }
 
-    /// How the container's init ended, as the monitor logs it at level
-    /// INFO or finer when init exits (so only with `log_level = "INFO"`):
-    /// ```text
-    /// lxc-start c1 20261201120102.481 INFO     error - ../src/lxc/error.c:lxc_error_set_and_log:34 - Child <4242> ended on signal Killed(9)
-    /// ```
-    /// gives `init ended on signal Killed(9)`.
-    fn log_exit(&self, vm: &VmName) -> Option<String> {
-        let text = std::fs::read_to_string(self.file(vm, "lxc.log")).ok()?;
-        let line = text.lines().rev().find(|l| l.contains("lxc_error_set_and_log"))?;
-        let at = line.find("ended on ")?;
-        Some(format!("init {}", line[at..].trim()))
+    /// LXC's log of the container's last start (truncated at each).
+    fn read_log(&self, vm: &VmName) -> Option<String> {
+        std::fs::read_to_string(self.file(vm, "lxc.log")).ok()
     }
 
     fn read_meta(&self, vm: &VmName) -> Option<Meta> {
@@ -991,7 +977,9 @@ impl VmType for Lxc {
     }
 
     fn exit_reason(&self, vm: &VmName) -> Option<String> {
-        self.log_exit(vm).or_else(|| self.log_error(vm))
+        // One read of the log for both.
+        let text = self.read_log(vm)?;
+        log_exit_in(&text).or_else(|| log_error_in(&text))
     }
 
     /// The running container's cgroups, through its init.
@@ -1035,6 +1023,29 @@ struct Probe {
 
 fn usage_of(init: i32, cg: &state::Cgroups) -> Usage {
     Usage { memory_bytes: cg.memory(), memory_limit_bytes: cg.memory_limit(), cpu_seconds: cg.cpu_seconds(), pid: Some(i64::from(init)) }
+}
+
+/// The first ERROR line of LXC's log `text`, without its timestamp and
+/// source position ([`Lxc::log_error`]).
+fn log_error_in(text: &str) -> Option<String> {
+    let line = text.lines().find(|l| l.contains(" ERROR "))?;
+    let re = regex_lite::Regex::new(r":\d+ - ").ok()?;
+    Some(match re.find(line) {
+        Some(m) => line[m.end()..].trim().to_string(),
+        None => line.trim().to_string(),
+    })
+}
+
+/// How the container's init ended, as the monitor logs it at level INFO
+/// or finer when init exits (so only with `log_level = "INFO"`):
+/// ```text
+/// lxc-start c1 20261201120102.481 INFO     error - ../src/lxc/error.c:lxc_error_set_and_log:34 - Child <4242> ended on signal Killed(9)
+/// ```
+/// gives `init ended on signal Killed(9)`.
+fn log_exit_in(text: &str) -> Option<String> {
+    let line = text.lines().rev().find(|l| l.contains("lxc_error_set_and_log"))?;
+    let at = line.find("ended on ")?;
+    Some(format!("init {}", line[at..].trim()))
 }
 
 /// The configured address if the container has it, else its first one.

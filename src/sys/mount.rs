@@ -70,10 +70,35 @@ fn resolved(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// Is something mounted exactly on `path`?
+/// Is something mounted exactly on `path`? One `statx` where the kernel
+/// reports `STATX_ATTR_MOUNT_ROOT` (Linux 5.8+); else the mount points of
+/// mountinfo, which costs resolving every component of `path` and
+/// reading every mount of the host (a line per running container's root).
 pub fn is_mounted(path: &Path) -> bool {
-    let p = resolved(path);
-    mounts().iter().any(|m| m.mount_point == p)
+    mount_root(path).unwrap_or_else(|| {
+        let p = resolved(path);
+        mounts().iter().any(|m| m.mount_point == p)
+    })
+}
+
+/// Is `path` (symlinks followed) the root of a mount, as `statx` says?
+/// `None` where the kernel does not report it or the call fails for a
+/// reason other than the path not existing.
+fn mount_root(path: &Path) -> Option<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `c` is a NUL-terminated path and `st` a buffer of the size
+    // statx(2) writes; the kernel writes nothing else.
+    let r = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), libc::AT_STATX_SYNC_AS_STAT, 0, st.as_mut_ptr()) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error().raw_os_error();
+        return matches!(e, Some(libc::ENOENT) | Some(libc::ENOTDIR)).then_some(false);
+    }
+    // SAFETY: statx returned 0, so it filled `st` (zeroed before).
+    let st = unsafe { st.assume_init() };
+    let bit = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    (st.stx_attributes_mask & bit != 0).then_some(st.stx_attributes & bit != 0)
 }
 
 /// `mount -t FSTYPE [-o OPTIONS] SOURCE TARGET`.
@@ -130,6 +155,27 @@ mod tests {
         assert_eq!(m[0], MountEntry { mount_point: "/tmp/tm".into(), fstype: "ext4".into(), source: "/dev/loop0".into() });
         assert_eq!(m[1].mount_point, PathBuf::from("/tmp/a b"));
         assert_eq!(m[1].fstype, "overlay");
+    }
+
+    /// The `statx` answer agrees with mountinfo's, also through a symlink
+    /// and for paths that are not there.
+    #[test]
+    fn statx_and_mountinfo_agree_on_what_is_a_mount_point() {
+        let d = tempfile::tempdir().unwrap();
+        let link = d.path().join("proc-link");
+        std::os::unix::fs::symlink("/proc", &link).unwrap();
+        if mount_root(Path::new("/")).is_none() {
+            eprintln!("statx reports no STATX_ATTR_MOUNT_ROOT on this kernel (before 5.8): only the mountinfo path is checked");
+        }
+        let by_mountinfo = |p: &Path| {
+            let r = resolved(p);
+            mounts().iter().any(|m| m.mount_point == r)
+        };
+        for (p, want) in [(Path::new("/"), true), (Path::new("/proc"), true), (link.as_path(), true), (d.path(), false), (Path::new("/proc/self/fd"), false), (&d.path().join("missing"), false)] {
+            assert_eq!(by_mountinfo(p), want, "mountinfo on {}", p.display());
+            assert_eq!(is_mounted(p), want, "{}", p.display());
+            assert!(mount_root(p).is_none_or(|m| m == want), "statx on {}", p.display());
+        }
     }
 
     #[test]

@@ -150,7 +150,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::from(geats::agent::run(&a));
     }
-    let cli = geats::cli::Cli::parse();
+    let cli = geats::cli::Cli::parse_list(&args[1..]).unwrap_or_else(geats::cli::Cli::parse);
     init_logging(tracing::Level::WARN, cli.verbose, cli.quiet);
     ExitCode::from(geats::cli::run(cli))
 }

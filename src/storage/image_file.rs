@@ -84,6 +84,21 @@ impl<F: Format> ImageFile<F> {
         snapshot::with_suffix(&self.path, ".tmp")
     }
 
+    /// Remove the `NAME.EXT.PID.tmp` files that binaries before the fixed
+    /// [`Self::temp_file`] made, where one was killed while creating the
+    /// image (found on a host upgraded after such a crash).
+    fn remove_pid_temps(&self, dir: &Path) -> Result<(), StorageError> {
+        let Some(name) = self.path.file_name().map(|n| n.to_string_lossy().into_owned()) else { return Ok(()) };
+        let Ok(rd) = std::fs::read_dir(dir) else { return Ok(()) };
+        for e in rd.flatten() {
+            if e.file_name().to_str().and_then(|f| fsutil::temp_pid(f, &name, ".tmp")).is_some() {
+                let path = e.path();
+                fsutil::remove_file_if_exists(&path).map_err(io_err(&self.volume, "remove", &path))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Make a fresh image beside the path and rename it into place.
     fn create(&self) -> Result<(), StorageError> {
         if let Some(dir) = self.path.parent() {
@@ -127,6 +142,7 @@ impl<F: Format> Volume for ImageFile<F> {
         }
         fsutil::remove_file_if_exists(&self.path).map_err(io_err(&self.volume, "remove", &self.path))?;
         if let Some(dir) = self.path.parent() {
+            self.remove_pid_temps(dir)?;
             remove_if_empty(dir);
         }
         Ok(())
@@ -231,6 +247,15 @@ mod tests {
         std::fs::write(img.temp_file(), "half").unwrap();
         img.undefine().unwrap();
         assert!(!dir.exists(), "undefine after a killed create left {:?}", std::fs::read_dir(&dir).map(|rd| rd.count()));
+
+        // An older binary's temp name, with its pid, and a file that is
+        // not a temp of this volume.
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("root.img.4242.tmp"), "half").unwrap();
+        std::fs::write(dir.join("root.img.x.tmp"), "someone's").unwrap();
+        img.undefine().unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>(), ["root.img.x.tmp"]);
+        std::fs::remove_dir_all(&dir).unwrap();
 
         std::fs::create_dir(&dir).unwrap();
         std::fs::write(img.temp_file(), "half").unwrap();

@@ -63,8 +63,7 @@ pub fn valid_key(s: &str) -> bool {
 /// The pid in `entry` if it is a partial entry of the template `name`
 /// (`.NAME.PID.partial`).
 fn partial_pid(entry: &str, name: &str) -> Option<i64> {
-    let pid = entry.strip_prefix('.')?.strip_prefix(name)?.strip_prefix('.')?.strip_suffix(".partial")?;
-    pid.bytes().all(|b| b.is_ascii_digit()).then(|| pid.parse().ok()).flatten()
+    crate::sys::fsutil::temp_pid(entry, &format!(".{name}"), ".partial").map(i64::from)
 }
 
 /// Remove the partial entries of the template `name` whose process is

@@ -66,14 +66,18 @@ pub fn link_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
     })
 }
 
+/// The pid in `entry` if it is a per-process temp name `STEM.PID SUFFIX`
+/// (e.g. `.config.4242.tmp` for the stem `.config` and suffix `.tmp`).
+pub fn temp_pid(entry: &str, stem: &str, suffix: &str) -> Option<u32> {
+    let pid = entry.strip_prefix(stem)?.strip_prefix('.')?.strip_suffix(suffix)?;
+    pid.bytes().all(|b| b.is_ascii_digit()).then(|| pid.parse().ok()).flatten()
+}
+
 /// Is `entry` a temp name [`write_replace`] or [`link_atomic`] makes for
 /// the file `name` (`.NAME.PID.tmp`, `.NAME.PID.link`)?
 fn is_temp_of(entry: &str, name: &str) -> bool {
-    let Some(rest) = entry.strip_prefix('.').and_then(|e| e.strip_prefix(name)).and_then(|e| e.strip_prefix('.')) else {
-        return false;
-    };
-    let pid = rest.strip_suffix(".tmp").or_else(|| rest.strip_suffix(".link"));
-    pid.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    let stem = format!(".{name}");
+    temp_pid(entry, &stem, ".tmp").or_else(|| temp_pid(entry, &stem, ".link")).is_some()
 }
 
 /// Remove the temp files a process killed half-way through

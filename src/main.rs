@@ -28,7 +28,7 @@ fn init_logging(default: tracing::Level, verbose: u8, quiet: bool) {
 /// the formatting subscriber (`tracing_subscriber::fmt`, lines on stderr)
 /// only when the first event passes the filter. Most requests log
 /// nothing, and building that subscriber's span registry (a sharded slab)
-/// cost every request ~35K instructions and 8 page faults (issue 15).
+/// cost every request ~50K instructions and ~30 page faults (issue 15).
 struct Stderr {
     level: tracing::level_filters::LevelFilter,
     fmt: std::sync::OnceLock<Box<dyn tracing::Subscriber + Send + Sync>>,

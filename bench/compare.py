@@ -17,7 +17,7 @@ ONLY=WORD[,WORD] measures only the rows whose label contains one of them,
 VERBOSE=1 prints every pair, SETTLE (default 0.1) seconds of quiet after
 each untimed setup and teardown (see settle()).
 """
-import atexit, json, os, shutil, statistics, subprocess, sys, tarfile, io, tempfile, time
+import atexit, json, os, shutil, signal, statistics, subprocess, sys, tarfile, io, tempfile, time
 
 GEATS, CACHE = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
 PAIRS = int(os.environ.get("PAIRS", "15"))
@@ -90,6 +90,12 @@ def cleanup():
 
 
 atexit.register(cleanup)
+# atexit runs on a normal exit and after an exception, not when a signal
+# ends the process: a run stopped with SIGTERM or SIGHUP (a timeout, a
+# closed terminal) left its containers, mounts and loop device behind.
+# Turn those signals into SystemExit, so the cleanup runs.
+for _sig in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(_sig, lambda signum, frame: sys.exit(128 + signum))
 
 
 def log(msg):

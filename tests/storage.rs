@@ -611,7 +611,14 @@ fn storage_overlay_lifecycle_and_shared_template() {
     let Some(t) = make_template(fx.root(), "tiny") else { return };
     let mut a = fx.open("vm1", json!({"name": "root", "type": "ov"})).expect("open");
     a.define().expect("define");
-    a.activate().expect("activate");
+    // Before a clone, the root is only looked at: an overlay, read-only
+    // (no upper layer to set up, and none to sync when it is unmounted).
+    a.activate_to_clone().expect("activate to clone");
+    let dir = a.provides().path.expect("dir");
+    assert!(a.is_active());
+    assert!(common::mounts_under(&dir).iter().any(|m| m.fstype == "overlay"), "no overlay on {}", dir.display());
+    let err = std::fs::write(dir.join("probe"), "x").expect_err("the probe mount took a write");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     match a.clone_template(&t) {
         Err(e) if e.to_string().contains("not implemented") => {
             skip("storage_overlay_lifecycle_and_shared_template (template part)", &common::Missing::unverifiable("template::install is not implemented yet"));
@@ -621,9 +628,9 @@ fn storage_overlay_lifecycle_and_shared_template() {
         r => assert!(r.expect("clone_template"), "overlay shares templates"),
     }
     assert!(a.is_active(), "clone_template keeps the volume active");
-    let dir = a.provides().path.expect("dir");
     assert_eq!(std::fs::read_to_string(dir.join("etc/hostname")).expect("template content"), "tiny\n");
     std::fs::write(dir.join("etc/hostname"), "changed\n").expect("write");
+    assert!(!dir.join("probe").exists());
     let lower = cache_entry(&fx.root().join("var/lib/geats/overlay/.templates"), "tiny");
     assert_eq!(std::fs::read_to_string(lower.join("etc/hostname")).expect("shared copy"), "tiny\n", "a write reached the shared template");
     // A fresh instance (a new process) mounts the same layers again.

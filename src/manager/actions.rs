@@ -343,7 +343,10 @@ fn install_root(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition
     let name = root.name().clone();
     // A running VM's root stays active whatever happens.
     let undo = (!running).then_some(Undo::DeactivateVolume(0));
-    op.step(format!("activate volume {name}"), undo, |_| Ok(root.volume.activate()?))?;
+    // A fresh install's root is only looked at before the template
+    // replaces what it holds (`Volume::activate_to_clone`).
+    let cloning = fresh && template.is_some();
+    op.step(format!("activate volume {name}"), undo, |_| Ok(if cloning { root.volume.activate_to_clone() } else { root.volume.activate() }?))?;
     let dir = root.volume.provides().path_of(Kind::Directory).map(std::path::Path::to_path_buf);
     if let (Some(t), Some(dir)) = (template, &dir) {
         if fresh || is_empty_dir(dir) {

@@ -288,6 +288,15 @@ pub trait Volume: std::fmt::Debug {
     fn clone_template(&mut self, _template: &crate::template::Template) -> Result<bool, StorageError> {
         Ok(false)
     }
+    /// Activate it for a [`Volume::clone_template`] that follows at once:
+    /// until then the manager only looks at what it provides (its file
+    /// system, whether it is empty; `VmType::template_for`). A driver
+    /// whose clone makes the volume anew may present it read-only until
+    /// then, if that is cheaper; only one whose `clone_template` returns
+    /// `true` may. Default: [`Volume::activate`].
+    fn activate_to_clone(&mut self) -> Result<(), StorageError> {
+        self.activate()
+    }
     /// Take the snapshot `name` of the volume's current contents; returns
     /// the bytes it takes when the driver knows. Called on an inactive
     /// volume, or on an active one whose VM is frozen (the driver must

@@ -9,7 +9,8 @@
 //! volume made from none.
 //!
 //! `activate` mounts the overlay on `merged/`, `deactivate` unmounts it
-//! (whether it is mounted is read from `/proc/self/mountinfo`).
+//! (whether it is mounted is asked of the kernel, [`mount::is_mounted`]).
+//! Before a `clone_template`, `activate_to_clone` mounts it read-only.
 //!
 //! Snapshots live in the volume's directory, `snapshots/NAME/` holding
 //! `upper/` and `lower`: a copy of the volume's own layer (`cp -a
@@ -145,6 +146,26 @@ impl Volume for Overlay {
         let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), self.upper().display(), self.work().display());
         let merged = self.merged();
         mount::mount_data("overlay", &merged, "overlay", nix::mount::MsFlags::empty(), &opts).map_err(io_err(&self.volume, "mount overlay on", &merged))
+    }
+
+    /// Read-only, the volume's `upper/` and its template both as lower
+    /// layers: the same files as [`Volume::activate`] shows, on the same
+    /// kind of file system, but overlayfs sets up no upper layer. It then
+    /// neither checks and prepares `work/` when mounting nor syncs the
+    /// whole file system holding `upper/` when unmounting, which
+    /// [`Volume::clone_template`] does at once (mount and unmount 0.19
+    /// against 1.1 ms here, more on a host whose guests have written much).
+    fn activate_to_clone(&mut self) -> Result<(), StorageError> {
+        if self.is_active() {
+            return Ok(());
+        }
+        if !self.exists() {
+            return Err(StorageError::State { volume: self.volume.clone(), step: "activate", problem: format!("{} does not exist; define it first", self.dir.display()) });
+        }
+        self.mkdirs()?;
+        let opts = format!("lowerdir={}:{}", self.upper().display(), self.lower()?.display());
+        let merged = self.merged();
+        mount::mount_data("overlay", &merged, "overlay", nix::mount::MsFlags::MS_RDONLY, &opts).map_err(io_err(&self.volume, "mount overlay on", &merged))
     }
 
     fn deactivate(&mut self) -> Result<(), StorageError> {

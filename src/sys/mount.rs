@@ -122,13 +122,26 @@ pub fn mount_data(source: &str, target: &Path, fstype: &str, flags: nix::mount::
 /// Unmount `target`, only if something is mounted there (idempotent):
 /// `umount2(2)`, not following a symlink in its last component. `EINVAL`
 /// (not a mount point) and `ENOENT` are "nothing to do".
+///
+/// `EBUSY` is tried again for a moment: a process forked by any thread of
+/// any program holds the files its parent had open until it `exec`s
+/// (`O_CLOEXEC` closes them only then), so a mount that is free can read
+/// busy for a few milliseconds. One that stays busy (a shell inside it)
+/// fails after [`BUSY_FOR`].
 pub fn umount(target: &Path) -> std::io::Result<()> {
     use nix::errno::Errno;
-    match nix::mount::umount2(target, nix::mount::MntFlags::UMOUNT_NOFOLLOW) {
-        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
-        Err(e) => Err(std::io::Error::new(std::io::Error::from(e).kind(), format!("umount {}: {}", target.display(), e.desc()))),
+    let t = std::time::Instant::now();
+    loop {
+        match nix::mount::umount2(target, nix::mount::MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => return Ok(()),
+            Err(Errno::EBUSY) if t.elapsed() < BUSY_FOR => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(e) => return Err(std::io::Error::new(std::io::Error::from(e).kind(), format!("umount {}: {}", target.display(), e.desc()))),
+        }
     }
 }
+
+/// How long [`umount`] tries again a mount that reads busy.
+pub const BUSY_FOR: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// `fsfreeze --freeze TARGET`: flush the mounted file system to its
 /// device and block every write until [`thaw`]; what its device holds is
@@ -206,5 +219,36 @@ mod tests {
         assert!(is_mounted(&at), "umount followed a symlink");
         umount(&at).unwrap();
         assert!(!is_mounted(&at));
+    }
+
+    /// A mount that reads busy for a moment is unmounted once it is free;
+    /// one that stays busy fails, naming the reason, and stays mounted.
+    #[test]
+    fn umount_waits_out_a_moment_of_busy() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED umount_waits_out_a_moment_of_busy: needs root (mount(2))");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let at = d.path().join("m");
+        std::fs::create_dir(&at).unwrap();
+        mount_data("tmpfs", &at, "tmpfs", nix::mount::MsFlags::empty(), "size=1m").unwrap();
+        let held = std::fs::File::create(at.join("f")).unwrap();
+        let freed = std::thread::spawn(move || {
+            std::thread::sleep(BUSY_FOR / 4);
+            drop(held);
+        });
+        umount(&at).unwrap();
+        assert!(!is_mounted(&at));
+        freed.join().unwrap();
+
+        mount_data("tmpfs", &at, "tmpfs", nix::mount::MsFlags::empty(), "size=1m").unwrap();
+        let held = std::fs::File::create(at.join("f")).unwrap();
+        let t = std::time::Instant::now();
+        let e = umount(&at).unwrap_err();
+        assert!(t.elapsed() >= BUSY_FOR && e.to_string().contains("busy"), "{e}");
+        assert!(is_mounted(&at));
+        drop(held);
+        umount(&at).unwrap();
     }
 }

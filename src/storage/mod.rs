@@ -288,6 +288,18 @@ pub trait Volume: std::fmt::Debug {
     fn clone_template(&mut self, _template: &crate::template::Template) -> Result<bool, StorageError> {
         Ok(false)
     }
+    /// A directory of the file system that holds what is written into
+    /// this (active, freshly cloned) volume, when one `syncfs` of it costs
+    /// no more than an `fsync` of each of a few small files: an overlay,
+    /// whose unmount syncs its upper file system whole anyway (not btrfs,
+    /// whose `fsync` writes a log tree and whose `syncfs` commits a
+    /// transaction: 1.5 against 4.5 ms here). The manager then writes the
+    /// guest files of a fresh install without an `fsync` each and syncs
+    /// this once, before it records the install. `None` (the default):
+    /// an `fsync` per file.
+    fn sync_path(&self) -> Option<PathBuf> {
+        None
+    }
     /// Activate it for a [`Volume::clone_template`] that follows at once:
     /// until then the manager only looks at what it provides (its file
     /// system, whether it is empty; `VmType::template_for`). A driver

@@ -200,6 +200,12 @@ impl Volume for Overlay {
         mount::is_mounted(&self.merged())
     }
 
+    /// `upper/`: its file system is synced whole when the overlay is
+    /// unmounted anyway (`ovl_sync_fs`), which follows a fresh install.
+    fn sync_path(&self) -> Option<PathBuf> {
+        Some(self.upper())
+    }
+
     fn provides(&self) -> Provides {
         Provides::directory(self.merged())
     }

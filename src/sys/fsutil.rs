@@ -80,6 +80,15 @@ pub fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> std:
     res
 }
 
+/// Write everything of the file system holding `path` to stable storage
+/// (`syncfs(2)`): on some file systems one call costs what a single
+/// `fsync` does (storage::Volume::sync_path).
+pub fn syncfs(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path)?;
+    nix::unistd::syncfs(f.as_raw_fd()).map_err(std::io::Error::from)
+}
+
 /// Give the file `from` the name `to` as well (a hard link, not following
 /// a symlink), replacing whatever `to` was atomically: a link under a
 /// temp name in `to`'s directory, renamed over it. Fails across file

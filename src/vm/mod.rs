@@ -219,8 +219,11 @@ pub trait VmType: std::fmt::Debug {
 
     /// Write the guest's own configuration (hostname, firstboot config)
     /// into its root directory, which is active, after the template.
-    /// Only called when [`VmType::installs_templates`] is true.
-    fn write_guest_files(&self, _vm: &VmName, _def: &Definition, _root: &std::path::Path) -> Result<(), VmError> {
+    /// `durable`: `fsync` each file before it takes its name; when false,
+    /// the manager syncs the root's file system whole afterwards
+    /// (`storage::Volume::sync_path`). Only called when
+    /// [`VmType::installs_templates`] is true.
+    fn write_guest_files(&self, _vm: &VmName, _def: &Definition, _root: &std::path::Path, _durable: bool) -> Result<(), VmError> {
         Ok(())
     }
 

@@ -118,8 +118,9 @@ fn open_subdir(parent: &OwnedFd, name: &str, owner: Option<(u32, u32)>, shown: &
 }
 
 /// Write `data` as `name` in the directory `dir` atomically, replacing
-/// whatever was there (a symlink is replaced, not followed).
-fn write_in(dir: &OwnedFd, name: &str, data: &[u8], mode: u32, owner: Option<(u32, u32)>, shown: &Path) -> Result<(), VmError> {
+/// whatever was there (a symlink is replaced, not followed); `durable`:
+/// `fsync` it before it takes the name.
+fn write_in(dir: &OwnedFd, name: &str, data: &[u8], mode: u32, owner: Option<(u32, u32)>, shown: &Path, durable: bool) -> Result<(), VmError> {
     let tmp = format!(".{name}.geats-{}.tmp", std::process::id());
     let _ = nix::unistd::unlinkat(Some(dir.as_raw_fd()), tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -137,7 +138,7 @@ fn write_in(dir: &OwnedFd, name: &str, data: &[u8], mode: u32, owner: Option<(u3
             use std::os::unix::fs::PermissionsExt;
             f.set_permissions(std::fs::Permissions::from_mode(mode))
         })
-        .and_then(|_| f.sync_all())
+        .and_then(|_| if durable { f.sync_all() } else { Ok(()) })
         .map_err(|e| io_err("write", shown, e))
         .and_then(|_| renameat(Some(dir.as_raw_fd()), tmp.as_str(), Some(dir.as_raw_fd()), name).map_err(|e| io_err("rename into place", shown, e)));
     if res.is_err() {
@@ -148,16 +149,17 @@ fn write_in(dir: &OwnedFd, name: &str, data: &[u8], mode: u32, owner: Option<(u3
 
 /// Write `/etc/hostname` and `/etc/firstboot.config` under `root`, owned
 /// by `owner` (the container's root on the host when its files are
-/// shifted into an id map) or by the caller.
-pub fn write(vm: &VmName, def: &Definition, root: &Path, owner: Option<(u32, u32)>) -> Result<(), VmError> {
+/// shifted into an id map) or by the caller; `durable`: `fsync` each
+/// (else the caller syncs the file system).
+pub fn write(vm: &VmName, def: &Definition, root: &Path, owner: Option<(u32, u32)>, durable: bool) -> Result<(), VmError> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     let fd = nix::fcntl::open(root, flags, Mode::empty()).map_err(|e| io_err("open", root, e))?;
     // SAFETY: open returned a new descriptor that nothing else owns.
     let root_fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let etc = open_subdir(&root_fd, "etc", owner, Path::new("/etc"))?;
-    write_in(&etc, "hostname", format!("{vm}\n").as_bytes(), 0o644, owner, Path::new("/etc/hostname"))?;
+    write_in(&etc, "hostname", format!("{vm}\n").as_bytes(), 0o644, owner, Path::new("/etc/hostname"), durable)?;
     // 0600: metadata may carry secrets.
-    write_in(&etc, "firstboot.config", firstboot(vm, def).as_bytes(), 0o600, owner, Path::new("/etc/firstboot.config"))?;
+    write_in(&etc, "firstboot.config", firstboot(vm, def).as_bytes(), 0o600, owner, Path::new("/etc/firstboot.config"), durable)?;
     Ok(())
 }
 
@@ -207,7 +209,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.join("file"), root.join("etc/hostname")).unwrap();
         std::os::unix::fs::symlink(outside.join("fb"), root.join("etc/firstboot.config")).unwrap();
         let vm = VmName::new("web1").unwrap();
-        write(&vm, &def(serde_json::json!({})), &root, None).unwrap();
+        write(&vm, &def(serde_json::json!({})), &root, None, true).unwrap();
         assert_eq!(std::fs::read_to_string(outside.join("file")).unwrap(), "host");
         assert!(!outside.join("fb").exists());
         assert_eq!(std::fs::read_to_string(root.join("etc/hostname")).unwrap(), "web1\n");
@@ -223,20 +225,26 @@ mod tests {
         std::fs::create_dir(&root).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
         let vm = VmName::new("web1").unwrap();
-        let e = write(&vm, &def(serde_json::json!({})), &root, None).unwrap_err();
+        let e = write(&vm, &def(serde_json::json!({})), &root, None, true).unwrap_err();
         assert!(e.to_string().contains("symlink"), "{e}");
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
         // An /etc -> / style link made relative is refused too.
         std::fs::remove_file(root.join("etc")).unwrap();
         std::os::unix::fs::symlink("..", root.join("etc")).unwrap();
-        assert!(write(&vm, &def(serde_json::json!({})), &root, None).is_err());
+        assert!(write(&vm, &def(serde_json::json!({})), &root, None, true).is_err());
         assert!(!d.path().join("hostname").exists());
     }
 
     #[test]
     fn missing_etc_is_created() {
-        let d = tempfile::tempdir().unwrap();
-        write(&VmName::new("web1").unwrap(), &def(serde_json::json!({})), d.path(), None).unwrap();
-        assert!(d.path().join("etc/firstboot.config").is_file());
+        // Durable or left to a sync of the whole file system, the same files.
+        for durable in [true, false] {
+            let d = tempfile::tempdir().unwrap();
+            write(&VmName::new("web1").unwrap(), &def(serde_json::json!({})), d.path(), None, durable).unwrap();
+            assert!(d.path().join("etc/firstboot.config").is_file());
+            assert_eq!(std::fs::read_to_string(d.path().join("etc/hostname")).unwrap(), "web1\n");
+            let left: Vec<_> = std::fs::read_dir(d.path().join("etc")).unwrap().flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().ends_with(".tmp")).collect();
+            assert!(left.is_empty(), "{left:?}");
+        }
     }
 }

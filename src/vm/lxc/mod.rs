@@ -624,7 +624,7 @@ impl VmType for Lxc {
         Ok(t)
     }
 
-    fn write_guest_files(&self, vm: &VmName, def: &Definition, root: &Path) -> Result<(), VmError> {
+    fn write_guest_files(&self, vm: &VmName, def: &Definition, root: &Path, durable: bool) -> Result<(), VmError> {
         let (files, why) = self.files(vm, def, root)?;
         if let Ok(mut seen) = self.seen.lock() {
             *seen = Some((vm.clone(), files, why));
@@ -636,7 +636,7 @@ impl VmType for Lxc {
                 std::os::unix::fs::lchown(root, Some(u), Some(g)).map_err(Self::io("chown", root))?;
             }
         }
-        guest::write(vm, def, root, owner)
+        guest::write(vm, def, root, owner, durable)
     }
 
     /// The cgroup warm-up of [`state::MigrationWarmup`], begun only when

@@ -538,7 +538,7 @@ fn storage_btrfs_lifecycle_and_template_snapshot() {
     let mut a = fx.open("vm1", json!({"name": "root", "type": "bt"})).expect("open");
     a.define().expect("define");
     a.activate().expect("activate");
-    match a.clone_template(&t) {
+    match a.clone_template(&t, true) {
         Err(e) if e.to_string().contains("not implemented") => {
             skip("storage_btrfs_lifecycle_and_template_snapshot (template part)", &common::Missing::unverifiable("template::install is not implemented yet"));
             a.undefine().expect("undefine");
@@ -560,7 +560,7 @@ fn storage_btrfs_lifecycle_and_template_snapshot() {
     let mut b = fx.open("vm2", json!({"name": "root", "type": "bt"})).expect("open");
     b.define().expect("define");
     b.activate().expect("activate");
-    assert!(b.clone_template(&t).expect("clone again"));
+    assert!(b.clone_template(&t, true).expect("clone again"));
     let bdir = b.provides().path.expect("dir");
     assert_eq!(std::fs::read_to_string(bdir.join("etc/hostname")).expect("template content"), "tiny\n", "a volume's writes leaked into the template");
     a.format().expect("format");
@@ -619,7 +619,7 @@ fn storage_overlay_lifecycle_and_shared_template() {
     assert!(common::mounts_under(&dir).iter().any(|m| m.fstype == "overlay"), "no overlay on {}", dir.display());
     let err = std::fs::write(dir.join("probe"), "x").expect_err("the probe mount took a write");
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
-    match a.clone_template(&t) {
+    match a.clone_template(&t, true) {
         Err(e) if e.to_string().contains("not implemented") => {
             skip("storage_overlay_lifecycle_and_shared_template (template part)", &common::Missing::unverifiable("template::install is not implemented yet"));
             a.undefine().expect("undefine");
@@ -647,7 +647,7 @@ fn storage_overlay_lifecycle_and_shared_template() {
     let mut c = fx.open("vm2", json!({"name": "root", "type": "ov"})).expect("open");
     c.define().expect("define");
     c.activate().expect("activate");
-    assert!(c.clone_template(&t2).expect("clone the new archive"));
+    assert!(c.clone_template(&t2, false).expect("clone the new archive"));
     let cdir = c.provides().path.expect("dir");
     assert_eq!(std::fs::read_to_string(cdir.join("etc/hostname")).expect("new content"), "tiny v2 with more bytes\n");
     a2.activate().expect("the old volume still mounts");

@@ -125,7 +125,7 @@ fn issue_18_overlay_snapshots_copy_no_template() {
     let mut vol = fx.open("vm1", json!({"name": "root", "type": "ov"})).expect("open");
     vol.define().expect("define");
     vol.activate().expect("activate");
-    assert!(vol.clone_template(&t).expect("clone"));
+    assert!(vol.clone_template(&t, true).expect("clone"));
     let dir = vol.provides().path.expect("dir");
     // A whiteout: a template file the volume deleted must stay deleted.
     std::fs::remove_file(dir.join("etc/hostname")).expect("rm");

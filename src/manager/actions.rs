@@ -348,13 +348,17 @@ fn install_root(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition
     let cloning = fresh && template.is_some();
     op.step(format!("activate volume {name}"), undo, |_| Ok(if cloning { root.volume.activate_to_clone() } else { root.volume.activate() }?))?;
     let dir = root.volume.provides().path_of(Kind::Directory).map(std::path::Path::to_path_buf);
+    // A fresh root that syncs whole at less cost than a file at a time
+    // (`Volume::sync_path`): the clone's files and the guest files without
+    // an fsync each, then one `syncfs`, before the install is recorded.
+    let whole = if fresh && !running && dir.is_some() { root.volume.sync_path() } else { None };
     if let (Some(t), Some(dir)) = (template, &dir) {
         if fresh || is_empty_dir(dir) {
             op.step(format!("install template {}", t.name), None, |_| {
                 // The template as this VM's root must receive it (LXC
                 // shifts owners into an unprivileged container's id map).
                 let t = vmt.template_for(vm, def, dir, t.clone())?;
-                if !root.volume.clone_template(&t)? {
+                if !root.volume.clone_template(&t, whole.is_none())? {
                     template::install(&t, dir)?;
                 }
                 Ok(())
@@ -362,10 +366,6 @@ fn install_root(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition
         }
     }
     if let Some(dir) = &dir {
-        // A fresh root that syncs whole at less cost than a file at a time
-        // (`Volume::sync_path`): the guest files without an fsync each,
-        // then one `syncfs`, before the install is recorded.
-        let whole = if fresh && !running { root.volume.sync_path() } else { None };
         op.step("write guest configuration", None, |_| {
             vmt.write_guest_files(vm, def, dir, whole.is_none())?;
             match &whole {

@@ -196,7 +196,7 @@ impl Volume for Btrfs {
         format!("btrfs subvolume {}", self.path.display())
     }
 
-    fn clone_template(&mut self, template: &Template) -> Result<bool, StorageError> {
+    fn clone_template(&mut self, template: &Template, _durable: bool) -> Result<bool, StorageError> {
         let source = template_cache::ensure(&self.volume, &self.templates(), template, &SubvolumeCache(&self.volume))?;
         // The volume is empty (the manager only installs onto an empty
         // one); replace it by a writable snapshot of the template.

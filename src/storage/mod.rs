@@ -284,8 +284,10 @@ pub trait Volume: std::fmt::Debug {
     /// Put `template` onto this (active, empty) volume without unpacking
     /// it, e.g. as a btrfs snapshot or an overlay over a shared unpacked
     /// copy. Returns `false` when the driver cannot, and the manager then
-    /// unpacks the archive into the directory it provides.
-    fn clone_template(&mut self, _template: &crate::template::Template) -> Result<bool, StorageError> {
+    /// unpacks the archive into the directory it provides. `durable`:
+    /// `fsync` what it writes; when false, the manager syncs the file
+    /// system of [`Volume::sync_path`] before it records the install.
+    fn clone_template(&mut self, _template: &crate::template::Template, _durable: bool) -> Result<bool, StorageError> {
         Ok(false)
     }
     /// A directory of the file system that holds what is written into
@@ -295,8 +297,9 @@ pub trait Volume: std::fmt::Debug {
     /// whose `fsync` writes a log tree and whose `syncfs` commits a
     /// transaction: 1.5 against 4.5 ms here). The manager then writes the
     /// guest files of a fresh install without an `fsync` each and syncs
-    /// this once, before it records the install. `None` (the default):
-    /// an `fsync` per file.
+    /// this once, before it records the install (and asks
+    /// [`Volume::clone_template`] for no `fsync` either). `None` (the
+    /// default): an `fsync` per file.
     fn sync_path(&self) -> Option<PathBuf> {
         None
     }

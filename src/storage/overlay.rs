@@ -227,7 +227,7 @@ impl Volume for Overlay {
         format!("overlay {}", self.dir.display())
     }
 
-    fn clone_template(&mut self, template: &Template) -> Result<bool, StorageError> {
+    fn clone_template(&mut self, template: &Template, durable: bool) -> Result<bool, StorageError> {
         let lower = template_cache::ensure(&self.volume, &self.templates(), template, &DirCache(&self.volume))?;
         let entry = lower.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let was_active = self.is_active();
@@ -236,7 +236,8 @@ impl Volume for Overlay {
         empty_dir(&self.volume, &self.upper())?;
         empty_dir(&self.volume, &self.work())?;
         let lf = self.lower_file();
-        crate::sys::fsutil::write_atomic(&lf, entry.as_bytes(), 0o644).map_err(io_err(&self.volume, "write", &lf))?;
+        // Beside `upper/`, on the file system of [`Volume::sync_path`].
+        crate::sys::fsutil::write_replace(&lf, entry.as_bytes(), 0o644, durable).map_err(io_err(&self.volume, "write", &lf))?;
         if was_active {
             self.activate()?;
         }

@@ -76,19 +76,14 @@ impl Db {
         })
     }
 
-    /// Record the step about to run, before its side effect.
-    pub fn journal_pending(&mut self, id: JournalId, step: &str) -> Result<(), DbError> {
+    /// Record the step about to run, before its side effect, with the
+    /// steps completed before it: one transaction per step. The last step
+    /// stays `pending` until the entry ends; a repair takes a pending step
+    /// as begun, maybe done (as for one killed while it ran).
+    pub fn journal_pending(&mut self, id: JournalId, done: &[String], step: &str) -> Result<(), DbError> {
+        let s = serde_json::to_string(done).unwrap_or_else(|_| "[]".into());
         self.write(|tx| {
-            tx.execute("UPDATE journal SET pending = ?2 WHERE id = ?1", params![id, step]).map_err(q("write journal"))?;
-            Ok(())
-        })
-    }
-
-    /// Record the steps completed so far (the pending one among them).
-    pub fn journal_steps(&mut self, id: JournalId, steps: &[String]) -> Result<(), DbError> {
-        let s = serde_json::to_string(steps).unwrap_or_else(|_| "[]".into());
-        self.write(|tx| {
-            tx.execute("UPDATE journal SET steps = ?2, pending = NULL WHERE id = ?1", params![id, s]).map_err(q("write journal"))?;
+            tx.execute("UPDATE journal SET steps = ?2, pending = ?3 WHERE id = ?1", params![id, s, step]).map_err(q("write journal"))?;
             Ok(())
         })
     }

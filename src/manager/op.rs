@@ -158,14 +158,14 @@ impl<'a> Op<'a> {
     }
 
     /// Run a step: in a dry run only record `desc`; otherwise journal it
-    /// as begun (intent first), run `f`, journal it as done, and remember
-    /// `undo`.
+    /// as begun (intent first, and the steps done before it), run `f`,
+    /// and remember `undo`.
     pub fn step(&mut self, desc: impl Into<String>, undo: Option<Undo>, f: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
         let desc = desc.into();
         if !self.dry {
             tracing::debug!(step = %desc, "running");
             if let (Some(id), Some(db)) = (self.journal()?, self.db.as_deref_mut()) {
-                db.journal_pending(id, &desc)?;
+                db.journal_pending(id, &self.steps, &desc)?;
             }
             let n = self.steps.len();
             if let Some(k) = &self.kill_at {
@@ -180,9 +180,8 @@ impl<'a> Op<'a> {
         if let Some(u) = undo {
             self.undo.push(u);
         }
-        if let (Some(id), Some(db)) = (self.journal, self.db.as_deref_mut()) {
-            db.journal_steps(id, &self.steps)?;
-        }
+        // Its completion is journaled with the next step, or when the entry
+        // ends (`journal_pending`).
         Ok(())
     }
 

@@ -78,7 +78,8 @@ impl Manager {
             let done = entry.steps.len() + 1;
             let mut steps = entry.steps.clone();
             steps.push(match &entry.pending {
-                Some(p) => format!("(killed during: {p})"),
+                // A step's end is journaled with the next one's start.
+                Some(p) => format!("(killed during or just after: {p})"),
                 None => "(killed between steps)".to_string(),
             });
             let mut op = Op::resume(&self.config, db, meta, entry.id, steps);

@@ -107,6 +107,34 @@ impl Overlay {
         }
     }
 
+    /// Mount the overlay on `merged/` unless it is mounted: over the
+    /// template with `upper/` and `work/`, or read-only with `upper/` as
+    /// a second lower layer ([`Volume::activate_to_clone`]).
+    fn mount(&self, read_only: bool) -> Result<(), StorageError> {
+        if self.is_active() {
+            // A read-only mount is a clone's probe that a killed action
+            // left: it is not the volume a VM may run on.
+            let probe = || nix::sys::statvfs::statvfs(&self.merged()).is_ok_and(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
+            if read_only || !probe() {
+                return Ok(());
+            }
+            let merged = self.merged();
+            mount::umount(&merged).map_err(io_err(&self.volume, "unmount overlay from", &merged))?;
+        }
+        if !self.exists() {
+            return Err(StorageError::State { volume: self.volume.clone(), step: "activate", problem: format!("{} does not exist; define it first", self.dir.display()) });
+        }
+        self.mkdirs()?;
+        let lower = self.lower()?;
+        let (opts, flags) = if read_only {
+            (format!("lowerdir={}:{}", self.upper().display(), lower.display()), nix::mount::MsFlags::MS_RDONLY)
+        } else {
+            (format!("lowerdir={},upperdir={},workdir={}", lower.display(), self.upper().display(), self.work().display()), nix::mount::MsFlags::empty())
+        };
+        let merged = self.merged();
+        mount::mount_data("overlay", &merged, "overlay", flags, &opts).map_err(io_err(&self.volume, "mount overlay on", &merged))
+    }
+
     fn mkdirs(&self) -> Result<(), StorageError> {
         for d in [self.upper(), self.work(), self.merged()] {
             std::fs::create_dir_all(&d).map_err(io_err(&self.volume, "create", &d))?;
@@ -135,17 +163,7 @@ impl Volume for Overlay {
     }
 
     fn activate(&mut self) -> Result<(), StorageError> {
-        if self.is_active() {
-            return Ok(());
-        }
-        if !self.exists() {
-            return Err(StorageError::State { volume: self.volume.clone(), step: "activate", problem: format!("{} does not exist; define it first", self.dir.display()) });
-        }
-        self.mkdirs()?;
-        let lower = self.lower()?;
-        let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), self.upper().display(), self.work().display());
-        let merged = self.merged();
-        mount::mount_data("overlay", &merged, "overlay", nix::mount::MsFlags::empty(), &opts).map_err(io_err(&self.volume, "mount overlay on", &merged))
+        self.mount(false)
     }
 
     /// Read-only, the volume's `upper/` and its template both as lower
@@ -156,16 +174,7 @@ impl Volume for Overlay {
     /// [`Volume::clone_template`] does at once (mount and unmount 0.19
     /// against 1.1 ms here, more on a host whose guests have written much).
     fn activate_to_clone(&mut self) -> Result<(), StorageError> {
-        if self.is_active() {
-            return Ok(());
-        }
-        if !self.exists() {
-            return Err(StorageError::State { volume: self.volume.clone(), step: "activate", problem: format!("{} does not exist; define it first", self.dir.display()) });
-        }
-        self.mkdirs()?;
-        let opts = format!("lowerdir={}:{}", self.upper().display(), self.lower()?.display());
-        let merged = self.merged();
-        mount::mount_data("overlay", &merged, "overlay", nix::mount::MsFlags::MS_RDONLY, &opts).map_err(io_err(&self.volume, "mount overlay on", &merged))
+        self.mount(true)
     }
 
     fn deactivate(&mut self) -> Result<(), StorageError> {

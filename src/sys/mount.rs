@@ -191,15 +191,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn mount_and_umount_through_the_kernel() {
+    /// An empty directory to mount on, in a temp dir; `None` (the test
+    /// skips, saying so) unless root.
+    fn mount_point(test: &str) -> Option<(tempfile::TempDir, PathBuf)> {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED mount_and_umount_through_the_kernel: needs root (mount(2))");
-            return;
+            eprintln!("SKIPPED {test}: needs root (mount(2))");
+            return None;
         }
         let d = tempfile::tempdir().unwrap();
         let at = d.path().join("m");
         std::fs::create_dir(&at).unwrap();
+        Some((d, at))
+    }
+
+    #[test]
+    fn mount_and_umount_through_the_kernel() {
+        let Some((d, at)) = mount_point("mount_and_umount_through_the_kernel") else { return };
         // Nothing mounted, or nothing there at all: nothing to do.
         umount(&at).unwrap();
         umount(&d.path().join("missing")).unwrap();
@@ -225,13 +232,7 @@ mod tests {
     /// one that stays busy fails, naming the reason, and stays mounted.
     #[test]
     fn umount_waits_out_a_moment_of_busy() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED umount_waits_out_a_moment_of_busy: needs root (mount(2))");
-            return;
-        }
-        let d = tempfile::tempdir().unwrap();
-        let at = d.path().join("m");
-        std::fs::create_dir(&at).unwrap();
+        let Some((_d, at)) = mount_point("umount_waits_out_a_moment_of_busy") else { return };
         mount_data("tmpfs", &at, "tmpfs", nix::mount::MsFlags::empty(), "size=1m").unwrap();
         let held = std::fs::File::create(at.join("f")).unwrap();
         let freed = std::thread::spawn(move || {

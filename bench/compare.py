@@ -85,8 +85,10 @@ def cleanup():
     if loopdev[0]:
         subprocess.run(["losetup", "-d", loopdev[0]], stderr=subprocess.DEVNULL)
     shutil.rmtree(work, ignore_errors=True)
-    for lp in (LP, LP_DEB, LP_DEBB):
-        shutil.rmtree("/run/lxc/lock" + lp, ignore_errors=True)
+    # LXC's lock directories mirror each lxcpath under /run/lxc/lock:
+    # the whole tree of this run, not only the lxcpaths' leaves (which left
+    # an empty directory chain per run behind).
+    shutil.rmtree("/run/lxc/lock" + work, ignore_errors=True)
 
 
 atexit.register(cleanup)

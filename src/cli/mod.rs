@@ -636,7 +636,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             let vm = vm_name(&name)?;
             let (rec, vmt) = m.vm_type_of(&vm)?;
             let ip = vmt
-                .primary_ip(&vm, &rec.definition)
+                .primary_ip(&vm, &rec.definition.network)
                 .ok_or_else(|| Error::InvalidState { vm: vm.clone(), action: "ssh", reason: "it has no known IP address (is it running?)".into() })?;
             let mut argv = vec!["ssh".to_string()];
             argv.extend(args);

@@ -136,11 +136,16 @@ pub fn stdout_raw() -> std::io::Result<std::fs::File> {
     Ok(std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?))
 }
 
-fn render(headers: &[&str], rows: &[Vec<String>]) {
+fn render<C: AsRef<str>>(headers: &[&str], rows: &[impl AsRef<[C]>]) {
+    // Columns are as wide as their widest cell, in characters (a byte
+    // count for the usual ASCII cell).
+    let width = |c: &str| if c.is_ascii() { c.len() } else { c.chars().count() };
     let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
+        for (i, c) in r.as_ref().iter().enumerate() {
+            if let Some(w) = w.get_mut(i) {
+                *w = (*w).max(width(c.as_ref()));
+            }
         }
     }
     // The whole table in one buffer and one write: a line at a time was
@@ -152,18 +157,24 @@ fn render(headers: &[&str], rows: &[Vec<String>]) {
                 out.push_str("  ");
             }
             out.push_str(c);
-            let pad = w.get(i).copied().unwrap_or(0).saturating_sub(c.chars().count());
-            out.extend(std::iter::repeat(' ').take(pad));
+            let mut pad = w.get(i).copied().unwrap_or(0).saturating_sub(width(c));
+            while pad > 0 {
+                let n = pad.min(SPACES.len());
+                out.push_str(&SPACES[..n]);
+                pad -= n;
+            }
         }
         out.truncate(out.trim_end_matches(' ').len());
         out.push('\n');
     };
     line(&mut headers.iter().copied());
     for r in rows {
-        line(&mut r.iter().map(String::as_str));
+        line(&mut r.as_ref().iter().map(AsRef::as_ref));
     }
     print!("{out}");
 }
+
+const SPACES: &str = "                                ";
 
 /// `geats snapshots VM`: name, created, size; oldest first.
 pub fn print_snapshots(rows: &[crate::manager::reply::SnapshotInfo]) {
@@ -173,19 +184,21 @@ pub fn print_snapshots(rows: &[crate::manager::reply::SnapshotInfo]) {
 
 /// The `geats list` table.
 pub fn print_list(rows: &[ListRow]) {
-    let cells: Vec<Vec<String>> = rows
+    use std::borrow::Cow;
+    let cells: Vec<[Cow<'_, str>; 6]> = rows
         .iter()
         .map(|r| {
-            vec![
-                r.name.to_string(),
+            [
+                Cow::Borrowed(r.name.as_str()),
                 match &r.state {
-                    RowState::Observed(s) => state_str(s),
-                    RowState::Kept => "kept".into(),
+                    RowState::Observed(s) if s.substate == s.power.as_str() => Cow::Borrowed(s.substate.as_str()),
+                    RowState::Observed(s) => Cow::Owned(state_str(s)),
+                    RowState::Kept => Cow::Borrowed("kept"),
                 },
-                if r.locked { "yes".into() } else { "no".into() },
-                r.vm_type.to_string(),
-                r.ip.clone().unwrap_or_else(|| "-".into()),
-                megabytes(r.ram),
+                Cow::Borrowed(if r.locked { "yes" } else { "no" }),
+                Cow::Borrowed(r.vm_type.as_str()),
+                Cow::Borrowed(r.ip.as_deref().unwrap_or("-")),
+                Cow::Owned(megabytes(r.ram)),
             ]
         })
         .collect();

@@ -430,6 +430,38 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
     }
 
+    /// `geats list` reads the rows it shows, parsing of each definition
+    /// only `ram` and `network`: kept VMs are left out, and a stored text
+    /// that is not JSON is reported, not skipped.
+    #[test]
+    fn listed_rows_read_ram_network_and_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::create(&dir.path().join("g.db"), std::time::Duration::from_secs(1)).unwrap();
+        let rows = [
+            ("a", r#"{"network":[{"name":"eth0","type":"veth","ipaddr":"10.0.0.5/24"}],"ram":256,"storage":[{"name":"root","type":"dir"}]}"#, 1, 1),
+            ("b", r#"{"storage":[{"name":"root","type":"dir","extra":{"deep":[1,2]}}]}"#, 0, 1),
+            ("c", r#"{"ram":64}"#, 0, 0),
+        ];
+        for (name, def, locked, defined) in rows {
+            db.conn()
+                .execute(
+                    "INSERT INTO vms (name, vm_type, definition, locked, defined, created, updated) VALUES (?1, 'dummy', ?2, ?3, ?4, 'x', 'x')",
+                    rusqlite::params![name, def, locked, defined],
+                )
+                .unwrap();
+        }
+        let listed = db.vms_listed().unwrap();
+        let names: Vec<&str> = listed.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"], "the kept VM c is not listed");
+        assert_eq!((listed[0].ram, listed[0].locked, listed[0].vm_type.as_str()), (Some(256), true, "dummy"));
+        assert_eq!(listed[0].network.len(), 1);
+        assert_eq!(listed[0].network[0].cidr().unwrap().map(|c| c.addr.to_string()), Some("10.0.0.5".into()));
+        assert_eq!((listed[1].ram, listed[1].locked, listed[1].network.len()), (None, false, 0));
+        db.conn().execute("UPDATE vms SET definition = '{\"ram\":1' WHERE name = 'b'", []).unwrap();
+        let e = db.vms_listed().unwrap_err();
+        assert!(e.to_string().contains("definition of b"), "{e}");
+    }
+
     #[test]
     fn wal_files_stay_and_the_wal_is_emptied() {
         let dir = tempfile::tempdir().unwrap();

@@ -4,7 +4,7 @@ use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use super::{q, Db, DbError};
-use crate::definition::{Definition, DefinitionJson};
+use crate::definition::{Definition, DefinitionJson, Nic};
 use crate::names::{TypeName, VmName, VolumeName};
 
 /// What geats knows about a VM (not its running state).
@@ -72,6 +72,32 @@ struct SummaryFields {
     ram: Option<u64>,
     #[serde(default)]
     privileged: bool,
+}
+
+/// A defined VM as `geats list` reads it: of its definition only what
+/// the list shows or needs to choose the primary address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmListed {
+    /// Its name.
+    pub name: VmName,
+    /// Its VM type.
+    pub vm_type: TypeName,
+    /// The admin lock.
+    pub locked: bool,
+    /// `definition.ram`.
+    pub ram: Option<u64>,
+    /// `definition.network`.
+    pub network: Vec<Nic>,
+}
+
+/// What `geats list` reads from a stored definition (as
+/// [`SummaryFields`]: the rest is checked to be JSON, not built).
+#[derive(Deserialize)]
+struct ListedFields {
+    #[serde(default)]
+    ram: Option<u64>,
+    #[serde(default)]
+    network: Vec<Nic>,
 }
 
 /// What a storage driver recorded about one volume.
@@ -154,6 +180,17 @@ fn text<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> Result<&'a str, DbError> {
     r.get_ref(i).map_err(q("list VMs"))?.as_str().map_err(|e| corrupt("VM row", e))
 }
 
+/// VM `name`'s type from its column `t`. Most hosts use one VM type or
+/// two: a name equal to the last row's is not checked again.
+fn type_of(name: &VmName, t: &str, last: &mut Option<TypeName>) -> Result<TypeName, DbError> {
+    if let Some(l) = last.as_ref().filter(|l| l.as_str() == t) {
+        return Ok(l.clone());
+    }
+    let t = TypeName::new(t).map_err(|e| corrupt(&format!("VM type of {name}"), e))?;
+    *last = Some(t.clone());
+    Ok(t)
+}
+
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
     let desired = r.get_ref(7)?.as_str_or_null().ok().flatten().and_then(Desired::parse);
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, desired, r.get(8)?, r.get(9)?))
@@ -191,18 +228,10 @@ impl Db {
         let mut st = self.conn().prepare_cached(SQL).map_err(q("list VMs"))?;
         let mut rows = st.query([]).map_err(q("list VMs"))?;
         let (mut defined, mut kept) = (Vec::new(), Vec::new());
-        // Most hosts use one VM type or two: its name is checked once.
         let mut last_type: Option<TypeName> = None;
         while let Some(r) = rows.next().map_err(q("list VMs"))? {
             let name = VmName::new(text(r, 0)?).map_err(|e| corrupt("VM name", e))?;
-            let vm_type = match (text(r, 1)?, &last_type) {
-                (t, Some(last)) if t == last.as_str() => last.clone(),
-                (t, _) => {
-                    let t = TypeName::new(t).map_err(|e| corrupt(&format!("VM type of {name}"), e))?;
-                    last_type = Some(t.clone());
-                    t
-                }
-            };
+            let vm_type = type_of(&name, text(r, 1)?, &mut last_type)?;
             let def = text(r, 2)?;
             let fields: SummaryFields = serde_json::from_str(def).map_err(|e| corrupt(&format!("definition of {name}"), e))?;
             let desired = r.get_ref(3).map_err(q("list VMs"))?.as_str_or_null().ok().flatten().and_then(Desired::parse);
@@ -219,6 +248,24 @@ impl Db {
             if is_defined { defined.push(summary) } else { kept.push(summary) }
         }
         Ok((defined, kept))
+    }
+
+    /// Every defined VM as `geats list` reads it, by name: no whole
+    /// definition is built, and no column read that the list does not show.
+    pub fn vms_listed(&self) -> Result<Vec<VmListed>, DbError> {
+        const SQL: &str = "SELECT name, vm_type, definition, locked FROM vms WHERE defined = 1 ORDER BY name";
+        let mut st = self.conn().prepare_cached(SQL).map_err(q("list VMs"))?;
+        let mut rows = st.query([]).map_err(q("list VMs"))?;
+        let mut out = Vec::new();
+        let mut last_type: Option<TypeName> = None;
+        while let Some(r) = rows.next().map_err(q("list VMs"))? {
+            let name = VmName::new(text(r, 0)?).map_err(|e| corrupt("VM name", e))?;
+            let vm_type = type_of(&name, text(r, 1)?, &mut last_type)?;
+            let fields: ListedFields = serde_json::from_str(text(r, 2)?).map_err(|e| corrupt(&format!("definition of {name}"), e))?;
+            let locked: bool = r.get(3).map_err(q("list VMs"))?;
+            out.push(VmListed { name, vm_type, locked, ram: fields.ram, network: fields.network });
+        }
+        Ok(out)
     }
 
     /// The volumes of a VM, root first.

@@ -111,23 +111,23 @@ impl Manager {
     /// look per VM type (state and IP together).
     pub fn list(&self) -> Result<Vec<ListRow>> {
         let db = self.db_read()?;
-        let records = match db.as_ref() {
-            Some(db) => db.vms(false)?,
+        let listed = match db.as_ref() {
+            Some(db) => db.vms_listed()?,
             None => Vec::new(),
         };
         let mut looks = BTreeMap::new();
-        for (t, vms) in by_type(records.iter().map(|r| (&r.vm_type, (&r.name, &r.definition)))) {
+        for (t, vms) in by_type(listed.iter().map(|r| (&r.vm_type, (&r.name, r.network.as_slice())))) {
             let vmt = vm::build(&self.config, t)?;
-            looks.extend(vms.iter().map(|(n, _)| *n).zip(vmt.looks(&vms, vm::Depth::Ip)));
+            looks.extend(vms.iter().map(|(n, _)| *n).zip(vmt.looks(&vms)));
         }
-        Ok(records
+        Ok(listed
             .iter()
             .map(|r| {
                 let (state, ip) = match looks.remove(&r.name) {
                     Some(l) => (l.state, l.ip),
                     None => (VmState::plain(crate::state::Power::Unknown), None),
                 };
-                ListRow { name: r.name.clone(), state: RowState::Observed(state), locked: r.locked, vm_type: r.vm_type.clone(), ip, ram: r.definition.ram }
+                ListRow { name: r.name.clone(), state: RowState::Observed(state), locked: r.locked, vm_type: r.vm_type.clone(), ip, ram: r.ram }
             })
             .collect())
     }
@@ -201,9 +201,7 @@ impl Manager {
         let read_at = self.read_started();
         let vmt = vm::build(&self.config, &rec.vm_type)?;
         // State, usage, IP and pending changes from one look.
-        let look = vmt.looks(&[(vm, &rec.definition)], vm::Depth::Full).pop();
-        let vm::Look { state, usage, ip, pending } =
-            look.unwrap_or_else(|| vm::Look { state: VmState::plain(crate::state::Power::Unknown), usage: Default::default(), ip: None, pending: Vec::new() });
+        let vm::Look { state, usage, ip, pending } = vmt.look_full(vm, &rec.definition);
         let basis = self.health_basis(Some(&db), read_at, [&rec])?;
         let health = events::judge(&rec.intent, basis.lease(vm), &state, || vmt.exit_reason(vm));
         self.note_drifts(&mut db, &basis, &[(vm, &rec.intent, &health)]);

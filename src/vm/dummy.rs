@@ -26,7 +26,7 @@ use serde::Deserialize;
 use super::{AttachedVolume, Usage, VmError, VmType};
 use crate::storage::Kind;
 use crate::config::{Config, ConfigError};
-use crate::definition::Definition;
+use crate::definition::{Definition, Nic};
 use crate::names::VmName;
 use crate::state::{Power, VmState};
 use crate::sys::fsutil::{write_atomic, OpenDir};
@@ -297,8 +297,8 @@ impl VmType for Dummy {
         }
     }
 
-    fn primary_ip(&self, _vm: &VmName, def: &Definition) -> Option<String> {
-        def.network.iter().find_map(|n| n.cidr().ok().flatten()).map(|c| c.addr.to_string())
+    fn primary_ip(&self, _vm: &VmName, nics: &[Nic]) -> Option<String> {
+        nics.iter().find_map(|n| n.cidr().ok().flatten()).map(|c| c.addr.to_string())
     }
 }
 

@@ -53,7 +53,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError};
-use crate::definition::Definition;
+use crate::definition::{Definition, Nic};
 use crate::names::{TypeName, VmName, VolumeName};
 use crate::state::{PowerAction, VmState};
 use crate::storage::{Kind, Provides};
@@ -168,26 +168,26 @@ pub struct Usage {
 }
 
 /// What a reader shows of one VM's runtime, from one look at the
-/// hypervisor (`info`, `geats list`): see [`VmType::looks`].
+/// hypervisor: [`VmType::looks`] (`geats list`: state and IP) and
+/// [`VmType::look_full`] (`info`: everything).
 #[derive(Debug, Clone)]
 pub struct Look {
     /// Its state.
     pub state: VmState,
-    /// Memory and CPU usage ([`Depth::Full`] only).
+    /// Memory and CPU usage ([`VmType::look_full`] only).
     pub usage: Usage,
     /// The primary IPv4 address.
     pub ip: Option<String>,
-    /// Definition keys that wait for the next start ([`Depth::Full`] only).
+    /// Definition keys that wait for the next start
+    /// ([`VmType::look_full`] only).
     pub pending: Vec<String>,
 }
 
-/// How much of a [`Look`] the reader needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Depth {
-    /// The state and the primary IP (`geats list`).
-    Ip,
-    /// Everything (`info`).
-    Full,
+impl Look {
+    /// A look that saw the state alone.
+    pub fn of(state: VmState) -> Look {
+        Look { state, usage: Usage::default(), ip: None, pending: Vec::new() }
+    }
 }
 
 /// One VM type. Every method may assume the VM's operation lease is held
@@ -323,25 +323,25 @@ pub trait VmType: std::fmt::Debug {
         vms.iter().map(|v| map.get(*v).cloned().unwrap_or_else(|| VmState::plain(crate::state::Power::Unknown))).collect()
     }
 
-    /// State, IP and (at [`Depth::Full`]) usage and pending changes of
-    /// each VM, in order: what `info` and `geats list` show. By default
-    /// the separate questions; a VM type that learns them all from the
-    /// same traces (LXC: the init process) answers in one look per VM.
-    fn looks(&self, vms: &[(&VmName, &Definition)], depth: Depth) -> Vec<Look> {
+    /// The state and primary IP of each VM, in order (`geats list`),
+    /// given each VM's network interfaces as defined (all that choosing
+    /// its primary address needs: a list reads no whole definition). By
+    /// default the separate questions; a VM type that learns both from
+    /// the same traces (LXC: the init process) answers in one look per VM.
+    fn looks(&self, vms: &[(&VmName, &[Nic])]) -> Vec<Look> {
         let names: Vec<VmName> = vms.iter().map(|(n, _)| (*n).clone()).collect();
         let mut states = self.states(&names);
         vms.iter()
-            .map(|(vm, def)| {
-                let state = states.remove(*vm).unwrap_or_else(|| VmState::plain(crate::state::Power::Unknown));
-                let full = depth == Depth::Full;
-                Look {
-                    state,
-                    usage: if full { self.usage(vm) } else { Usage::default() },
-                    ip: self.primary_ip(vm, def),
-                    pending: if full { self.pending(vm, def) } else { Vec::new() },
-                }
+            .map(|(vm, nics)| Look {
+                ip: self.primary_ip(vm, nics),
+                ..Look::of(states.remove(*vm).unwrap_or_else(|| VmState::plain(crate::state::Power::Unknown)))
             })
             .collect()
+    }
+
+    /// State, usage, primary IP and pending changes of one VM (`info`).
+    fn look_full(&self, vm: &VmName, def: &Definition) -> Look {
+        Look { state: self.state(vm), usage: self.usage(vm), ip: self.primary_ip(vm, &def.network), pending: self.pending(vm, def) }
     }
 
     /// Why a VM that should run has stopped, if the VM type knows (LXC:
@@ -355,8 +355,9 @@ pub trait VmType: std::fmt::Debug {
         Usage::default()
     }
 
-    /// The primary IPv4 address, if running and known.
-    fn primary_ip(&self, _vm: &VmName, _def: &Definition) -> Option<String> {
+    /// The primary IPv4 address, if running and known: the first
+    /// configured address of `nics` that the VM has, else its first.
+    fn primary_ip(&self, _vm: &VmName, _nics: &[Nic]) -> Option<String> {
         None
     }
 

@@ -45,10 +45,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AttachedVolume, Depth, Look, Usage, VmError, VmType};
+use super::{AttachedVolume, Look, Usage, VmError, VmType};
 use crate::storage::{Kind, Provides};
 use crate::config::{Config, ConfigError};
-use crate::definition::{Definition, NicType};
+use crate::definition::{Definition, Nic, NicType};
 use crate::names::VmName;
 use crate::state::{Power, PowerAction, VmState};
 use crate::sys::exec::{self, Cmd, ExecError};
@@ -949,10 +949,10 @@ impl VmType for Lxc {
         vms.iter().map(|v| (v.clone(), self.probe(v, |s| sockets.contains(s), &scan).state)).collect()
     }
 
-    fn looks(&self, vms: &[(&VmName, &Definition)], depth: Depth) -> Vec<Look> {
-        // State, usage and IP all come from the init process: find it once
-        // per VM, and read /proc/net/unix once (for one VM, search it for
-        // that VM's socket alone).
+    fn looks(&self, vms: &[(&VmName, &[Nic])]) -> Vec<Look> {
+        // State and IP both come from the init process: find it once per
+        // VM, and read /proc/net/unix once (for one VM, search it for that
+        // VM's socket alone).
         let sockets = (vms.len() > 1).then(state::abstract_sockets);
         let listening = |s: &str| match &sockets {
             Some(set) => set.contains(s),
@@ -960,20 +960,18 @@ impl VmType for Lxc {
         };
         let scan = std::cell::OnceCell::new();
         vms.iter()
-            .map(|(vm, def)| {
+            .map(|(vm, nics)| {
                 let p = self.probe(vm, listening, &scan);
-                let full = depth == Depth::Full;
-                let Some((init, cg)) = &p.live else {
-                    return Look { state: p.state, usage: Usage::default(), ip: None, pending: Vec::new() };
-                };
-                Look {
-                    usage: if full { usage_of(*init, cg) } else { Usage::default() },
-                    ip: ip_of(*init, def),
-                    pending: if full { self.pending_now(vm, def) } else { Vec::new() },
-                    state: p.state,
-                }
+                Look { ip: p.live.as_ref().and_then(|(init, _)| ip_of(*init, nics)), ..Look::of(p.state) }
             })
             .collect()
+    }
+
+    fn look_full(&self, vm: &VmName, def: &Definition) -> Look {
+        // State, usage and IP from one look at the init process.
+        let p = self.probe_one(vm);
+        let Some((init, cg)) = &p.live else { return Look::of(p.state) };
+        Look { usage: usage_of(*init, cg), ip: ip_of(*init, &def.network), pending: self.pending_now(vm, def), state: p.state }
     }
 
     fn exit_reason(&self, vm: &VmName) -> Option<String> {
@@ -990,9 +988,9 @@ impl VmType for Lxc {
         }
     }
 
-    fn primary_ip(&self, vm: &VmName, def: &Definition) -> Option<String> {
+    fn primary_ip(&self, vm: &VmName, nics: &[Nic]) -> Option<String> {
         let (init, _) = self.probe_one(vm).live?;
-        ip_of(init, def)
+        ip_of(init, nics)
     }
 
     fn console_command(&self, vm: &VmName) -> Option<Vec<String>> {
@@ -1049,12 +1047,18 @@ fn log_exit_in(text: &str) -> Option<String> {
 }
 
 /// The configured address if the container has it, else its first one.
-fn ip_of(init: i32, def: &Definition) -> Option<String> {
-    let ips = state::ipv4s(init);
-    let configured = def.network.iter().find_map(|n| n.cidr().ok().flatten()).map(|c| c.addr);
-    match configured {
-        Some(c) if ips.contains(&c) => Some(c.to_string()),
-        _ => ips.first().map(|a| a.to_string()),
+fn ip_of(init: i32, nics: &[Nic]) -> Option<String> {
+    primary_of(&state::ipv4s(init), nics)
+}
+
+/// Of the addresses `ips` a container has, the first configured in `nics`,
+/// else the first; the definition is not looked at for one address.
+fn primary_of(ips: &[std::net::Ipv4Addr], nics: &[Nic]) -> Option<String> {
+    let configured = || nics.iter().find_map(|n| n.cidr().ok().flatten()).map(|c| c.addr);
+    match ips {
+        [] => None,
+        [one] => Some(one.to_string()),
+        _ => Some(configured().filter(|c| ips.contains(c)).unwrap_or(ips[0]).to_string()),
     }
 }
 
@@ -1131,6 +1135,18 @@ mod tests {
         assert!(l.begin_power(&vm, PowerAction::Start).is_some(), "a defined, stopped container is about to run lxc-start");
         assert!(l.begin_power(&vm, PowerAction::Stop).is_none());
         assert!(l.begin_power(&vm, PowerAction::Shutdown).is_none(), "the monitor migrates only when the guest has halted, seconds later");
+    }
+
+    #[test]
+    fn the_configured_address_is_primary() {
+        let ips: Vec<std::net::Ipv4Addr> = ["10.0.3.7", "192.168.1.5"].iter().map(|a| a.parse().unwrap()).collect();
+        let nics = def(serde_json::json!({"network": [{"name": "eth0", "type": "veth", "ipaddr": "192.168.1.5/24"}]})).network;
+        assert_eq!(primary_of(&ips, &nics).as_deref(), Some("192.168.1.5"));
+        assert_eq!(primary_of(&ips, &[]).as_deref(), Some("10.0.3.7"), "none configured: the first");
+        let other = def(serde_json::json!({"network": [{"name": "eth0", "type": "veth", "ipaddr": "172.16.0.2/16"}]})).network;
+        assert_eq!(primary_of(&ips, &other).as_deref(), Some("10.0.3.7"), "configured but absent: the first");
+        assert_eq!(primary_of(&ips[..1], &nics).as_deref(), Some("10.0.3.7"));
+        assert_eq!(primary_of(&[], &nics), None);
     }
 
     #[test]

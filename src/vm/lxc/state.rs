@@ -292,14 +292,16 @@ pub fn ipv4s(pid: i32) -> Vec<Ipv4Addr> {
 ///         /32 host LOCAL
 /// ```
 fn parse_fib_trie(text: &str) -> Vec<Ipv4Addr> {
-    let mut last: Option<Ipv4Addr> = None;
+    // Only the addresses of `/32 host LOCAL` entries are parsed: most
+    // `|-- ` lines are networks and broadcasts.
+    let mut last: Option<&str> = None;
     let mut out = Vec::new();
     for l in text.lines() {
         let t = l.trim_start();
         if let Some(a) = t.strip_prefix("|-- ") {
-            last = a.trim().parse().ok();
+            last = Some(a.trim());
         } else if t.starts_with("/32 host LOCAL") {
-            if let Some(a) = last {
+            if let Some(a) = last.and_then(|a| a.parse::<Ipv4Addr>().ok()) {
                 if !a.is_loopback() && !out.contains(&a) {
                     out.push(a);
                 }

@@ -166,6 +166,12 @@ fn monitor(name: String, mut stops: Vec<Option<i32>>, quit: Arc<AtomicBool>) -> 
             let mut space = nix::cmsg_space!(libc::ucred);
             let Ok(msg) = socket::recvmsg::<()>(c.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty()) else { continue };
             let n = msg.bytes;
+            if n == 0 {
+                // End of stream before a request: geats asking whether the
+                // socket listens. LXC's `lxc_cmd_handler` closes such a
+                // connection without a word (TRACE only), and so does this.
+                continue;
+            }
             let creds = msg.cmsgs().ok().and_then(|mut it| {
                 it.find_map(|m| match m {
                     ControlMessageOwned::ScmCredentials(c) => Some(c),

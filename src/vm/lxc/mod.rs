@@ -942,26 +942,23 @@ impl VmType for Lxc {
     }
 
     fn states(&self, vms: &[VmName]) -> BTreeMap<VmName, VmState> {
-        // One read of /proc/net/unix for all of them; per running container
-        // a few /proc and cgroup files. No process is spawned.
-        let sockets = state::abstract_sockets();
+        // The monitors' sockets asked for at once (or, for a few, one
+        // `connect` each); per running container a few /proc and cgroup
+        // files. No process is spawned.
+        let sockets = state::Listeners::for_count(vms.len());
         let scan = std::cell::OnceCell::new();
         vms.iter().map(|v| (v.clone(), self.probe(v, |s| sockets.contains(s), &scan).state)).collect()
     }
 
     fn looks(&self, vms: &[(&VmName, &[Nic])]) -> Vec<Look> {
         // State and IP both come from the init process: find it once per
-        // VM, and read /proc/net/unix once (for one VM, search it for that
-        // VM's socket alone).
-        let sockets = (vms.len() > 1).then(state::abstract_sockets);
-        let listening = |s: &str| match &sockets {
-            Some(set) => set.contains(s),
-            None => state::listening(s),
-        };
+        // VM; the monitors' sockets asked for the way that costs less for
+        // this many.
+        let sockets = state::Listeners::for_count(vms.len());
         let scan = std::cell::OnceCell::new();
         vms.iter()
             .map(|(vm, nics)| {
-                let p = self.probe(vm, listening, &scan);
+                let p = self.probe(vm, |s| sockets.contains(s), &scan);
                 Look { ip: p.live.as_ref().and_then(|(init, _)| ip_of(*init, nics)), ..Look::of(p.state) }
             })
             .collect()

@@ -8,12 +8,13 @@ use serde_json::{json, Value};
 use super::{error_object, Served, Transport};
 use crate::error::ExitClass;
 use crate::manager::reply::Reply;
-use crate::sys::fsutil::write_replace;
+use crate::sys::fsutil::write_into;
 
 /// The reply file is read as soon as geats exits and is worthless after a
-/// crash: atomic (rename), not durable (no fsync).
+/// crash: written into the file the caller made, in place (not durable,
+/// no fsync); see [`write_into`] for why not a temp file renamed over it.
 fn write_reply(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    write_replace(path, data, 0o600, false)
+    write_into(path, data, 0o600)
 }
 
 /// A reply as JSON bytes. Straight into a byte buffer: `Value`'s

@@ -80,10 +80,15 @@ pub fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> std:
     res
 }
 
-/// Write `data` into the regular file at `path` in place (created with
-/// `mode` if missing), cutting off what it held beyond; where that cannot
-/// be done safely (a symlink, which is not followed, or anything but a
-/// regular file), replace it as [`write_replace`] does, not durably.
+/// Write `data` into the file at `path` as a shell redirection would,
+/// without waiting: a regular file in place (created with `mode` if
+/// missing), cutting off what it held beyond; a character device or a
+/// FIFO with a reader (`/dev/null`, `/dev/stdout`, a pipe) written to.
+/// Symlinks are followed, as by `>` (the kernel's `protected_symlinks`
+/// keeps root from following another user's link in a sticky directory
+/// such as `/tmp`); a FIFO nobody reads and any other kind of file are
+/// errors. Nothing is ever put in the file's place: a temp file renamed
+/// over `/dev/stdout` or `/dev/null` would have replaced the host's.
 ///
 /// For a file the caller made and reads after this process exits: the
 /// agent's reply file, which MCollective and Choria create empty. ext4
@@ -93,27 +98,19 @@ pub fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> std:
 /// short by a kill leaves a prefix, which is no more JSON than the empty
 /// file a rename never made would be.
 pub fn write_into(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let opened = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .and_then(|f| f.metadata().map(|m| (f, m)));
-    match opened {
-        Ok((mut f, m)) if m.is_file() => {
-            f.write_all(data)?;
-            if m.len() > data.len() as u64 {
-                f.set_len(data.len() as u64)?;
-            }
-            Ok(())
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).mode(mode).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let m = f.metadata()?;
+    if m.is_file() {
+        f.write_all(data)?;
+        if m.len() > data.len() as u64 {
+            f.set_len(data.len() as u64)?;
         }
-        Ok(_) => write_replace(path, data, mode, false),
-        // A symlink (not followed), or a FIFO nobody reads (`ENXIO`, where
-        // a blocking open would wait).
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENXIO)) => write_replace(path, data, mode, false),
-        Err(e) => Err(e),
+        Ok(())
+    } else if m.file_type().is_char_device() || m.file_type().is_fifo() {
+        f.write_all(data)
+    } else {
+        Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file, a character device or a FIFO"))
     }
 }
 
@@ -319,11 +316,11 @@ mod tests {
     use super::*;
 
     /// In place into an empty or a longer file (the rest cut off), created
-    /// 0600 when missing; a symlink is replaced, its target untouched; a
-    /// FIFO is replaced too, without blocking on it.
+    /// 0600 when missing, through a symlink; a FIFO nobody reads is an
+    /// error at once, and is left alone.
     #[test]
-    fn write_into_writes_in_place_or_replaces() {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    fn write_into_writes_in_place() {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("reply");
         std::fs::write(&p, "").unwrap();
@@ -337,17 +334,51 @@ mod tests {
         write_into(&new, b"x", 0o600).unwrap();
         assert_eq!(std::fs::metadata(&new).unwrap().permissions().mode() & 0o777, 0o600);
         let target = d.path().join("target");
-        std::fs::write(&target, "keep").unwrap();
+        std::fs::write(&target, "longer than r").unwrap();
         let link = d.path().join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         write_into(&link, b"r", 0o600).unwrap();
-        assert_eq!(std::fs::read(&target).unwrap(), b"keep", "a symlink is not followed");
-        assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
-        assert_eq!(std::fs::read(&link).unwrap(), b"r");
+        assert_eq!(std::fs::read(&target).unwrap(), b"r", "a symlink is followed, as by `>`");
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "and stays a symlink");
         let fifo = d.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        write_into(&fifo, b"f", 0o600).unwrap();
-        assert_eq!(std::fs::read(&fifo).unwrap(), b"f");
+        let e = write_into(&fifo, b"f", 0o600).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENXIO), "nobody reads: an error at once, not a wait");
+        assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(), "and the FIFO stays");
+        assert!(write_into(d.path(), b"x", 0o600).is_err(), "a directory");
+    }
+
+    /// A character device (a copy of `/dev/null`), directly or behind a
+    /// symlink (as `/dev/stdout` is), and a FIFO someone reads are written
+    /// to, never replaced: `geats agent REQ /dev/stdout` must not put a
+    /// file where the host's `/dev/stdout` was.
+    #[test]
+    fn write_into_writes_to_devices_and_read_fifos() {
+        use std::os::unix::fs::FileTypeExt;
+        let d = tempfile::tempdir().unwrap();
+        let null = d.path().join("null");
+        if nix::sys::stat::mknod(&null, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::from_bits_truncate(0o666), nix::sys::stat::makedev(1, 3)).is_err() {
+            eprintln!("SKIPPED write_into_writes_to_devices_and_read_fifos: mknod needs root");
+            return;
+        }
+        write_into(&null, b"{}", 0o600).unwrap();
+        assert!(std::fs::symlink_metadata(&null).unwrap().file_type().is_char_device(), "the device is still there");
+        let link = d.path().join("stdout");
+        std::os::unix::fs::symlink(&null, &link).unwrap();
+        write_into(&link, b"{}", 0o600).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the symlink is still there");
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // The read end, opened first without waiting for a writer.
+        let mut reader = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap()
+        };
+        write_into(&fifo, b"piped", 0o600).unwrap();
+        assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(), "the FIFO is still there");
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"piped");
     }
 
     #[test]

@@ -445,6 +445,13 @@ fn issue_16_export_and_import() {
     assert!(o.status.success(), "{}", out_text(&o));
     assert_eq!(&o.stdout[..8], b"GEATS-VM");
     assert_eq!(o.stdout.len(), std::fs::metadata(&file).unwrap().len() as usize);
+    // Into a device (a copy of /dev/null): written to, not replaced by a file.
+    let null = src.root().join("null");
+    let made = std::process::Command::new("mknod").args([null.to_str().unwrap(), "c", "1", "3"]).status().unwrap();
+    assert!(made.success());
+    let o = src.cli(&["export", "e1", null.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", out_text(&o));
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&std::fs::symlink_metadata(&null).unwrap().file_type()), "the device is still there");
 
     // A cut file: refused, nothing left.
     let bytes = std::fs::read(&file).unwrap();

@@ -739,7 +739,20 @@ fn events(m: &Manager, mut since: i64, follow: bool, interval: f64, json: bool) 
 fn export(m: &Manager, name: &str, file: &std::path::Path, stop: bool, json: bool) -> Result<u8, Error> {
     let vm = vm_name(name)?;
     let to_stdout = file.as_os_str() == "-";
-    let reply = if to_stdout {
+    // A device or a pipe (`/dev/null`, `/dev/stdout`, a FIFO) is written
+    // to as by `>`: a temp file renamed over it would replace the host's.
+    let to_stream = !to_stdout
+        && std::fs::metadata(file).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_char_device() || m.file_type().is_fifo()
+        });
+    let reply = if to_stream {
+        let f = std::fs::OpenOptions::new().write(true).open(file).map_err(crate::error::io("open", file))?;
+        let mut out = std::io::BufWriter::with_capacity(64 << 10, f);
+        let r = m.export(&vm, stop, &file.display().to_string(), &mut out)?;
+        std::io::Write::flush(&mut out).map_err(crate::error::io("write", file))?;
+        r
+    } else if to_stdout {
         // Frames are written whole; a smaller buffer only gathers the
         // small pieces between them, so the reader gets each frame as
         // soon as it is full.

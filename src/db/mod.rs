@@ -1,7 +1,9 @@
 //! The SQLite state: VMs, their volumes, operation leases and the journal.
 //! The only module with SQL in it.
 //!
-//! One connection per process, WAL mode, a busy timeout. Every write runs in
+//! One connection per process, WAL mode, a busy timeout, through the
+//! `geats` VFS ([`wal_vfs`]: SQLite's `unix` VFS, whose WAL is emptied
+//! without giving its blocks back). Every write runs in
 //! a `BEGIN IMMEDIATE` transaction so that concurrent geats processes queue
 //! on SQLite's busy handler instead of failing with "database is locked".
 //! The schema version is `PRAGMA user_version`; [`MIGRATIONS`] brings an
@@ -12,6 +14,7 @@ mod journal;
 mod leases;
 mod snapshots;
 mod vms;
+mod wal_vfs;
 
 use std::path::{Path, PathBuf};
 
@@ -174,7 +177,8 @@ impl Db {
 
     fn try_open(path: &Path, busy: std::time::Duration, writer: bool) -> Result<Db, DbError> {
         let open_err = |source| DbError::Open { path: path.to_path_buf(), source };
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        let vfs = wal_vfs::register().map_err(open_err)?;
+        let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX, vfs)
             .map_err(open_err)?;
         // Before anything that reads the file: `PRAGMA synchronous` reads
         // the schema, and without the timeout a concurrent writer makes it
@@ -221,7 +225,8 @@ impl Db {
 
     fn try_create(path: &Path, busy: std::time::Duration) -> Result<Db, DbError> {
         let open_err = |source| DbError::Open { path: path.to_path_buf(), source };
-        let conn = Connection::open(path).map_err(open_err)?;
+        let vfs = wal_vfs::register().map_err(open_err)?;
+        let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs).map_err(open_err)?;
         conn.busy_timeout(busy).map_err(open_err)?;
         // WAL is persistent in the file: set once at creation.
         keep_wal(&conn).map_err(open_err)?;
@@ -309,10 +314,12 @@ fn tune(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Keep the `-wal` and `-shm` files when the last connection closes
 /// (`SQLITE_FCNTL_PERSIST_WAL`), emptied (`journal_size_limit = 0`, so the
-/// next process has no WAL to rebuild its index from). By default SQLite
-/// creates both files, sizes the index, and unlinks both again in every
-/// process, reads included: a dozen syscalls and two file creations per
-/// request (issue 15). Both files have the database file's mode (0600).
+/// next process has no WAL to rebuild its index from; the `geats` VFS
+/// empties it by zeroing its header rather than truncating it,
+/// [`wal_vfs`]). By default SQLite creates both files, sizes the index,
+/// and unlinks both again in every process, reads included: a dozen
+/// syscalls and two file creations per request (issue 15). Both files
+/// have the database file's mode (0600).
 fn keep_wal(conn: &Connection) -> rusqlite::Result<()> {
     let mut on: std::ffi::c_int = 1;
     // SAFETY: the handle is this open connection's; the file control
@@ -471,13 +478,80 @@ mod tests {
         let wal = dir.path().join("g.db-wal");
         assert!(std::fs::metadata(&wal).unwrap().len() > 0, "the write went to the WAL");
         drop(db);
-        // Kept (no create and unlink per process) but empty (nothing for
-        // the next process to rebuild its index from), data in the file.
-        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        // Kept with its blocks (no create, unlink or truncate per
+        // process) but empty: its header zeroed, so the next process has
+        // nothing to rebuild its index from (`wal_vfs`).
+        let bytes = std::fs::read(&wal).unwrap();
+        assert!(bytes.len() > 32, "the WAL keeps its blocks: {} bytes", bytes.len());
+        assert_eq!(bytes[..32], [0; 32], "the WAL header is zeroed");
         assert!(dir.path().join("g.db-shm").exists());
-        let db = Db::open_read(&p, std::time::Duration::from_secs(1)).unwrap();
-        let x: i64 = db.conn().query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
+        // At rest the database file alone holds everything.
+        let alone = tempfile::tempdir().unwrap();
+        std::fs::copy(&p, alone.path().join("g.db")).unwrap();
+        for copy in [&p, &alone.path().join("g.db")] {
+            let db = Db::open_read(copy, std::time::Duration::from_secs(1)).unwrap();
+            let x: i64 = db.conn().query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
+            assert_eq!(x, 1, "{}", copy.display());
+        }
+        // SQLite's own VFS reads the same database beside it.
+        let plain = rusqlite::Connection::open(&p).unwrap();
+        let x: i64 = plain.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
         assert_eq!(x, 1);
+    }
+
+    /// A WAL reused after its header was zeroed holds the new frames over
+    /// the old ones; recovery after a crash (the process killed before it
+    /// checkpointed) finds every new commit and stops at the first old
+    /// frame, whose salts are the old header's.
+    #[test]
+    fn a_reused_wal_recovers_its_new_frames_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.db");
+        let mut db = Db::create(&p, std::time::Duration::from_secs(1)).unwrap();
+        let blob = "y".repeat(3000);
+        db.write(|tx| tx.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)").map_err(q("test"))).unwrap();
+        for k in 0..40 {
+            db.write(|tx| tx.execute("INSERT INTO t VALUES (?1, ?2)", rusqlite::params![k, blob]).map_err(q("test"))).unwrap();
+        }
+        drop(db);
+        let wal = dir.path().join("g.db-wal");
+        let stale = std::fs::metadata(&wal).unwrap().len();
+        assert!(stale > 40 * 4096, "{stale}");
+        let mut db = Db::open(&p, std::time::Duration::from_secs(1)).unwrap();
+        db.write(|tx| tx.execute("UPDATE t SET v = 'new' WHERE k = 3", []).map_err(q("test"))).unwrap();
+        db.write(|tx| tx.execute("DELETE FROM t WHERE k >= 30", []).map_err(q("test"))).unwrap();
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), stale, "the new frames overwrote the old in place");
+        // The crash: copy the database and its WAL while the connection
+        // that wrote them is still open, without the -shm index.
+        let crashed = tempfile::tempdir().unwrap();
+        std::fs::copy(&p, crashed.path().join("g.db")).unwrap();
+        std::fs::copy(&wal, crashed.path().join("g.db-wal")).unwrap();
+        drop(db);
+        for conn in [rusqlite::Connection::open(crashed.path().join("g.db")).unwrap(), rusqlite::Connection::open(&p).unwrap()] {
+            let (n, v3): (i64, String) = conn.query_row("SELECT count(*), (SELECT v FROM t WHERE k = 3) FROM t", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+            assert_eq!((n, v3.as_str()), (30, "new"));
+        }
+    }
+
+    /// A WAL grown past `wal_vfs::KEEP_AT_MOST` is truncated at the end
+    /// of the process, as before.
+    #[test]
+    fn a_large_wal_is_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.db");
+        let mut db = Db::create(&p, std::time::Duration::from_secs(1)).unwrap();
+        let blob = "z".repeat(200_000);
+        db.write(|tx| tx.execute_batch("CREATE TABLE t (v TEXT)").map_err(q("test"))).unwrap();
+        for _ in 0..10 {
+            db.write(|tx| tx.execute("INSERT INTO t VALUES (?1)", [&blob]).map_err(q("test"))).unwrap();
+        }
+        let wal = dir.path().join("g.db-wal");
+        assert!(std::fs::metadata(&wal).unwrap().len() as i64 > wal_vfs::KEEP_AT_MOST);
+        drop(db);
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        let db = Db::open_read(&p, std::time::Duration::from_secs(1)).unwrap();
+        let n: i64 = db.conn().query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 10);
     }
 
     #[test]

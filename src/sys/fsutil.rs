@@ -65,17 +65,58 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
 /// As [`write_atomic`], without the fsync: for files read right away and
 /// worthless after a crash (the agent's reply file).
 pub fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
+    replace_all(&[(path, data, mode)], durable).map_err(|(_, e)| e)
+}
+
+/// [`write_atomic`] of several files at once: every temp file written,
+/// then each fsynced, then each renamed over its target, in order. The
+/// kernel is asked to start writing every temp file back before the
+/// first `fsync` (`sync_file_range`), so that fsync's journal commit
+/// carries them all and the later ones find little left to do: on ext4
+/// here, three small files cost 1.49 ms against 2.30 ms one after the other
+/// (docs/performance.md, ninth pass). On failure, the file it failed on;
+/// no temp file is left, and the targets renamed before it keep their
+/// new contents.
+pub fn write_atomic_all<'a>(files: &[(&'a Path, &[u8], u32)]) -> Result<(), (&'a Path, std::io::Error)> {
+    replace_all(files, true)
+}
+
+fn replace_all<'a>(files: &[(&'a Path, &[u8], u32)], durable: bool) -> Result<(), (&'a Path, std::io::Error)> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-    let res = f
-        .write_all(data)
-        .and_then(|_| if durable { f.sync_all() } else { Ok(()) })
-        .and_then(|_| std::fs::rename(&tmp, path));
+    // (target, temp file name, open temp file); the name is cleared once renamed.
+    let mut temps: Vec<(&'a Path, std::path::PathBuf, std::fs::File)> = Vec::with_capacity(files.len());
+    let res = (|| {
+        for &(path, data, mode) in files {
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(|e| (path, e))?;
+            let written = f.write_all(data);
+            temps.push((path, tmp, f));
+            written.map_err(|e| (path, e))?;
+        }
+        if durable {
+            if temps.len() > 1 {
+                for (_, _, f) in &temps {
+                    // SAFETY: a plain syscall on an open descriptor; only a hint.
+                    unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+                }
+            }
+            for (path, _, f) in &temps {
+                f.sync_all().map_err(|e| (*path, e))?;
+            }
+        }
+        for (path, tmp, _) in &mut temps {
+            std::fs::rename(&*tmp, *path).map_err(|e| (*path, e))?;
+            *tmp = std::path::PathBuf::new();
+        }
+        Ok(())
+    })();
     if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        for (_, tmp, _) in temps.iter().filter(|(_, t, _)| !t.as_os_str().is_empty()) {
+            let _ = std::fs::remove_file(tmp);
+        }
     }
     res
 }
@@ -379,6 +420,27 @@ mod tests {
         let mut got = Vec::new();
         reader.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"piped");
+    }
+
+    #[test]
+    fn write_atomic_all_replaces_every_file_or_none() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        std::fs::write(&a, "old a, longer than the new").unwrap();
+        write_atomic_all(&[(&a, b"new a", 0o600), (&b, b"new b", 0o644)]).unwrap();
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "new a");
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "new b");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&a), mode(&b)), (0o600, 0o644));
+        // The second cannot be written: the first keeps its contents,
+        // and no temp file is left.
+        let missing = d.path().join("no/such/dir/c");
+        let (failed, _) = write_atomic_all(&[(&a, b"newer a", 0o600), (&missing, b"c", 0o644)]).unwrap_err();
+        assert_eq!(failed, missing.as_path());
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "new a");
+        let names: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 
     #[test]

@@ -513,6 +513,15 @@ impl Lxc {
     /// `active`, the volumes are active: the container's directories are
     /// fenced off and the tops of shifted ones given to its root.
     fn write_config(&self, vm: &VmName, def: &Definition, volumes: &[AttachedVolume], rootfs: &Path, owned: bool, active: bool) -> Result<(), VmError> {
+        if let Some((cfg, text)) = self.config_to_write(vm, def, volumes, rootfs, owned, active)? {
+            write_atomic(&cfg, text.as_bytes(), 0o644).map_err(Self::io("write", &cfg))?;
+        }
+        Ok(())
+    }
+
+    /// What [`Lxc::write_config`] checks and prepares; the config file and
+    /// its new text, unless it holds that text already.
+    fn config_to_write(&self, vm: &VmName, def: &Definition, volumes: &[AttachedVolume], rootfs: &Path, owned: bool, active: bool) -> Result<Option<(PathBuf, String)>, VmError> {
         let (files, why) = self.files_for_config(vm, def, rootfs)?;
         let (security, tops) = self.security(rootfs, volumes, files, &why);
         let mapped = (files != confine::Files::Privileged).then_some((self.idmap.uid, self.idmap.gid));
@@ -552,10 +561,7 @@ impl Lxc {
         }
         let text = config::render(vm, def, &config::Inputs { rootfs: rootfs.to_path_buf(), volumes, extra: &self.extra, security })?;
         let cfg = self.file(vm, "config");
-        if std::fs::read_to_string(&cfg).ok().as_deref() != Some(text.as_str()) {
-            write_atomic(&cfg, text.as_bytes(), 0o644).map_err(Self::io("write", &cfg))?;
-        }
-        Ok(())
+        Ok((std::fs::read_to_string(&cfg).ok().as_deref() != Some(text.as_str())).then_some((cfg, text)))
     }
 }
 
@@ -675,10 +681,16 @@ impl VmType for Lxc {
                 .collect(),
         };
         let meta_path = self.file(vm, "geats.json");
-        // 0600: the definition may carry secrets in its metadata.
-        write_atomic(&meta_path, &serde_json::to_vec_pretty(&meta).unwrap_or_default(), 0o600).map_err(Self::io("write", &meta_path))?;
+        let meta_text = serde_json::to_vec_pretty(&meta).unwrap_or_default();
         // The volumes may be inactive now: start renders it again.
-        self.write_config(vm, def, volumes, &rootfs, owned, owned)
+        let config = self.config_to_write(vm, def, volumes, &rootfs, owned, owned)?;
+        // 0600: the definition may carry secrets in its metadata. Both
+        // files synced together (`write_atomic_all`), the config last.
+        let mut files: Vec<(&Path, &[u8], u32)> = vec![(&meta_path, &meta_text, 0o600)];
+        if let Some((cfg, text)) = &config {
+            files.push((cfg, text.as_bytes(), 0o644));
+        }
+        crate::sys::fsutil::write_atomic_all(&files).map_err(|(path, source)| VmError::Io { step: "write", path: path.to_path_buf(), source })
     }
 
     fn undefine(&self, vm: &VmName) -> Result<(), VmError> {

@@ -2,7 +2,7 @@
 //! The only module with SQL in it.
 //!
 //! One connection per process, WAL mode, a busy timeout, through the
-//! `geats` VFS ([`wal_vfs`]: SQLite's `unix` VFS, whose WAL is emptied
+//! `geats` VFS ([`vfs`]: SQLite's `unix` VFS, whose WAL is emptied
 //! without giving its blocks back). Every write runs in
 //! a `BEGIN IMMEDIATE` transaction so that concurrent geats processes queue
 //! on SQLite's busy handler instead of failing with "database is locked".
@@ -14,7 +14,7 @@ mod journal;
 mod leases;
 mod snapshots;
 mod vms;
-mod wal_vfs;
+mod vfs;
 
 use std::path::{Path, PathBuf};
 
@@ -177,8 +177,8 @@ impl Db {
 
     fn try_open(path: &Path, busy: std::time::Duration, writer: bool) -> Result<Db, DbError> {
         let open_err = |source| DbError::Open { path: path.to_path_buf(), source };
-        let vfs = wal_vfs::register().map_err(open_err)?;
-        let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX, vfs)
+        let vfs_name = vfs::register().map_err(open_err)?;
+        let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX, vfs_name)
             .map_err(open_err)?;
         // Before anything that reads the file: `PRAGMA synchronous` reads
         // the schema, and without the timeout a concurrent writer makes it
@@ -225,8 +225,8 @@ impl Db {
 
     fn try_create(path: &Path, busy: std::time::Duration) -> Result<Db, DbError> {
         let open_err = |source| DbError::Open { path: path.to_path_buf(), source };
-        let vfs = wal_vfs::register().map_err(open_err)?;
-        let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs).map_err(open_err)?;
+        let vfs_name = vfs::register().map_err(open_err)?;
+        let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs_name).map_err(open_err)?;
         conn.busy_timeout(busy).map_err(open_err)?;
         // WAL is persistent in the file: set once at creation.
         keep_wal(&conn).map_err(open_err)?;
@@ -316,7 +316,7 @@ fn tune(conn: &Connection) -> rusqlite::Result<()> {
 /// (`SQLITE_FCNTL_PERSIST_WAL`), emptied (`journal_size_limit = 0`, so the
 /// next process has no WAL to rebuild its index from; the `geats` VFS
 /// empties it by zeroing its header rather than truncating it,
-/// [`wal_vfs`]). By default SQLite creates both files, sizes the index,
+/// [`vfs`]). By default SQLite creates both files, sizes the index,
 /// and unlinks both again in every process, reads included: a dozen
 /// syscalls and two file creations per request (issue 15). Both files
 /// have the database file's mode (0600).
@@ -480,7 +480,7 @@ mod tests {
         drop(db);
         // Kept with its blocks (no create, unlink or truncate per
         // process) but empty: its header zeroed, so the next process has
-        // nothing to rebuild its index from (`wal_vfs`).
+        // nothing to rebuild its index from (`vfs`).
         let bytes = std::fs::read(&wal).unwrap();
         assert!(bytes.len() > 32, "the WAL keeps its blocks: {} bytes", bytes.len());
         assert_eq!(bytes[..32], [0; 32], "the WAL header is zeroed");
@@ -522,10 +522,11 @@ mod tests {
         db.write(|tx| tx.execute("DELETE FROM t WHERE k >= 30", []).map_err(q("test"))).unwrap();
         assert_eq!(std::fs::metadata(&wal).unwrap().len(), stale, "the new frames overwrote the old in place");
         // The crash: copy the database and its WAL while the connection
-        // that wrote them is still open, without the -shm index.
+        // that wrote them is still open, with an -shm index of garbage.
         let crashed = tempfile::tempdir().unwrap();
         std::fs::copy(&p, crashed.path().join("g.db")).unwrap();
         std::fs::copy(&wal, crashed.path().join("g.db-wal")).unwrap();
+        std::fs::write(crashed.path().join("g.db-shm"), vec![0xa5u8; 65536]).unwrap();
         drop(db);
         for conn in [rusqlite::Connection::open(crashed.path().join("g.db")).unwrap(), rusqlite::Connection::open(&p).unwrap()] {
             let (n, v3): (i64, String) = conn.query_row("SELECT count(*), (SELECT v FROM t WHERE k = 3) FROM t", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
@@ -533,7 +534,27 @@ mod tests {
         }
     }
 
-    /// A WAL grown past `wal_vfs::KEEP_AT_MOST` is truncated at the end
+    /// The first connection of a process empties the `-shm` index by
+    /// writing zeros over it, not by truncating it: the file keeps its
+    /// size, and whatever a dead process left in it is gone.
+    #[test]
+    fn the_first_connection_zeroes_the_shm_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.db");
+        let mut db = Db::create(&p, std::time::Duration::from_secs(1)).unwrap();
+        db.write(|tx| tx.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (7)").map_err(q("test"))).unwrap();
+        drop(db);
+        let shm = dir.path().join("g.db-shm");
+        std::fs::write(&shm, vec![0xffu8; 65536]).unwrap();
+        let db = Db::open_read(&p, std::time::Duration::from_secs(1)).unwrap();
+        let x: i64 = db.conn().query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(x, 7);
+        let bytes = std::fs::read(&shm).unwrap();
+        assert_eq!(bytes.len(), 65536, "zeroed in place, not truncated to 3 bytes and extended to 32 KiB");
+        assert!(bytes[32768..].iter().all(|b| *b == 0), "the garbage past SQLite's index is zeroed too");
+    }
+
+    /// A WAL grown past `vfs::KEEP_AT_MOST` is truncated at the end
     /// of the process, as before.
     #[test]
     fn a_large_wal_is_truncated() {
@@ -546,7 +567,7 @@ mod tests {
             db.write(|tx| tx.execute("INSERT INTO t VALUES (?1)", [&blob]).map_err(q("test"))).unwrap();
         }
         let wal = dir.path().join("g.db-wal");
-        assert!(std::fs::metadata(&wal).unwrap().len() as i64 > wal_vfs::KEEP_AT_MOST);
+        assert!(std::fs::metadata(&wal).unwrap().len() as i64 > vfs::KEEP_AT_MOST);
         drop(db);
         assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
         let db = Db::open_read(&p, std::time::Duration::from_secs(1)).unwrap();

@@ -82,7 +82,6 @@ pub fn write_atomic_all<'a>(files: &[(&'a Path, &[u8], u32)]) -> Result<(), (&'a
 }
 
 fn replace_all<'a>(files: &[(&'a Path, &[u8], u32)], durable: bool) -> Result<(), (&'a Path, std::io::Error)> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     // (target, temp file name, open temp file); the name is cleared once renamed.
     let mut temps: Vec<(&'a Path, std::path::PathBuf, std::fs::File)> = Vec::with_capacity(files.len());
@@ -98,10 +97,7 @@ fn replace_all<'a>(files: &[(&'a Path, &[u8], u32)], durable: bool) -> Result<()
         }
         if durable {
             if temps.len() > 1 {
-                for (_, _, f) in &temps {
-                    // SAFETY: a plain syscall on an open descriptor; only a hint.
-                    unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-                }
+                temps.iter().for_each(|(_, _, f)| start_writeback(f));
             }
             for (path, _, f) in &temps {
                 f.sync_all().map_err(|e| (*path, e))?;
@@ -119,6 +115,17 @@ fn replace_all<'a>(files: &[(&'a Path, &[u8], u32)], durable: bool) -> Result<()
         }
     }
     res
+}
+
+/// Ask the kernel to start writing `f`'s dirty pages back, without
+/// waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): done for each of
+/// several files before they are fsynced one by one, so that the first
+/// `fsync`'s journal commit carries them all ([`write_atomic_all`]). Only
+/// a hint; it guarantees nothing, the `fsync`s do.
+pub fn start_writeback(f: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on an open descriptor, no memory passed.
+    unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
 /// Write `data` into the file at `path` as a shell redirection would,

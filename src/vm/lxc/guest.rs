@@ -117,32 +117,76 @@ fn open_subdir(parent: &OwnedFd, name: &str, owner: Option<(u32, u32)>, shown: &
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Write `data` as `name` in the directory `dir` atomically, replacing
-/// whatever was there (a symlink is replaced, not followed); `durable`:
-/// `fsync` it before it takes the name.
-fn write_in(dir: &OwnedFd, name: &str, data: &[u8], mode: u32, owner: Option<(u32, u32)>, shown: &Path, durable: bool) -> Result<(), VmError> {
+/// A guest file written under a temp name beside its own, not yet
+/// renamed into place ([`write_in`], [`finish`]).
+struct Pending<'a> {
+    dir: &'a OwnedFd,
+    tmp: String,
+    name: &'a str,
+    shown: &'a Path,
+    file: std::fs::File,
+}
+
+impl Pending<'_> {
+    fn discard(&self) {
+        let _ = nix::unistd::unlinkat(Some(self.dir.as_raw_fd()), self.tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+    }
+}
+
+/// Write `data` for `name` in the directory `dir` under a temp name,
+/// owned and moded as it will be; [`finish`] renames it into place,
+/// replacing whatever was there (a symlink is replaced, not followed).
+fn write_in<'a>(dir: &'a OwnedFd, name: &'a str, data: &[u8], mode: u32, owner: Option<(u32, u32)>, shown: &'a Path) -> Result<Pending<'a>, VmError> {
     let tmp = format!(".{name}.geats-{}.tmp", std::process::id());
     let _ = nix::unistd::unlinkat(Some(dir.as_raw_fd()), tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = openat(Some(dir.as_raw_fd()), tmp.as_str(), flags, Mode::from_bits_truncate(mode)).map_err(|e| io_err("create", shown, e))?;
     // SAFETY: openat returned a new descriptor that nothing else owns.
-    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let res = f
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let written = file
         .write_all(data)
         .and_then(|_| match owner {
-            Some((u, g)) => std::os::unix::fs::fchown(&f, Some(u), Some(g)),
+            Some((u, g)) => std::os::unix::fs::fchown(&file, Some(u), Some(g)),
             None => Ok(()),
         })
         .and_then(|_| {
             // After fchown, which clears set-id bits.
             use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(std::fs::Permissions::from_mode(mode))
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+        });
+    let pending = Pending { dir, tmp, name, shown, file };
+    match written {
+        Ok(()) => Ok(pending),
+        Err(e) => {
+            pending.discard();
+            Err(io_err("write", shown, e))
+        }
+    }
+}
+
+/// Rename the written files into place, in order; `durable`: `fsync`
+/// each first, all started together (`fsutil::start_writeback`, one
+/// journal commit for both on ext4). On failure no temp file is left.
+fn finish(files: Vec<Pending<'_>>, durable: bool) -> Result<(), VmError> {
+    let synced = if durable {
+        if files.len() > 1 {
+            files.iter().for_each(|p| crate::sys::fsutil::start_writeback(&p.file));
+        }
+        files.iter().try_for_each(|p| p.file.sync_all().map_err(|e| io_err("write", p.shown, e)))
+    } else {
+        Ok(())
+    };
+    let mut left = files.iter();
+    let res = synced.and_then(|_| {
+        left.by_ref().try_for_each(|p| {
+            renameat(Some(p.dir.as_raw_fd()), p.tmp.as_str(), Some(p.dir.as_raw_fd()), p.name).map_err(|e| {
+                p.discard();
+                io_err("rename into place", p.shown, e)
+            })
         })
-        .and_then(|_| if durable { f.sync_all() } else { Ok(()) })
-        .map_err(|e| io_err("write", shown, e))
-        .and_then(|_| renameat(Some(dir.as_raw_fd()), tmp.as_str(), Some(dir.as_raw_fd()), name).map_err(|e| io_err("rename into place", shown, e)));
+    });
     if res.is_err() {
-        let _ = nix::unistd::unlinkat(Some(dir.as_raw_fd()), tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+        left.for_each(Pending::discard);
     }
     res
 }
@@ -157,10 +201,17 @@ pub fn write(vm: &VmName, def: &Definition, root: &Path, owner: Option<(u32, u32
     // SAFETY: open returned a new descriptor that nothing else owns.
     let root_fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let etc = open_subdir(&root_fd, "etc", owner, Path::new("/etc"))?;
-    write_in(&etc, "hostname", format!("{vm}\n").as_bytes(), 0o644, owner, Path::new("/etc/hostname"), durable)?;
+    let hostname = format!("{vm}\n");
+    let hostname = write_in(&etc, "hostname", hostname.as_bytes(), 0o644, owner, Path::new("/etc/hostname"))?;
     // 0600: metadata may carry secrets.
-    write_in(&etc, "firstboot.config", firstboot(vm, def).as_bytes(), 0o600, owner, Path::new("/etc/firstboot.config"), durable)?;
-    Ok(())
+    let firstboot = match write_in(&etc, "firstboot.config", firstboot(vm, def).as_bytes(), 0o600, owner, Path::new("/etc/firstboot.config")) {
+        Ok(p) => p,
+        Err(e) => {
+            hostname.discard();
+            return Err(e);
+        }
+    };
+    finish(vec![hostname, firstboot], durable)
 }
 
 #[cfg(test)]

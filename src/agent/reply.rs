@@ -8,13 +8,15 @@ use serde_json::{json, Value};
 use super::{error_object, Served, Transport};
 use crate::error::ExitClass;
 use crate::manager::reply::Reply;
-use crate::sys::fsutil::write_into;
+use crate::sys::fsutil::write_whole_into;
 
 /// The reply file is read as soon as geats exits and is worthless after a
-/// crash: written into the file the caller made, in place (not durable,
-/// no fsync); see [`write_into`] for why not a temp file renamed over it.
+/// crash (not durable, no fsync), but a kill must never leave half of it
+/// (issue 11): [`write_whole_into`] writes a reply of at most a page into
+/// the empty file the caller made in place, with one `write(2)` that a
+/// kill cannot cut, and a longer one as a temp file renamed over it.
 fn write_reply(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    write_into(path, data, 0o600)
+    write_whole_into(path, data, 0o600)
 }
 
 /// A reply as JSON bytes. Straight into a byte buffer: `Value`'s

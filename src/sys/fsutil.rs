@@ -138,18 +138,66 @@ pub fn start_writeback(f: &std::fs::File) {
 /// errors. Nothing is ever put in the file's place: a temp file renamed
 /// over `/dev/stdout` or `/dev/null` would have replaced the host's.
 ///
-/// For a file the caller made and reads after this process exits: the
-/// agent's reply file, which MCollective and Choria create empty. ext4
-/// writes back at once a file renamed over another (`auto_da_alloc`), and
-/// a truncating open does the same at close: temp + rename cost 0.31 ms
-/// (p90 0.70) against 0.05 ms in place, on this VM's `/tmp`. A write cut
-/// short by a kill leaves a prefix, which is no more JSON than the empty
-/// file a rename never made would be.
+/// For a file read after this process exits, where a prefix left by a
+/// kill does no harm (a restart's `geats.running.json`, `geats export`
+/// into a device); the agent's reply must be whole or absent
+/// ([`write_whole_into`]). ext4 writes back at once a file renamed over
+/// another (`auto_da_alloc`), and a truncating open does the same at
+/// close: temp + rename cost 0.31 ms (p90 0.70) against 0.05 ms in place,
+/// on this VM's `/tmp`.
 pub fn write_into(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    write_into_as(path, data, mode, false)
+}
+
+/// The largest write that a kill cannot cut short: the kernel checks for
+/// a fatal signal between the pages of a buffered write, never within
+/// one, so a single `write(2)` of at most a page at offset 0 lands whole
+/// or not at all (4096 bytes: the smallest page size Linux has).
+const UNCUT_WRITE: usize = 4096;
+
+/// As [`write_into`], but a regular file ends up holding either what it
+/// held (the empty file MCollective and Choria create) or the whole of
+/// `data`, whenever the process is killed (issue 11: a reply is never
+/// left half written). Data of at most a page into an empty file is one
+/// `write(2)` in place, which a kill cannot cut ([`UNCUT_WRITE`]); longer
+/// data, or a file that held something, goes to a temp file beside the
+/// file at the end of the path's symlinks, with its owner and mode,
+/// renamed over it (the symlinks themselves stay). Devices and FIFOs are
+/// streams and are written as by [`write_into`].
+pub fn write_whole_into(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    write_into_as(path, data, mode, true)
+}
+
+fn write_into_as(path: &Path, data: &[u8], mode: u32, whole: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
     let mut f = std::fs::OpenOptions::new().write(true).create(true).mode(mode).custom_flags(libc::O_NONBLOCK).open(path)?;
     let m = f.metadata()?;
     if m.is_file() {
+        if whole && (data.len() > UNCUT_WRITE || m.len() > 0) {
+            drop(f);
+            let target = std::fs::canonicalize(path)?;
+            let dir = target.parent().unwrap_or(Path::new("/"));
+            let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+            let mut t = match std::fs::OpenOptions::new().write(true).create_new(true).mode(m.mode() & 0o777).open(&tmp) {
+                Ok(t) => t,
+                // No temp file possible beside it: in place, as a shell would.
+                Err(_) => return write_into_as(path, data, mode, false),
+            };
+            let res = t
+                .write_all(data)
+                .and_then(|_| {
+                    // Keep the caller's owner (we may not be allowed to: then the caller is us).
+                    let _ = std::os::unix::fs::fchown(&t, Some(m.uid()), Some(m.gid()));
+                    use std::os::unix::fs::PermissionsExt;
+                    t.set_permissions(std::fs::Permissions::from_mode(m.mode() & 0o7777))
+                })
+                .and_then(|_| std::fs::rename(&tmp, &target));
+            if res.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            return res;
+        }
         f.write_all(data)?;
         if m.len() > data.len() as u64 {
             f.set_len(data.len() as u64)?;
@@ -427,6 +475,42 @@ mod tests {
         let mut got = Vec::new();
         reader.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"piped");
+    }
+
+    /// A reply of at most a page goes into the caller's empty file in
+    /// place; a longer one, or one over a file that held something,
+    /// replaces the file at the end of the symlinks whole, with its mode
+    /// and owner; a device stays a device.
+    #[test]
+    fn write_whole_into_never_leaves_part_of_a_long_reply() {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let rep = d.path().join("reply");
+        std::fs::write(&rep, "").unwrap();
+        std::fs::set_permissions(&rep, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let ino = std::fs::metadata(&rep).unwrap().ino();
+        let small = vec![b'a'; UNCUT_WRITE];
+        write_whole_into(&rep, &small, 0o600).unwrap();
+        assert_eq!(std::fs::read(&rep).unwrap(), small);
+        assert_eq!(std::fs::metadata(&rep).unwrap().ino(), ino, "one page into the empty file: in place");
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&rep, &link).unwrap();
+        let long = vec![b'b'; UNCUT_WRITE + 1];
+        write_whole_into(&link, &long, 0o600).unwrap();
+        assert_eq!(std::fs::read(&rep).unwrap(), long);
+        let m = std::fs::metadata(&rep).unwrap();
+        assert_ne!(m.ino(), ino, "a long reply: a new file renamed over the old");
+        assert_eq!(m.permissions().mode() & 0o777, 0o640, "with the caller's mode");
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the symlink is still there");
+        write_whole_into(&rep, b"{}", 0o600).unwrap();
+        assert_eq!(std::fs::read(&rep).unwrap(), b"{}", "a short reply over a longer file: whole, nothing left after it");
+        let names: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names.len(), 2, "no temp file left: {names:?}");
+        let null = d.path().join("null");
+        if nix::sys::stat::mknod(&null, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::from_bits_truncate(0o666), nix::sys::stat::makedev(1, 3)).is_ok() {
+            write_whole_into(&null, &long, 0o600).unwrap();
+            assert!(std::fs::symlink_metadata(&null).unwrap().file_type().is_char_device(), "the device is still there");
+        }
     }
 
     #[test]

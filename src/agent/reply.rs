@@ -13,8 +13,9 @@ use crate::sys::fsutil::write_whole_into;
 /// The reply file is read as soon as geats exits and is worthless after a
 /// crash (not durable, no fsync), but a kill must never leave half of it
 /// (issue 11): [`write_whole_into`] writes a reply of at most a page into
-/// the empty file the caller made in place, with one `write(2)` that a
-/// kill cannot cut, and a longer one as a temp file renamed over it.
+/// the empty file the caller made (or one it reuses, of at most a page)
+/// in place, with one `write(2)` that a kill cannot cut, and a longer one
+/// as a temp file renamed over it.
 fn write_reply(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     write_whole_into(path, data, 0o600)
 }

@@ -158,12 +158,13 @@ const UNCUT_WRITE: usize = 4096;
 /// As [`write_into`], but a regular file ends up holding either what it
 /// held (the empty file MCollective and Choria create) or the whole of
 /// `data`, whenever the process is killed (issue 11: a reply is never
-/// left half written). Data of at most a page into an empty file is one
-/// `write(2)` in place, which a kill cannot cut ([`UNCUT_WRITE`]); longer
-/// data, or a file that held something, goes to a temp file beside the
-/// file at the end of the path's symlinks, with its owner and mode,
-/// renamed over it (the symlinks themselves stay). Devices and FIFOs are
-/// streams and are written as by [`write_into`].
+/// left half written). When both the file and `data` are at most a page,
+/// `data` is one `write(2)` in place, which a kill cannot cut
+/// ([`UNCUT_WRITE`]), padded with spaces to the file's old length when
+/// that was longer (the JSON reader skips them). Anything longer goes to
+/// a temp file beside the file at the end of the path's symlinks, with
+/// its owner and mode, renamed over it (the symlinks themselves stay).
+/// Devices and FIFOs are streams and are written as by [`write_into`].
 pub fn write_whole_into(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     write_into_as(path, data, mode, true)
 }
@@ -173,7 +174,18 @@ fn write_into_as(path: &Path, data: &[u8], mode: u32, whole: bool) -> std::io::R
     let mut f = std::fs::OpenOptions::new().write(true).create(true).mode(mode).custom_flags(libc::O_NONBLOCK).open(path)?;
     let m = f.metadata()?;
     if m.is_file() {
-        if whole && (data.len() > UNCUT_WRITE || m.len() > 0) {
+        if whole && m.len() > 0 && m.len() <= UNCUT_WRITE as u64 && data.len() < m.len() as usize {
+            // A file that held something longer (a caller reusing its
+            // reply file): the reply and then spaces up to its length,
+            // still one write, so nothing of the old contents is left
+            // after the reply's JSON, and no truncate can be cut off by
+            // a kill after it. A JSON reader skips the trailing spaces.
+            let mut padded = Vec::with_capacity(m.len() as usize);
+            padded.extend_from_slice(data);
+            padded.resize(m.len() as usize, b' ');
+            return f.write_all(&padded);
+        }
+        if whole && (data.len() > UNCUT_WRITE || m.len() > UNCUT_WRITE as u64) {
             drop(f);
             let target = std::fs::canonicalize(path)?;
             let dir = target.parent().unwrap_or(Path::new("/"));
@@ -477,10 +489,11 @@ mod tests {
         assert_eq!(got, b"piped");
     }
 
-    /// A reply of at most a page goes into the caller's empty file in
-    /// place; a longer one, or one over a file that held something,
-    /// replaces the file at the end of the symlinks whole, with its mode
-    /// and owner; a device stays a device.
+    /// A reply of at most a page goes into the caller's file of at most
+    /// a page in place (padded with spaces to its old length); a longer
+    /// one, or one over a longer file, replaces the file at the end of
+    /// the symlinks whole, with its mode and owner; a device stays a
+    /// device.
     #[test]
     fn write_whole_into_never_leaves_part_of_a_long_reply() {
         use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -503,7 +516,15 @@ mod tests {
         assert_eq!(m.permissions().mode() & 0o777, 0o640, "with the caller's mode");
         assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the symlink is still there");
         write_whole_into(&rep, b"{}", 0o600).unwrap();
-        assert_eq!(std::fs::read(&rep).unwrap(), b"{}", "a short reply over a longer file: whole, nothing left after it");
+        assert_eq!(std::fs::read(&rep).unwrap(), b"{}", "over a file longer than a page: replaced, nothing after it");
+        let ino = std::fs::metadata(&rep).unwrap().ino();
+        write_whole_into(&rep, br#"{"a":1}"#, 0o600).unwrap();
+        write_whole_into(&rep, br#"{"b":[]}"#, 0o600).unwrap();
+        write_whole_into(&rep, b"{}", 0o600).unwrap();
+        assert_eq!(std::fs::read(&rep).unwrap(), b"{}      ", "over a shorter file within a page: the reply, spaces to the old length");
+        assert_eq!(std::fs::metadata(&rep).unwrap().ino(), ino, "within a page: in place");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap();
+        assert_eq!(v, serde_json::json!({}));
         let names: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(names.len(), 2, "no temp file left: {names:?}");
         let null = d.path().join("null");

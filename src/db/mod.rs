@@ -499,6 +499,18 @@ mod tests {
         assert_eq!(x, 1);
     }
 
+    /// A new database at `p` with a table `t (k, v)` of `rows` rows, each
+    /// `v` of `size` bytes, one commit each.
+    fn with_rows(p: &Path, rows: i64, size: usize) -> Db {
+        let mut db = Db::create(p, std::time::Duration::from_secs(1)).unwrap();
+        let blob = "y".repeat(size);
+        db.write(|tx| tx.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)").map_err(q("test"))).unwrap();
+        for k in 0..rows {
+            db.write(|tx| tx.execute("INSERT INTO t VALUES (?1, ?2)", rusqlite::params![k, blob]).map_err(q("test"))).unwrap();
+        }
+        db
+    }
+
     /// A WAL reused after its header was zeroed holds the new frames over
     /// the old ones; recovery after a crash (the process killed before it
     /// checkpointed) finds every new commit and stops at the first old
@@ -507,13 +519,7 @@ mod tests {
     fn a_reused_wal_recovers_its_new_frames_only() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.db");
-        let mut db = Db::create(&p, std::time::Duration::from_secs(1)).unwrap();
-        let blob = "y".repeat(3000);
-        db.write(|tx| tx.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)").map_err(q("test"))).unwrap();
-        for k in 0..40 {
-            db.write(|tx| tx.execute("INSERT INTO t VALUES (?1, ?2)", rusqlite::params![k, blob]).map_err(q("test"))).unwrap();
-        }
-        drop(db);
+        drop(with_rows(&p, 40, 3000));
         let wal = dir.path().join("g.db-wal");
         let stale = std::fs::metadata(&wal).unwrap().len();
         assert!(stale > 40 * 4096, "{stale}");
@@ -560,12 +566,7 @@ mod tests {
     fn a_large_wal_is_truncated() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.db");
-        let mut db = Db::create(&p, std::time::Duration::from_secs(1)).unwrap();
-        let blob = "z".repeat(200_000);
-        db.write(|tx| tx.execute_batch("CREATE TABLE t (v TEXT)").map_err(q("test"))).unwrap();
-        for _ in 0..10 {
-            db.write(|tx| tx.execute("INSERT INTO t VALUES (?1)", [&blob]).map_err(q("test"))).unwrap();
-        }
+        let db = with_rows(&p, 10, 200_000);
         let wal = dir.path().join("g.db-wal");
         assert!(std::fs::metadata(&wal).unwrap().len() as i64 > vfs::KEEP_AT_MOST);
         drop(db);

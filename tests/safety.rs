@@ -249,6 +249,82 @@ fn issue_11_full_disk_is_a_clear_error() {
     env.ok("info", json!({"vm_name": "b0"}));
 }
 
+/// Point 6, aimed at the write itself: the kills above rarely land inside
+/// the few microseconds in which a reply is written, and an in-place
+/// write of a long reply, which a kill between pages cuts, passed them
+/// (eighth pass). Here the reply is long (a `status` of 300 VMs with long
+/// descriptions, ~400 KB, 100 pages); a scan of kill times finds where it gets written on this
+/// machine, and 200 kills land around that point.
+#[test]
+fn issue_11_kills_during_a_long_reply_leave_it_empty_or_whole() {
+    let env = Env::new();
+    let n = 300;
+    for i in 0..n {
+        let name = format!("v{i}");
+        // A long description makes a long reply: a longer write to hit.
+        let mut def = dummy_definition(&name);
+        def["description"] = json!("x".repeat(1000));
+        env.ok("define", json!({"vm_name": name, "definition": def}));
+    }
+    let req = env.root().join("req.json");
+    std::fs::write(&req, json!({"action": "status", "data": {}}).to_string()).unwrap();
+    let run = |rep: &Path, kill_after: Option<Duration>| {
+        std::fs::write(rep, "").unwrap();
+        let mut c = env.cmd();
+        c.arg("agent").arg(&req).arg(rep).stdout(Stdio::null()).stderr(Stdio::null());
+        let t = Instant::now();
+        let mut child = c.spawn().unwrap();
+        if let Some(d) = kill_after {
+            std::thread::sleep(d);
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        t.elapsed()
+    };
+    let rep = env.root().join("reply.json");
+    let mut uncut: Vec<Duration> = (0..5).map(|_| run(&rep, None)).collect();
+    uncut.sort();
+    let whole_run = uncut[2];
+    let reply_len = std::fs::metadata(&rep).unwrap().len();
+    assert!(reply_len > 80 * 4096, "a long reply: {reply_len} bytes");
+    // Whole or empty, and which (counted over every kill).
+    let (empty, whole) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+    let check = |at: Duration| -> bool {
+        run(&rep, Some(at));
+        let text = std::fs::read(&rep).unwrap();
+        if text.is_empty() {
+            empty.set(empty.get() + 1);
+            return false;
+        }
+        let v: Value = serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{} of {reply_len} bytes after a kill at {at:?} ({e})", text.len()));
+        assert!(v["vms"].as_object().is_some_and(|o| o.len() == n), "a kill at {at:?} left a reply without every VM");
+        whole.set(whole.get() + 1);
+        true
+    };
+    // Where the reply gets written: between the last kill time of a
+    // coarse scan that left the file empty and the first that left it
+    // whole, narrowed by halving.
+    let coarse: Vec<Duration> = (0..40u32).map(|i| whole_run.mul_f64(0.2 + 1.3 * f64::from(i) / 40.0)).collect();
+    let first_whole = coarse.iter().position(|at| check(*at)).unwrap_or(coarse.len() - 1);
+    let (mut lo, mut hi) = (coarse[first_whole.saturating_sub(1)], coarse[first_whole]);
+    for _ in 0..8 {
+        let mid = (lo + hi) / 2;
+        if check(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    // Then 200 kills around that point, 400 µs either side, 4 µs apart
+    // (sleep and start-up jitter spread them further).
+    for i in 0..200u64 {
+        check((hi + Duration::from_micros(i * 4)).saturating_sub(Duration::from_micros(400)));
+    }
+    let (empty, whole) = (empty.get(), whole.get());
+    eprintln!("a whole run {whole_run:?}: {empty} kills left the file empty, {whole} whole");
+    assert!(empty > 0 && whole > 0, "the kills did not span the write: empty {empty}, whole {whole}");
+}
+
 /// Point 6: a SIGKILL at any instant leaves the MCollective reply file as
 /// MCollective created it (empty) or holding the whole reply.
 #[test]

@@ -8,5 +8,6 @@ pub mod fsutil;
 pub mod loopdev;
 pub mod mkfs;
 pub mod mount;
+pub mod netlink;
 pub mod plugin;
 pub mod proc;

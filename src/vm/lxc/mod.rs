@@ -971,10 +971,16 @@ impl VmType for Lxc {
         // this many.
         let sockets = state::Listeners::for_count(vms.len());
         let scan = std::cell::OnceCell::new();
-        vms.iter()
-            .map(|(vm, nics)| {
-                let p = self.probe(vm, |s| sockets.contains(s), &scan);
-                Look { ip: p.live.as_ref().and_then(|(init, _)| ip_of(*init, nics)), ..Look::of(p.state) }
+        let probes: Vec<Probe> = vms.iter().map(|(vm, _)| self.probe(vm, |s| sockets.contains(s), &scan)).collect();
+        // Then the addresses of all running ones, through one socket.
+        let inits: Vec<i32> = probes.iter().filter_map(|p| p.live.as_ref().map(|(init, _)| *init)).collect();
+        let mut ips = state::ipv4s_of(&inits).into_iter();
+        probes
+            .into_iter()
+            .zip(vms)
+            .map(|(p, (_, nics))| {
+                let ip = p.live.as_ref().and_then(|_| primary_of(&ips.next().unwrap_or_default(), nics));
+                Look { ip, ..Look::of(p.state) }
             })
             .collect()
     }
@@ -1060,7 +1066,7 @@ fn log_exit_in(text: &str) -> Option<String> {
 
 /// The configured address if the container has it, else its first one.
 fn ip_of(init: i32, nics: &[Nic]) -> Option<String> {
-    primary_of(&state::ipv4s(init), nics)
+    primary_of(&state::ipv4s_of(&[init]).concat(), nics)
 }
 
 /// Of the addresses `ips` a container has, the first configured in `nics`,

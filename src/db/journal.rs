@@ -83,7 +83,9 @@ impl Db {
     pub fn journal_pending(&mut self, id: JournalId, done: &[String], step: &str) -> Result<(), DbError> {
         let s = serde_json::to_string(done).unwrap_or_else(|_| "[]".into());
         self.write(|tx| {
-            tx.execute("UPDATE journal SET steps = ?2, pending = ?3 WHERE id = ?1", params![id, s, step]).map_err(q("write journal"))?;
+            // Once per step of an action: parsed once per process.
+            let mut st = tx.prepare_cached("UPDATE journal SET steps = ?2, pending = ?3 WHERE id = ?1").map_err(q("write journal"))?;
+            st.execute(params![id, s, step]).map_err(q("write journal"))?;
             Ok(())
         })
     }

@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn the_addresses_of_another_namespace_by_its_id() {
-        let Some(ns) = testing::ThreadNetns::new([10, 77, 0, 1], true) else { return };
+        let Some(ns) = testing::ThreadNetns::new(&[[10, 77, 0, 1]], true) else { return };
         let mut r = Rtnl::open().unwrap();
         let ids = r.nsids_of(&[ns.tid, std::process::id() as i32]).unwrap();
         let Some(id) = ids[0] else { panic!("the namespace was given an id: {ids:?}") };
@@ -385,8 +385,23 @@ mod tests {
     }
 
     #[test]
+    fn a_dump_longer_than_one_datagram_is_read_whole() {
+        // 300 addresses: about 25 KB of answers, several datagrams of the
+        // receive buffer's size.
+        let addrs: Vec<[u8; 4]> = (0..300u32).map(|i| [10, 78, (i / 250) as u8, (i % 250 + 1) as u8]).collect();
+        let Some(ns) = testing::ThreadNetns::new(&addrs, true) else { return };
+        let mut r = Rtnl::open().unwrap();
+        let Some(id) = r.nsids_of(&[ns.tid]).unwrap()[0] else { panic!("no id") };
+        let got = r.ipv4s_in(id).unwrap();
+        let want: Vec<Ipv4Addr> = addrs.iter().map(|a| Ipv4Addr::from(*a)).collect();
+        assert_eq!(got, want);
+        // The socket is whole after it: the next dump answers too.
+        assert_eq!(r.ipv4s_in(id).unwrap().len(), 300);
+    }
+
+    #[test]
     fn a_namespace_without_an_id_has_none() {
-        let Some(ns) = testing::ThreadNetns::new([10, 77, 0, 2], false) else { return };
+        let Some(ns) = testing::ThreadNetns::new(&[[10, 77, 0, 2]], false) else { return };
         assert_eq!(Rtnl::open().unwrap().nsids_of(&[ns.tid]).unwrap(), vec![None]);
     }
 }
@@ -403,7 +418,7 @@ pub(crate) mod testing {
     const NLM_F_CREATE: u16 = 0x400;
 
     /// A thread in a network namespace of its own, its loopback up and
-    /// holding one more address; the namespace ends with the thread, when
+    /// holding more addresses; the namespace ends with the thread, when
     /// this is dropped.
     pub struct ThreadNetns {
         pub tid: i32,
@@ -415,7 +430,8 @@ pub(crate) mod testing {
         /// `None`, with a line on stderr, where this process may not make
         /// a namespace (not root). `nsid`: give it an id in this process's
         /// namespace, as LXC does for a container's.
-        pub fn new(addr: [u8; 4], nsid: bool) -> Option<ThreadNetns> {
+        pub fn new(addrs: &[[u8; 4]], nsid: bool) -> Option<ThreadNetns> {
+            let addrs = addrs.to_vec();
             let (tx, rx) = mpsc::channel();
             let (done, wait) = mpsc::channel::<()>();
             let thread = std::thread::spawn(move || {
@@ -430,7 +446,9 @@ pub(crate) mod testing {
                     ack(&mut r, RTM_NEWLINK, NLM_F_ACK, &link, &[])?;
                     let mut ifa = vec![libc::AF_INET as u8, 32, 0, 0];
                     ifa.extend(1u32.to_ne_bytes());
-                    ack(&mut r, RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &ifa, &[(IFA_LOCAL, &addr), (IFA_ADDRESS, &addr)])?;
+                    for addr in &addrs {
+                        ack(&mut r, RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &ifa, &[(IFA_LOCAL, addr), (IFA_ADDRESS, addr)])?;
+                    }
                     Ok(nix::unistd::gettid().as_raw())
                 });
                 let ok = made.is_ok();

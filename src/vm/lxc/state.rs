@@ -650,7 +650,7 @@ mod tests {
         use crate::sys::netlink::testing::ThreadNetns;
         // One namespace with an id (netlink answers), one without (read
         // from its fib_trie), asked together.
-        let (Some(with), Some(without)) = (ThreadNetns::new([10, 77, 1, 1], true), ThreadNetns::new([10, 77, 1, 2], false)) else { return };
+        let (Some(with), Some(without)) = (ThreadNetns::new(&[[10, 77, 1, 1]], true), ThreadNetns::new(&[[10, 77, 1, 2]], false)) else { return };
         let addr = |s: &str| vec![s.parse::<Ipv4Addr>().unwrap()];
         assert_eq!(ipv4s_of(&[with.tid, without.tid]), vec![addr("10.77.1.1"), addr("10.77.1.2")]);
         assert_eq!(ipv4s_in_fib_trie(with.tid), addr("10.77.1.1"));

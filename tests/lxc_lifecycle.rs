@@ -317,6 +317,119 @@ fn issue_4_rootfs_without_a_volume() {
     assert!(!rootfs2.exists(), "a transient VM's rootfs is removed");
 }
 
+/// Unmounts whatever a failed test left mounted under a root (declared
+/// before the `Containers` guard, so it runs after their power-off).
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        crate::common::release_under(&self.0);
+    }
+}
+
+/// Every path under `dir`, relative, sorted.
+fn tree(dir: &std::path::Path) -> Vec<String> {
+    fn walk(base: &std::path::Path, d: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(base).unwrap_or(&p).to_string_lossy().into_owned());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(base, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Issue 15: a fresh install on an overlay goes into the volume's own
+/// layer while it is unmounted (`Volume::offline_root`): `define` mounts
+/// nothing, its upper layer holds the guest files and an `/etc` made as
+/// the template's, the shared template is untouched, and the container
+/// sees what it saw when `define` wrote through a mounted overlay.
+#[test]
+fn issue_15_overlay_install_writes_the_upper_layer_unmounted() {
+    const TEST: &str = "issue_15_overlay_install_writes_the_upper_layer_unmounted";
+    if let Some(why) = missing() {
+        return skip(TEST, &why);
+    }
+    use std::os::unix::fs::MetadataExt;
+    let name = unique("o");
+    let env = Env::with_config("[storage_types.ov]\ndriver = \"overlay\"\n");
+    busybox_template(&env.root().join("var/lib/geats/templates"), "busybox");
+    let _unmount = Unmount(env.root().to_path_buf());
+    let lxc = Containers::new(&env.root().join("var/lib/lxc"), &[&name]);
+    let vm = json!({"vm_name": name});
+    let vol = env.root().join("var/lib/geats/overlay").join(&name).join("root");
+    let none: Vec<String> = Vec::new();
+    let mounts = || crate::common::mounts_under(env.root()).into_iter().map(|m| m.mount_point.display().to_string()).collect::<Vec<_>>();
+
+    let def = json!({"vm_name": name, "definition": definition(json!({"storage": [{"name": "root", "type": "ov"}]}))});
+    // A dry run plans the same steps as the run takes: no activation.
+    let mut dry = def.clone();
+    dry["dry_run"] = json!(true);
+    let planned = env.ok("define", dry)["steps"].clone();
+    let d = env.ok("define", def);
+    assert_eq!(d["state"], json!(["stopped", "stopped"]));
+    assert_eq!(mounts(), none, "define left something mounted");
+    let history: Value = serde_json::from_str(&crate::common::cli_ok(&env, &["history", &name, "--json"])).expect("history JSON");
+    let steps = history.as_array().and_then(|h| h.last()).map(|e| e["steps"].clone()).expect("a journal entry");
+    let ov = env.root().join("var/lib/geats/overlay").join(&name).join("root");
+    let expect = json!([
+        format!("define volume root (overlay {})", ov.display()),
+        "install template busybox",
+        "write guest configuration",
+        format!("define lxc VM {name}"),
+        "record definition"
+    ]);
+    assert_eq!(steps, expect, "define activated the overlay");
+    assert_eq!(planned, expect, "the dry run plans other steps");
+    let upper = vol.join("upper");
+    assert_eq!(tree(&upper), ["etc", "etc/firstboot.config", "etc/hostname"], "the upper layer holds more than the guest files");
+    assert_eq!(std::fs::read_to_string(upper.join("etc/hostname")).expect("hostname"), format!("{name}\n"));
+    let fb = std::fs::read_to_string(upper.join("etc/firstboot.config")).expect("firstboot.config");
+    assert!(fb.contains(&format!("NAME='{name}'")) && fb.contains("ROLE='test'"), "{fb}");
+    let entry = std::fs::read_to_string(vol.join("lower")).expect("lower");
+    let lower = env.root().join("var/lib/geats/overlay/.templates").join(entry.trim());
+    // /etc as the template has it, the files and the layer's top owned
+    // by the container's root (the template is shifted: overlayfs cannot
+    // be mounted idmapped).
+    let (le, ue) = (std::fs::metadata(lower.join("etc")).expect("template etc"), std::fs::metadata(upper.join("etc")).expect("upper etc"));
+    assert_eq!((ue.uid(), ue.gid(), ue.mode()), (le.uid(), le.gid(), le.mode()), "/etc differs from the template's");
+    assert_ne!(le.uid(), 0, "the template was not shifted");
+    for f in ["etc/hostname", "etc/firstboot.config", ""] {
+        let m = std::fs::metadata(upper.join(f)).expect("upper file");
+        assert_eq!((m.uid(), m.gid()), (le.uid(), le.gid()), "owner of upper/{f}");
+    }
+    assert_eq!(std::fs::metadata(upper.join("etc/firstboot.config")).expect("fb").mode() & 0o777, 0o600);
+    assert!(!lower.join("etc/hostname").exists() && !lower.join("etc/firstboot.config").exists(), "define wrote into the shared template");
+    let config = std::fs::read_to_string(env.root().join("var/lib/lxc").join(&name).join("config")).expect("config");
+    assert!(config.contains(&format!("lxc.rootfs.path = dir:{}\n", vol.join("merged").display())), "{config}");
+    assert!(!config.contains("idmap=container"), "shifted files are not mounted idmapped: {config}");
+
+    // The container sees the template with the guest files, as its own.
+    env.ok("start", vm.clone());
+    assert_eq!(lxc.lxc_state(&name), "RUNNING");
+    let inside = |cmd: &[&str]| {
+        let mut args = vec!["exec", name.as_str(), "--"];
+        args.extend_from_slice(cmd);
+        let o = env.cli(&args);
+        assert!(o.status.success(), "{cmd:?}: {}", crate::common::out_text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(inside(&["cat", "/etc/hostname"]), name);
+    assert_eq!(inside(&["stat", "-c", "%u:%g %a", "/", "/etc", "/etc/firstboot.config"]), "0:0 755\n0:0 755\n0:0 600");
+    assert!(inside(&["cat", "/etc/passwd"]).starts_with("root:"), "the template does not show through");
+    env.ok("stop", vm.clone());
+    assert_eq!(mounts(), none, "stop left the overlay mounted");
+
+    env.ok("deprovision", vm);
+    assert!(!vol.exists(), "deprovision left the volume");
+    assert_eq!(mounts(), none);
+}
+
 /// A tar.gz with `etc` or `etc/hostname` as a symlink to `target`.
 fn symlink_template(dir: &std::path::Path, name: &str, link: &str, target: &std::path::Path) {
     std::fs::create_dir_all(dir).unwrap();
@@ -361,6 +474,42 @@ fn issue_4_template_symlinks_cannot_redirect_guest_files() {
     let hostname = env.root().join("var/lib/geats/volumes/evil2/root/etc/hostname");
     assert!(!hostname.is_symlink());
     assert_eq!(std::fs::read_to_string(hostname).unwrap(), "evil2\n");
+}
+
+/// Issue 15: the same refusals when the install goes into an overlay's
+/// upper layer unmounted (the template's `/etc` is read from the shared
+/// template, the files written beside it in the volume's own layer).
+#[test]
+fn issue_15_overlay_install_refuses_template_symlinks() {
+    let env = Env::with_config("[storage_types.ov]\ndriver = \"overlay\"\n");
+    let _unmount = Unmount(env.root().to_path_buf());
+    let templates = env.root().join("var/lib/geats/templates");
+    let outside = env.root().join("host");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("file"), "host data").unwrap();
+    symlink_template(&templates, "etclink", "etc", &outside);
+    symlink_template(&templates, "filelink", "etc/hostname", &outside.join("file"));
+    let storage = json!([{"name": "root", "type": "ov"}]);
+
+    let e = env.fail("define", json!({"vm_name": "evil1", "definition": {"template": "etclink", "storage": storage}}));
+    assert_eq!(e["errorcode"], "invalid_data", "{e}");
+    assert!(e["message"].as_str().unwrap_or_default().contains("symlink"), "{e}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "geats wrote outside the rootfs");
+    assert!(!env.root().join("var/lib/lxc/evil1").exists());
+    assert!(!env.root().join("var/lib/geats/overlay/evil1").exists(), "the failed define left its volume");
+
+    env.ok("define", json!({"vm_name": "evil2", "definition": {"template": "filelink", "storage": storage}}));
+    assert_eq!(std::fs::read_to_string(outside.join("file")).unwrap(), "host data");
+    let vol = env.root().join("var/lib/geats/overlay/evil2/root");
+    let hostname = vol.join("upper/etc/hostname");
+    assert!(!hostname.is_symlink());
+    assert_eq!(std::fs::read_to_string(hostname).unwrap(), "evil2\n");
+    // The shared template keeps its link.
+    let entry = std::fs::read_to_string(vol.join("lower")).expect("lower");
+    let lower = env.root().join("var/lib/geats/overlay/.templates").join(entry.trim());
+    assert!(lower.join("etc/hostname").is_symlink(), "the template's own file was replaced");
+    assert_eq!(crate::common::mounts_under(env.root()), Vec::new());
+    env.ok("deprovision", json!({"vm_name": "evil2"}));
 }
 
 /// Issue 13, acceptance 7: a definition in the original Geats's form

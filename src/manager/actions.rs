@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::names::{TypeName, VmName, VolumeName};
 use crate::request::{Action, RequestError};
 use crate::state::{power_disposition, Disposition, Power, PowerAction};
-use crate::storage::{Kind, StorageError};
+use crate::storage::{Kind, RootDirs, StorageError};
 use crate::template::{self, Template};
 use crate::vm::{self, VmType};
 
@@ -346,6 +346,11 @@ fn install_root(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition
     // A fresh install's root is only looked at before the template
     // replaces what it holds (`Volume::activate_to_clone`).
     let cloning = fresh && template.is_some();
+    if let (true, false, Some(t)) = (cloning, running, template) {
+        if root.volume.offline_root().is_some() {
+            return install_offline(op, vm, vmt, def, root, t);
+        }
+    }
     op.step(format!("activate volume {name}"), undo, |_| Ok(if cloning { root.volume.activate_to_clone() } else { root.volume.activate() }?))?;
     let dir = root.volume.provides().path_of(Kind::Directory).map(std::path::Path::to_path_buf);
     // A fresh root that syncs whole at less cost than a file at a time
@@ -357,7 +362,7 @@ fn install_root(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition
             op.step(format!("install template {}", t.name), None, |_| {
                 // The template as this VM's root must receive it (LXC
                 // shifts owners into an unprivileged container's id map).
-                let t = vmt.template_for(vm, def, dir, t.clone())?;
+                let t = vmt.template_for(vm, def, &RootDirs::active(dir), t.clone())?;
                 if !root.volume.clone_template(&t, whole.is_none())? {
                     template::install(&t, dir)?;
                 }
@@ -367,7 +372,7 @@ fn install_root(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition
     }
     if let Some(dir) = &dir {
         op.step("write guest configuration", None, |_| {
-            vmt.write_guest_files(vm, def, dir, whole.is_none())?;
+            vmt.write_guest_files(vm, def, &RootDirs::active(dir), whole.is_none())?;
             match &whole {
                 Some(p) => Ok(crate::sys::fsutil::syncfs(p).map_err(crate::storage::io_err(&name.to_string(), "sync", p))?),
                 None => Ok(()),
@@ -380,6 +385,33 @@ fn install_root(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition
         return Ok(());
     }
     op.step(format!("deactivate volume {name}"), None, |_| Ok(root.volume.deactivate()?))
+}
+
+/// [`install_root`] of a fresh install into a volume that takes it
+/// while inactive (`Volume::offline_root`, an unmounted overlay): the
+/// template and the guest files go in without activating it, each file
+/// fsynced, so there is no mount to make, no unmount to sync the file
+/// system under it, and nothing to release.
+fn install_offline(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition, root: &mut Vol, template: &Template) -> Result<()> {
+    let name = root.name().clone();
+    let offline = |root: &Vol| {
+        root.volume
+            .offline_root()
+            .ok_or_else(|| Error::Internal(format!("volume {name} stopped taking an install while inactive")))
+    };
+    op.step(format!("install template {}", template.name), None, |_| {
+        let dirs = offline(root)?;
+        let t = vmt.template_for(vm, def, &dirs, template.clone())?;
+        if !root.volume.clone_template(&t, true)? {
+            template::install(&t, &dirs.write)?;
+        }
+        Ok(())
+    })?;
+    op.step("write guest configuration", None, |_| {
+        // Again: the clone has put the template under the volume.
+        let dirs = offline(root)?;
+        Ok(vmt.write_guest_files(vm, def, &dirs, true)?)
+    })
 }
 
 pub(super) fn power(op: &mut Op<'_>, vm: &VmName, action: PowerAction) -> Outcome {

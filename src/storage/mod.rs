@@ -238,6 +238,35 @@ impl Provides {
     }
 }
 
+/// A VM's root directory as a `define` installs it: where its files are
+/// read and where new ones are written. For an active volume both are the
+/// directory it provides ([`RootDirs::active`]); for an overlay installed
+/// while unmounted ([`Volume::offline_root`]), the template it shows and
+/// its own `upper/` layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootDirs {
+    /// What the VM will see: read the root's files here.
+    pub read: PathBuf,
+    /// Write new files here. The root directory's own owner and mode are
+    /// this directory's (an overlay shows its upper layer's root).
+    pub write: PathBuf,
+    /// The type of the file system the VM will see (`statfs` magic), when
+    /// it is not that of `read`.
+    pub fs_type: Option<i64>,
+}
+
+impl RootDirs {
+    /// An active root: read and written in place.
+    pub fn active(dir: &Path) -> RootDirs {
+        RootDirs { read: dir.to_path_buf(), write: dir.to_path_buf(), fs_type: None }
+    }
+
+    /// Are reads and writes in different directories?
+    pub fn is_split(&self) -> bool {
+        self.read != self.write
+    }
+}
+
 /// Size and use of a volume, bytes.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VolumeUsage {
@@ -311,6 +340,21 @@ pub trait Volume: std::fmt::Debug {
     /// `true` may. Default: [`Volume::activate`].
     fn activate_to_clone(&mut self) -> Result<(), StorageError> {
         self.activate()
+    }
+    /// A fresh install without activating the volume: where the manager
+    /// can have the VM type look at the root and write its files while
+    /// the volume stays inactive, around a [`Volume::clone_template`]
+    /// (which must then work on an inactive volume). `overlay` gives the
+    /// template it stands on to read and its own `upper/` layer to write,
+    /// as overlayfs allows while it is not mounted: its mounts, the
+    /// preparation of `work/`, the copy-up of `/etc` and the unmount that
+    /// syncs the whole file system under `upper/` cost more than the
+    /// install's own writes (docs/performance.md, eleventh pass). Asked
+    /// before the clone and again after it, only for a fresh install from
+    /// a template. `None` (the default, and for an active volume): the
+    /// manager activates the volume and works in what it provides.
+    fn offline_root(&self) -> Option<RootDirs> {
+        None
     }
     /// Take the snapshot `name` of the volume's current contents; returns
     /// the bytes it takes when the driver knows. Called on an inactive

@@ -10,7 +10,11 @@
 //!
 //! `activate` mounts the overlay on `merged/`, `deactivate` unmounts it
 //! (whether it is mounted is asked of the kernel, [`mount::is_mounted`]).
-//! Before a `clone_template`, `activate_to_clone` mounts it read-only.
+//! A fresh install from a template needs no mount at all
+//! ([`Volume::offline_root`]): `clone_template` writes `lower`, and the
+//! guest files go straight into `upper/`, beside the template they hide
+//! files of. One into a volume a killed action left mounted goes through
+//! the mount: `activate_to_clone` mounts it read-only before the clone.
 //!
 //! Snapshots live in the volume's directory, `snapshots/NAME/` holding
 //! `upper/` and `lower`: a copy of the volume's own layer (`cp -a
@@ -29,11 +33,14 @@
 use std::path::{Path, PathBuf};
 
 use super::template_cache::{self, CacheOps};
-use super::{empty_dir, io_err, remove_if_empty, remove_tree, Provides, StorageError, Volume, VolumeCtx, VolumeUsage};
+use super::{empty_dir, io_err, remove_if_empty, remove_tree, Provides, RootDirs, StorageError, Volume, VolumeCtx, VolumeUsage};
 use super::snapshot;
 use crate::names::SnapshotName;
 use crate::sys::mount;
 use crate::template::Template;
+
+/// `statfs` type of an overlayfs mount (`OVERLAYFS_SUPER_MAGIC`).
+const OVERLAYFS_SUPER_MAGIC: i64 = 0x794C_7630;
 
 /// An overlay volume.
 #[derive(Debug)]
@@ -210,9 +217,33 @@ impl Volume for Overlay {
     }
 
     /// `upper/`: its file system is synced whole when the overlay is
-    /// unmounted anyway (`ovl_sync_fs`), which follows a fresh install.
+    /// unmounted anyway (`ovl_sync_fs`), which follows a fresh install
+    /// into a mounted overlay (one a killed action left mounted; otherwise
+    /// the install goes through [`Volume::offline_root`], which syncs file
+    /// by file).
     fn sync_path(&self) -> Option<PathBuf> {
         Some(self.upper())
+    }
+
+    /// Unmounted, a fresh install reads the template it stands on (the
+    /// one `lower` names, or the empty one before the clone) and writes
+    /// into `upper/`: overlayfs allows changes to its layers while it is
+    /// not mounted, and a file in `upper/` hides the template's of that
+    /// name. The VM will see an overlay, whose type the VM type is told
+    /// (it decides how the container's ids are mapped by it).
+    fn offline_root(&self) -> Option<RootDirs> {
+        if self.is_active() {
+            return None;
+        }
+        // Without making anything (a dry run asks too): no `lower` yet
+        // reads as the empty template, whether or not it exists.
+        let read = match std::fs::read_to_string(self.lower_file()) {
+            Ok(text) if template_cache::valid_key(text.trim()) => self.templates().join(text.trim()),
+            Ok(_) => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.templates().join(".empty"),
+            Err(_) => return None,
+        };
+        Some(RootDirs { read, write: self.upper(), fs_type: Some(OVERLAYFS_SUPER_MAGIC) })
     }
 
     fn provides(&self) -> Provides {
@@ -240,7 +271,9 @@ impl Volume for Overlay {
         let lower = template_cache::ensure(&self.volume, &self.templates(), template, &DirCache(&self.volume))?;
         let entry = lower.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let was_active = self.is_active();
-        self.deactivate()?;
+        if was_active {
+            self.deactivate()?;
+        }
         // The volume is empty; start its upper layer afresh over the template.
         empty_dir(&self.volume, &self.upper())?;
         empty_dir(&self.volume, &self.work())?;

@@ -56,7 +56,7 @@ use crate::config::{Config, ConfigError};
 use crate::definition::{Definition, Nic};
 use crate::names::{TypeName, VmName, VolumeName};
 use crate::state::{PowerAction, VmState};
-use crate::storage::{Kind, Provides};
+use crate::storage::{Kind, Provides, RootDirs};
 use crate::sys::exec::ExecError;
 
 /// A VM type's failure.
@@ -218,19 +218,25 @@ pub trait VmType: std::fmt::Debug {
     fn check(&self, vm: &VmName, def: &Definition) -> Result<(), VmError>;
 
     /// Write the guest's own configuration (hostname, firstboot config)
-    /// into its root directory, which is active, after the template.
-    /// `durable`: `fsync` each file before it takes its name; when false,
-    /// the manager syncs the root's file system whole afterwards
+    /// into its root directory, after the template: the files the root
+    /// holds are read under `root.read`, new ones written under
+    /// `root.write` (the same directory when the volume is active; an
+    /// overlay's template and upper layer when it is installed unmounted,
+    /// `storage::Volume::offline_root`, where a directory written into
+    /// must take the owner and mode the template gives it). `durable`:
+    /// `fsync` each file before it takes its name; when false, the manager
+    /// syncs the root's file system whole afterwards
     /// (`storage::Volume::sync_path`). Only called when
     /// [`VmType::installs_templates`] is true.
-    fn write_guest_files(&self, _vm: &VmName, _def: &Definition, _root: &std::path::Path, _durable: bool) -> Result<(), VmError> {
+    fn write_guest_files(&self, _vm: &VmName, _def: &Definition, _root: &RootDirs, _durable: bool) -> Result<(), VmError> {
         Ok(())
     }
 
-    /// The template as it must be unpacked onto `root` (active, empty) for
-    /// this VM, e.g. with owners shifted into its id map. Only called when
-    /// [`VmType::installs_templates`] is true.
-    fn template_for(&self, _vm: &VmName, _def: &Definition, _root: &std::path::Path, t: crate::template::Template) -> Result<crate::template::Template, VmError> {
+    /// The template as it must be unpacked onto `root` (empty) for this
+    /// VM, e.g. with owners shifted into its id map; `root.fs_type` is the
+    /// file system the VM will see when `root.read` is not on it. Only
+    /// called when [`VmType::installs_templates`] is true.
+    fn template_for(&self, _vm: &VmName, _def: &Definition, _root: &RootDirs, t: crate::template::Template) -> Result<crate::template::Template, VmError> {
         Ok(t)
     }
 

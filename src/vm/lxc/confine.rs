@@ -101,13 +101,26 @@ pub fn kernel_version() -> Option<(u32, u32)> {
 /// Can the filesystem holding `dir` be mounted idmapped on this kernel?
 /// `Err` says why not (shown in `info --config`).
 pub fn idmap_support(dir: &Path) -> Result<(), String> {
+    idmap_support_of(dir, None)
+}
+
+/// [`idmap_support`] of the file system of type `fs_type` (`statfs`
+/// magic) when given, else of the one holding `dir`: a root installed
+/// before it is mounted (`storage::RootDirs::fs_type`).
+pub fn idmap_support_of(dir: &Path, fs_type: Option<i64>) -> Result<(), String> {
     let k = kernel_version().unwrap_or((0, 0));
     if k < (5, 12) {
         return Err(format!("kernel {}.{} has no idmapped mounts (5.12+)", k.0, k.1));
     }
-    let st = nix::sys::statfs::statfs(dir).map_err(|e| format!("cannot statfs {}: {e}", dir.display()))?;
-    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
-    let magic = st.filesystem_type().0 as i64;
+    let magic = match fs_type {
+        Some(m) => m,
+        None => {
+            let st = nix::sys::statfs::statfs(dir).map_err(|e| format!("cannot statfs {}: {e}", dir.display()))?;
+            #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+            let m = st.filesystem_type().0 as i64;
+            m
+        }
+    };
     let min = match magic {
         0xEF53 | 0x5846_5342 => (5, 12),
         0x9123_683E => (5, 15),

@@ -16,6 +16,7 @@ use nix::sys::stat::{mkdirat, Mode};
 
 use crate::definition::Definition;
 use crate::names::VmName;
+use crate::storage::RootDirs;
 use crate::vm::VmError;
 
 /// Shell variables geats sets in `/etc/firstboot.config` itself, or that
@@ -90,31 +91,95 @@ fn io_err(step: &'static str, path: &Path, e: impl Into<std::io::Error>) -> VmEr
     VmError::Io { step, path: path.to_path_buf(), source: e.into() }
 }
 
+fn not_a_directory(shown: &Path) -> VmError {
+    VmError::Invalid {
+        pointer: "/definition/template".into(),
+        problem: format!("the template's {} is a symlink or not a directory; geats does not write through it", shown.display()),
+    }
+}
+
 /// Open (creating if missing) the directory `name` under `parent`,
-/// refusing a symlink or a non-directory.
-fn open_subdir(parent: &OwnedFd, name: &str, owner: Option<(u32, u32)>, shown: &Path) -> Result<OwnedFd, VmError> {
+/// refusing a symlink or a non-directory. A missing one is made like
+/// `like` (owner, mode, extended attributes: the template's directory of
+/// that name, which an overlay written unmounted must show as its own, as
+/// overlayfs' copy-up would), else mode 0755 owned by `owner`.
+fn open_subdir(parent: &OwnedFd, name: &str, owner: Option<(u32, u32)>, like: Option<&Path>, shown: &Path) -> Result<OwnedFd, VmError> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let open = || openat(Some(parent.as_raw_fd()), name, flags, Mode::empty());
     let fd = match open() {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => {
-            mkdirat(Some(parent.as_raw_fd()), name, Mode::from_bits_truncate(0o755)).map_err(|e| io_err("create", shown, e))?;
+            use std::os::unix::fs::MetadataExt;
+            let model = like.map(|p| std::fs::symlink_metadata(p).map_err(|e| io_err("read", shown, e))).transpose()?;
+            let (mode, owner) = match &model {
+                Some(m) => (m.mode() & 0o7777, Some((m.uid(), m.gid()))),
+                None => (0o755, owner),
+            };
+            mkdirat(Some(parent.as_raw_fd()), name, Mode::from_bits_truncate(mode)).map_err(|e| io_err("create", shown, e))?;
             if let Some((u, g)) = owner {
                 nix::unistd::fchownat(Some(parent.as_raw_fd()), name, Some(u.into()), Some(g.into()), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
                     .map_err(|e| io_err("chown", shown, e))?;
             }
-            open().map_err(|e| io_err("open", shown, e))?
+            let fd = open().map_err(|e| io_err("open", shown, e))?;
+            // SAFETY: openat returned a new descriptor that nothing else owns.
+            let made = unsafe { OwnedFd::from_raw_fd(fd) };
+            if let Some(from) = like.filter(|_| model.is_some()) {
+                // The exact mode (mkdir applies the umask), and the
+                // template's attributes.
+                nix::sys::stat::fchmod(made.as_raw_fd(), Mode::from_bits_truncate(mode)).map_err(|e| io_err("chmod", shown, e))?;
+                copy_xattrs(from, &made).map_err(|e| io_err("copy attributes to", shown, e))?;
+            }
+            return Ok(made);
         }
-        Err(Errno::ELOOP | Errno::ENOTDIR) => {
-            return Err(VmError::Invalid {
-                pointer: "/definition/template".into(),
-                problem: format!("the template's {} is a symlink or not a directory; geats does not write through it", shown.display()),
-            })
-        }
+        Err(Errno::ELOOP | Errno::ENOTDIR) => return Err(not_a_directory(shown)),
         Err(e) => return Err(io_err("open", shown, e)),
     };
     // SAFETY: openat returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Copy the extended attributes of `from` (not following a symlink) onto
+/// the open `to`, but overlayfs' own (`trusted.overlay.*`), as overlayfs'
+/// copy-up does. A file system without them has none to copy.
+fn copy_xattrs(from: &Path, to: &OwnedFd) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(from.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let last = std::io::Error::last_os_error;
+    // SAFETY: `c` is a NUL-terminated path; a null buffer of length 0
+    // asks for the size only.
+    let len = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+    if len < 0 {
+        let e = last();
+        return if e.raw_os_error() == Some(libc::ENOTSUP) { Ok(()) } else { Err(e) };
+    }
+    let mut names = vec![0u8; len.unsigned_abs()];
+    // SAFETY: as above, with a buffer of `names.len()` bytes.
+    let len = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if len < 0 {
+        return Err(last());
+    }
+    names.truncate(len.unsigned_abs());
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty() && !n.starts_with(b"trusted.overlay.")) {
+        let Ok(cname) = std::ffi::CString::new(name) else { continue };
+        // SAFETY: NUL-terminated path and name; size query, then a buffer
+        // of the size asked for.
+        let size = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            return Err(last());
+        }
+        let mut value = vec![0u8; size.unsigned_abs()];
+        // SAFETY: as above.
+        let size = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        if size < 0 {
+            return Err(last());
+        }
+        // SAFETY: an open descriptor, a NUL-terminated name and `size`
+        // bytes of `value`.
+        if unsafe { libc::fsetxattr(to.as_raw_fd(), cname.as_ptr(), value.as_ptr().cast(), size.unsigned_abs(), 0) } < 0 {
+            return Err(last());
+        }
+    }
+    Ok(())
 }
 
 /// A guest file written under a temp name beside its own, not yet
@@ -191,16 +256,28 @@ fn finish(files: Vec<Pending<'_>>, durable: bool) -> Result<(), VmError> {
     res
 }
 
-/// Write `/etc/hostname` and `/etc/firstboot.config` under `root`, owned
-/// by `owner` (the container's root on the host when its files are
+/// Write `/etc/hostname` and `/etc/firstboot.config` under `root.write`,
+/// owned by `owner` (the container's root on the host when its files are
 /// shifted into an id map) or by the caller; `durable`: `fsync` each
-/// (else the caller syncs the file system).
-pub fn write(vm: &VmName, def: &Definition, root: &Path, owner: Option<(u32, u32)>, durable: bool) -> Result<(), VmError> {
+/// (else the caller syncs the file system). A root read elsewhere (an
+/// overlay written unmounted) gets `/etc` as its template has it: a
+/// symlink or a non-directory there is refused as it is in place, and a
+/// directory is made in `root.write` with its owner, mode and attributes.
+pub fn write(vm: &VmName, def: &Definition, root: &RootDirs, owner: Option<(u32, u32)>, durable: bool) -> Result<(), VmError> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let fd = nix::fcntl::open(root, flags, Mode::empty()).map_err(|e| io_err("open", root, e))?;
+    let fd = nix::fcntl::open(&root.write, flags, Mode::empty()).map_err(|e| io_err("open", &root.write, e))?;
     // SAFETY: open returned a new descriptor that nothing else owns.
     let root_fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let etc = open_subdir(&root_fd, "etc", owner, Path::new("/etc"))?;
+    let shown_etc = Path::new("/etc");
+    let template_etc = root.read.join("etc");
+    let like = match root.is_split().then(|| std::fs::symlink_metadata(&template_etc)) {
+        None => None,
+        Some(Ok(m)) if m.is_dir() => Some(template_etc.as_path()),
+        Some(Ok(_)) => return Err(not_a_directory(shown_etc)),
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Some(Err(e)) => return Err(io_err("read", shown_etc, e)),
+    };
+    let etc = open_subdir(&root_fd, "etc", owner, like, shown_etc)?;
     let hostname = format!("{vm}\n");
     let hostname = write_in(&etc, "hostname", hostname.as_bytes(), 0o644, owner, Path::new("/etc/hostname"))?;
     // 0600: metadata may carry secrets.
@@ -260,7 +337,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.join("file"), root.join("etc/hostname")).unwrap();
         std::os::unix::fs::symlink(outside.join("fb"), root.join("etc/firstboot.config")).unwrap();
         let vm = VmName::new("web1").unwrap();
-        write(&vm, &def(serde_json::json!({})), &root, None, true).unwrap();
+        write(&vm, &def(serde_json::json!({})), &RootDirs::active(&root), None, true).unwrap();
         assert_eq!(std::fs::read_to_string(outside.join("file")).unwrap(), "host");
         assert!(!outside.join("fb").exists());
         assert_eq!(std::fs::read_to_string(root.join("etc/hostname")).unwrap(), "web1\n");
@@ -276,14 +353,106 @@ mod tests {
         std::fs::create_dir(&root).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
         let vm = VmName::new("web1").unwrap();
-        let e = write(&vm, &def(serde_json::json!({})), &root, None, true).unwrap_err();
+        let e = write(&vm, &def(serde_json::json!({})), &RootDirs::active(&root), None, true).unwrap_err();
         assert!(e.to_string().contains("symlink"), "{e}");
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
         // An /etc -> / style link made relative is refused too.
         std::fs::remove_file(root.join("etc")).unwrap();
         std::os::unix::fs::symlink("..", root.join("etc")).unwrap();
-        assert!(write(&vm, &def(serde_json::json!({})), &root, None, true).is_err());
+        assert!(write(&vm, &def(serde_json::json!({})), &RootDirs::active(&root), None, true).is_err());
         assert!(!d.path().join("hostname").exists());
+    }
+
+    /// A root read from a template and written into another directory
+    /// (an overlay's upper layer, unmounted).
+    fn split(d: &Path) -> RootDirs {
+        let (read, write) = (d.join("template"), d.join("upper"));
+        std::fs::create_dir_all(&read).unwrap();
+        std::fs::create_dir_all(&write).unwrap();
+        RootDirs { read, write, fs_type: None }
+    }
+
+    #[test]
+    fn split_root_gets_etc_as_the_template_has_it() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let root = split(d.path());
+        let etc = root.read.join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::write(etc.join("passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o2751)).unwrap();
+        let set = |p: &Path, name: &str, value: &[u8]| {
+            let (p, n) = (std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap(), std::ffi::CString::new(name).unwrap());
+            // SAFETY: NUL-terminated path and name, `value.len()` bytes.
+            unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) == 0 }
+        };
+        let get = |p: &Path, name: &str| {
+            let (p, n) = (std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap(), std::ffi::CString::new(name).unwrap());
+            let mut buf = [0u8; 64];
+            // SAFETY: as above, into a buffer of its length.
+            let n = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            (n >= 0).then(|| buf[..n as usize].to_vec())
+        };
+        let user_xattrs = set(&etc, "user.geats-test", b"kept");
+        // Root can set overlayfs' own attributes; they must not be copied
+        // (an opaque /etc would hide the whole of the template's).
+        let trusted = set(&etc, "trusted.overlay.opaque", b"y");
+        let owner = nix::unistd::geteuid().is_root().then(|| {
+            std::os::unix::fs::lchown(&etc, Some(4321), Some(4322)).unwrap();
+            (4321, 4322)
+        });
+        write(&VmName::new("web1").unwrap(), &def(serde_json::json!({})), &root, Some((100000, 100000)), true).unwrap();
+        let made = root.write.join("etc");
+        let m = std::fs::symlink_metadata(&made).unwrap();
+        assert!(m.is_dir());
+        assert_eq!(m.mode() & 0o7777, 0o2751, "mode of /etc");
+        if let Some(o) = owner {
+            assert_eq!((m.uid(), m.gid()), o, "owner of /etc");
+        }
+        if user_xattrs {
+            assert_eq!(get(&made, "user.geats-test").as_deref(), Some(&b"kept"[..]), "the template's attribute");
+        }
+        if trusted {
+            assert_eq!(get(&made, "trusted.overlay.opaque"), None, "overlayfs' own attribute was copied");
+        }
+        assert_eq!(std::fs::read_to_string(made.join("hostname")).unwrap(), "web1\n");
+        assert!(made.join("firstboot.config").is_file());
+        // Nothing else copied, nothing written into the template.
+        let mut names: Vec<_> = std::fs::read_dir(&made).unwrap().flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        assert_eq!(names, ["firstboot.config", "hostname"]);
+        let mut names: Vec<_> = std::fs::read_dir(&etc).unwrap().flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        assert_eq!(names, ["passwd"], "the template was written to");
+    }
+
+    #[test]
+    fn split_root_without_etc_gets_the_default() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = split(d.path());
+        write(&VmName::new("web1").unwrap(), &def(serde_json::json!({})), &root, None, false).unwrap();
+        assert_eq!(std::fs::metadata(root.write.join("etc")).unwrap().mode() & 0o7777, 0o755);
+        assert!(root.write.join("etc/hostname").is_file());
+        assert!(!root.read.join("etc").exists());
+    }
+
+    #[test]
+    fn split_root_refuses_a_template_etc_that_is_a_symlink_or_a_file() {
+        let d = tempfile::tempdir().unwrap();
+        let vm = VmName::new("web1").unwrap();
+        let outside = d.path().join("host");
+        std::fs::create_dir(&outside).unwrap();
+        let root = split(d.path());
+        std::os::unix::fs::symlink(&outside, root.read.join("etc")).unwrap();
+        let e = write(&vm, &def(serde_json::json!({})), &root, None, true).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        std::fs::remove_file(root.read.join("etc")).unwrap();
+        std::fs::write(root.read.join("etc"), "not a directory").unwrap();
+        let e = write(&vm, &def(serde_json::json!({})), &root, None, true).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        assert_eq!(std::fs::read_dir(&root.write).unwrap().count(), 0, "written despite the refusal");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     }
 
     #[test]
@@ -291,7 +460,7 @@ mod tests {
         // Durable or left to a sync of the whole file system, the same files.
         for durable in [true, false] {
             let d = tempfile::tempdir().unwrap();
-            write(&VmName::new("web1").unwrap(), &def(serde_json::json!({})), d.path(), None, durable).unwrap();
+            write(&VmName::new("web1").unwrap(), &def(serde_json::json!({})), &RootDirs::active(d.path()), None, durable).unwrap();
             assert!(d.path().join("etc/firstboot.config").is_file());
             assert_eq!(std::fs::read_to_string(d.path().join("etc/hostname")).unwrap(), "web1\n");
             let left: Vec<_> = std::fs::read_dir(d.path().join("etc")).unwrap().flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().ends_with(".tmp")).collect();

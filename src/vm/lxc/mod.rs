@@ -46,7 +46,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{AttachedVolume, Look, Usage, VmError, VmType};
-use crate::storage::{Kind, Provides};
+use crate::storage::{Kind, Provides, RootDirs};
 use crate::config::{Config, ConfigError};
 use crate::definition::{Definition, Nic, NicType};
 use crate::names::VmName;
@@ -383,11 +383,22 @@ impl Lxc {
     /// the map's root uid means shifted, 0 means root-owned files (shown
     /// through idmapped mounts when unprivileged).
     fn files(&self, vm: &VmName, def: &Definition, rootfs: &Path) -> Result<(confine::Files, String), VmError> {
+        self.files_in(vm, def, &RootDirs::active(rootfs))
+    }
+
+    /// [`Lxc::files`] of a root read and written in different places (an
+    /// overlay installed unmounted, `storage::Volume::offline_root`): its
+    /// files are those under `root.read` and its own top directory is
+    /// `root.write`, and it will be on a file system of `root.fs_type`.
+    fn files_in(&self, vm: &VmName, def: &Definition, root: &RootDirs) -> Result<(confine::Files, String), VmError> {
         use confine::Files;
-        let etc = rootfs.join("etc");
-        let probe = if std::fs::symlink_metadata(&etc).is_ok() { etc } else { rootfs.to_path_buf() };
-        let nonempty = std::fs::read_dir(rootfs).is_ok_and(|rd| rd.flatten().any(|e| e.file_name() != "lost+found"));
+        let etc = root.read.join("etc");
+        let probe = if std::fs::symlink_metadata(&etc).is_ok() { etc } else { root.write.clone() };
+        let shows_files = |d: &Path| std::fs::read_dir(d).is_ok_and(|rd| rd.flatten().any(|e| e.file_name() != "lost+found"));
+        let nonempty = shows_files(&root.read) || (root.is_split() && shows_files(&root.write));
         let owner = if nonempty { confine::owner(&probe) } else { None };
+        let rootfs = root.read.as_path();
+        let idmap_support = || confine::idmap_support_of(rootfs, root.fs_type);
         let inv = |pointer: &str, problem: String| VmError::Invalid { pointer: pointer.into(), problem };
         if def.privileged {
             if owner == Some(self.idmap.uid) {
@@ -397,10 +408,10 @@ impl Lxc {
         }
         match owner {
             Some(u) if u == self.idmap.uid => {
-                let fs = confine::idmap_support(rootfs).err().map(|why| format!("; {why}")).unwrap_or_default();
+                let fs = idmap_support().err().map(|why| format!("; {why}")).unwrap_or_default();
                 Ok((Files::Shifted, format!("its files are owned by uid {u}, the id map's root{fs}")))
             }
-            Some(0) => match confine::idmap_support(rootfs) {
+            Some(0) => match idmap_support() {
                 Ok(()) => Ok((Files::Idmapped, "its files are owned by host root".into())),
                 Err(why) => Err(inv(
                     "/definition/privileged",
@@ -411,7 +422,7 @@ impl Lxc {
             None => match self.idmapped_mounts {
                 confine::IdmappedMounts::Never => Ok((Files::Shifted, "idmapped_mounts = never".into())),
                 confine::IdmappedMounts::Always => Ok((Files::Idmapped, "idmapped_mounts = always".into())),
-                confine::IdmappedMounts::Auto => match confine::idmap_support(rootfs) {
+                confine::IdmappedMounts::Auto => match idmap_support() {
                     Ok(()) => Ok((Files::Idmapped, "idmapped_mounts = auto, and the filesystem supports them".into())),
                     Err(why) => Ok((Files::Shifted, format!("idmapped_mounts = auto, and {why}"))),
                 },
@@ -627,22 +638,24 @@ impl VmType for Lxc {
         config::render(vm, def, &inputs).map(|_| ())
     }
 
-    fn template_for(&self, vm: &VmName, def: &Definition, root: &Path, mut t: crate::template::Template) -> Result<crate::template::Template, VmError> {
-        let (files, _) = self.files(vm, def, root)?;
+    fn template_for(&self, vm: &VmName, def: &Definition, root: &RootDirs, mut t: crate::template::Template) -> Result<crate::template::Template, VmError> {
+        let (files, _) = self.files_in(vm, def, root)?;
         t.shift = (files == confine::Files::Shifted).then_some(self.idmap);
         Ok(t)
     }
 
-    fn write_guest_files(&self, vm: &VmName, def: &Definition, root: &Path, durable: bool) -> Result<(), VmError> {
-        let (files, why) = self.files(vm, def, root)?;
+    fn write_guest_files(&self, vm: &VmName, def: &Definition, root: &RootDirs, durable: bool) -> Result<(), VmError> {
+        let (files, why) = self.files_in(vm, def, root)?;
         if let Ok(mut seen) = self.seen.lock() {
             *seen = Some((vm.clone(), files, why));
         }
         let owner = self.shifted_owner(files);
         if let Some((u, g)) = owner {
-            // A root with no template: record the decision on the disk.
-            if confine::owner(root) == Some(0) {
-                std::os::unix::fs::lchown(root, Some(u), Some(g)).map_err(Self::io("chown", root))?;
+            // A root with no template (or an overlay's upper layer, whose
+            // top directory is the root's): record the decision on the disk.
+            let top = &root.write;
+            if confine::owner(top) == Some(0) {
+                std::os::unix::fs::lchown(top, Some(u), Some(g)).map_err(Self::io("chown", top))?;
             }
         }
         guest::write(vm, def, root, owner, durable)

@@ -10,6 +10,8 @@
 //! disagreement, and another fails if a schema uses a keyword not handled
 //! here.
 
+use std::sync::OnceLock;
+
 use serde_json::Value;
 
 /// The schema files, by their path under `schemas/`.
@@ -70,14 +72,26 @@ pub fn source(name: &str) -> Option<&'static str> {
     SCHEMAS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
 }
 
+/// The embedded schema `name`, parsed once per process and kept for its
+/// life: a validation borrows the schema and every document its `$ref`s
+/// reach instead of copying them (the definition's schema, copied and
+/// dropped per `$ref`, cost a `define` more instructions than parsing
+/// it; docs/performance.md, eleventh pass).
+fn parsed(name: &str) -> Option<(&'static str, &'static Value)> {
+    static PARSED: [OnceLock<Option<Value>>; SCHEMAS.len()] = [const { OnceLock::new() }; SCHEMAS.len()];
+    let i = SCHEMAS.iter().position(|(n, _)| *n == name)?;
+    let (n, text) = SCHEMAS[i];
+    PARSED[i].get_or_init(|| serde_json::from_str(text).ok()).as_ref().map(|v| (n, v))
+}
+
 /// Validate `instance` against the embedded schema `name`.
 pub fn validate(name: &str, instance: &Value) -> Result<(), Vec<Violation>> {
     let mut v = Validator { docs: Vec::new(), out: Vec::new() };
     let root = v.load(name);
     match root {
         Some(i) => {
-            let schema = v.docs[i].1.clone();
-            v.check(i, &schema, instance, &mut String::new());
+            let schema = v.docs[i].1;
+            v.check(i, schema, instance, &mut String::new());
         }
         None => v.out.push(Violation { pointer: String::new(), missing: false, message: format!("no embedded schema {name}") }),
     }
@@ -90,7 +104,7 @@ pub fn validate(name: &str, instance: &Value) -> Result<(), Vec<Violation>> {
 
 struct Validator {
     /// Loaded documents: (file name, parsed schema).
-    docs: Vec<(String, Value)>,
+    docs: Vec<(&'static str, &'static Value)>,
     out: Vec<Violation>,
 }
 
@@ -122,12 +136,10 @@ fn shown(v: &Value) -> String {
 
 impl Validator {
     fn load(&mut self, name: &str) -> Option<usize> {
-        if let Some(i) = self.docs.iter().position(|(n, _)| n == name) {
+        if let Some(i) = self.docs.iter().position(|(n, _)| *n == name) {
             return Some(i);
         }
-        let text = source(name)?;
-        let value: Value = serde_json::from_str(text).ok()?;
-        self.docs.push((name.to_string(), value));
+        self.docs.push(parsed(name)?);
         Some(self.docs.len() - 1)
     }
 
@@ -137,7 +149,7 @@ impl Validator {
 
     /// Resolve `$ref` relative to document `doc`: `#/definitions/x`,
     /// `other.json` or `other.json#/definitions/x`.
-    fn resolve(&mut self, doc: usize, r: &str) -> Option<(usize, Value)> {
+    fn resolve(&mut self, doc: usize, r: &str) -> Option<(usize, &'static Value)> {
         let (file, frag) = r.split_once('#').unwrap_or((r, ""));
         let d = if file.is_empty() {
             doc
@@ -153,8 +165,9 @@ impl Validator {
             let full = if dir.is_empty() { path } else { format!("{dir}/{path}") };
             self.load(&full)?
         };
-        let target = if frag.is_empty() { Some(&self.docs[d].1) } else { self.docs[d].1.pointer(frag) };
-        target.cloned().map(|t| (d, t))
+        let doc_value: &'static Value = self.docs[d].1;
+        let target = if frag.is_empty() { Some(doc_value) } else { doc_value.pointer(frag) };
+        target.map(|t| (d, t))
     }
 
     fn check(&mut self, doc: usize, schema: &Value, inst: &Value, ptr: &mut String) {
@@ -166,7 +179,7 @@ impl Validator {
         };
         if let Some(r) = s.get("$ref").and_then(Value::as_str) {
             match self.resolve(doc, r) {
-                Some((d, t)) => self.check(d, &t, inst, ptr),
+                Some((d, t)) => self.check(d, t, inst, ptr),
                 None => self.fail(ptr, format!("schema reference {r} cannot be resolved")),
             }
             return;

@@ -449,28 +449,35 @@ fn symlink_template(dir: &std::path::Path, name: &str, link: &str, target: &std:
     b.into_inner().unwrap().finish().unwrap();
 }
 
-#[test]
-fn issue_4_template_symlinks_cannot_redirect_guest_files() {
-    // No LXC needed: define unpacks and writes the guest files.
-    let env = Env::new();
+/// Define from two hostile templates on storage type `kind`: `/etc` a
+/// symlink to a host directory (refused, nothing written there, nothing
+/// left defined), and `/etc/hostname` a symlink to a host file (defined as
+/// `evil2`, the host file untouched).
+fn define_from_symlinked_templates(env: &Env, kind: &str) {
     let templates = env.root().join("var/lib/geats/templates");
     let outside = env.root().join("host");
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("file"), "host data").unwrap();
     symlink_template(&templates, "etclink", "etc", &outside);
     symlink_template(&templates, "filelink", "etc/hostname", &outside.join("file"));
-    let storage = json!([{"name": "root", "type": "dir"}]);
+    let storage = json!([{"name": "root", "type": kind}]);
 
-    // /etc -> outside: refused, nothing written there, nothing left defined.
     let e = env.fail("define", json!({"vm_name": "evil1", "definition": {"template": "etclink", "storage": storage}}));
     assert_eq!(e["errorcode"], "invalid_data", "{e}");
     assert!(e["message"].as_str().unwrap_or_default().contains("symlink"), "{e}");
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "geats wrote outside the rootfs");
     assert!(!env.root().join("var/lib/lxc/evil1").exists());
 
-    // /etc/hostname -> outside file: replaced inside the rootfs, the host file untouched.
     env.ok("define", json!({"vm_name": "evil2", "definition": {"template": "filelink", "storage": storage}}));
     assert_eq!(std::fs::read_to_string(outside.join("file")).unwrap(), "host data");
+}
+
+#[test]
+fn issue_4_template_symlinks_cannot_redirect_guest_files() {
+    // No LXC needed: define unpacks and writes the guest files.
+    let env = Env::new();
+    define_from_symlinked_templates(&env, "dir");
+    // /etc/hostname was replaced inside the rootfs.
     let hostname = env.root().join("var/lib/geats/volumes/evil2/root/etc/hostname");
     assert!(!hostname.is_symlink());
     assert_eq!(std::fs::read_to_string(hostname).unwrap(), "evil2\n");
@@ -483,23 +490,8 @@ fn issue_4_template_symlinks_cannot_redirect_guest_files() {
 fn issue_15_overlay_install_refuses_template_symlinks() {
     let env = Env::with_config("[storage_types.ov]\ndriver = \"overlay\"\n");
     let _unmount = Unmount(env.root().to_path_buf());
-    let templates = env.root().join("var/lib/geats/templates");
-    let outside = env.root().join("host");
-    std::fs::create_dir_all(&outside).unwrap();
-    std::fs::write(outside.join("file"), "host data").unwrap();
-    symlink_template(&templates, "etclink", "etc", &outside);
-    symlink_template(&templates, "filelink", "etc/hostname", &outside.join("file"));
-    let storage = json!([{"name": "root", "type": "ov"}]);
-
-    let e = env.fail("define", json!({"vm_name": "evil1", "definition": {"template": "etclink", "storage": storage}}));
-    assert_eq!(e["errorcode"], "invalid_data", "{e}");
-    assert!(e["message"].as_str().unwrap_or_default().contains("symlink"), "{e}");
-    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "geats wrote outside the rootfs");
-    assert!(!env.root().join("var/lib/lxc/evil1").exists());
+    define_from_symlinked_templates(&env, "ov");
     assert!(!env.root().join("var/lib/geats/overlay/evil1").exists(), "the failed define left its volume");
-
-    env.ok("define", json!({"vm_name": "evil2", "definition": {"template": "filelink", "storage": storage}}));
-    assert_eq!(std::fs::read_to_string(outside.join("file")).unwrap(), "host data");
     let vol = env.root().join("var/lib/geats/overlay/evil2/root");
     let hostname = vol.join("upper/etc/hostname");
     assert!(!hostname.is_symlink());

@@ -300,6 +300,64 @@ fn issue_11_crash_provision_of_an_existing_vm() {
     kill_at_every_step("issue_11_crash_provision_of_an_existing_vm", "provision", true);
 }
 
+/// Issue 15 with issue 11: a fresh `define` on `overlay` installs into the
+/// volume's upper layer without mounting it (`Volume::offline_root`), in
+/// steps of its own. A SIGKILL before and after each of them converges:
+/// the next `info` answers, the VM is wholly there (config, the guest
+/// files in `upper/`) or wholly gone (no container directory, no volume),
+/// nothing is mounted, and the VM then starts with its hostname, stops and
+/// is deprovisioned without a trace.
+#[test]
+fn issue_15_crash_overlay_define_at_every_step() {
+    const TEST: &str = "issue_15_crash_overlay_define_at_every_step";
+    if let Some(why) = missing() {
+        return skip(TEST, &why);
+    }
+    let env = Env::with_config("[storage_types.ov]\ndriver = \"overlay\"\n");
+    busybox_template(&env.root().join("var/lib/geats/templates"), "busybox");
+    let _released = Released(env.root().to_path_buf());
+    let vm = format!("gk{}ov", std::process::id());
+    let lxc = Containers::new(&env.root().join("var/lib/lxc"), &[&vm]);
+    let data = json!({"vm_name": vm, "definition": {"template": "busybox", "storage": [{"name": "root", "type": "ov"}]}});
+    let config = env.root().join("var/lib/lxc").join(&vm).join("config");
+    let vol = env.root().join("var/lib/geats/overlay").join(&vm);
+    let none = Vec::<String>::new();
+    env.ok("define", data.clone());
+    let h: Value = serde_json::from_slice(&env.cli(&["history", &vm, "--json"]).stdout).unwrap();
+    let steps = h.as_array().and_then(|h| h.last()).map(|e| e["steps"].as_array().map_or(0, Vec::len)).unwrap_or(0);
+    assert_eq!(steps, 5, "an overlay define without activation: {h:#}");
+    env.ok("deprovision", json!({"vm_name": vm}));
+    for k in 0..steps {
+        for at in [k.to_string(), format!("{k}+")] {
+            let what = format!("overlay define killed at {at}");
+            let mut c = env.cmd();
+            c.args(["agent", "--stdio"]).env("GEATS_FAULT_KILL_AT", format!("define:{at}"));
+            let out = run_with_stdin(c, json!({"action": "define", "data": data}).to_string().as_bytes());
+            assert_eq!(out.status.signal(), Some(9), "{what}: not killed: {}", String::from_utf8_lossy(&out.stderr));
+            let (code, v, err) = env.stdio(&json!({"action": "info", "data": {"vm_name": vm}}).to_string());
+            assert_eq!(code, 0, "{what}: {err}");
+            assert_eq!(leftovers(env.root()), none, "{what}: something is mounted");
+            if v["success"] == json!(true) {
+                assert!(config.is_file(), "{what}: info succeeds without a config");
+                assert!(vol.join("root/upper/etc/hostname").is_file(), "{what}: defined without its guest files");
+            } else {
+                assert_eq!(v["errorcode"], json!("not_found"), "{what}: {v}");
+                assert!(!config.exists(), "{what}: gone, but its config is left");
+                assert!(!vol.exists(), "{what}: gone, but its volume is left");
+                env.ok("define", data.clone());
+            }
+            env.ok("start", json!({"vm_name": vm}));
+            assert_eq!(lxc.lxc_state(&vm), "RUNNING", "{what}");
+            let hostname = std::fs::read_to_string(vol.join("root/merged/etc/hostname")).unwrap_or_default();
+            assert_eq!(hostname, format!("{vm}\n"), "{what}");
+            env.ok("stop", json!({"vm_name": vm}));
+            env.ok("deprovision", json!({"vm_name": vm}));
+            assert!(!vol.exists() && !config.exists(), "{what}: deprovision left the volume or the config");
+            assert_eq!(leftovers(env.root()), none, "{what}: deprovision left a mount");
+        }
+    }
+}
+
 /// A mutating request repairs first too, and says so; a repair is
 /// journaled into the interrupted entry.
 #[test]

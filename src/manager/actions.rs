@@ -389,9 +389,12 @@ fn install_root(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition
 
 /// [`install_root`] of a fresh install into a volume that takes it
 /// while inactive (`Volume::offline_root`, an unmounted overlay): the
-/// template and the guest files go in without activating it, each file
-/// fsynced, so there is no mount to make, no unmount to sync the file
-/// system under it, and nothing to release.
+/// template and the guest files go in without activating it, so there is
+/// no mount to make, no unmount to sync the file system under it, and
+/// nothing to release. The guest files are fsynced (their journal commit
+/// carries what the clone wrote, whose writeback it started), then the
+/// clone's files (`Volume::sync_clone`, a cache flush), before the
+/// install is recorded: one journal commit for the install, not two.
 fn install_offline(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definition, root: &mut Vol, template: &Template) -> Result<()> {
     let name = root.name().clone();
     let offline = |root: &Vol| {
@@ -402,15 +405,17 @@ fn install_offline(op: &mut Op<'_>, vm: &VmName, vmt: &dyn VmType, def: &Definit
     op.step(format!("install template {}", template.name), None, |_| {
         let dirs = offline(root)?;
         let t = vmt.template_for(vm, def, &dirs, template.clone())?;
-        if !root.volume.clone_template(&t, true)? {
+        if !root.volume.clone_template(&t, false)? {
             template::install(&t, &dirs.write)?;
+            crate::sys::fsutil::syncfs(&dirs.write).map_err(crate::storage::io_err(&name.to_string(), "sync", &dirs.write))?;
         }
         Ok(())
     })?;
     op.step("write guest configuration", None, |_| {
         // Again: the clone has put the template under the volume.
         let dirs = offline(root)?;
-        Ok(vmt.write_guest_files(vm, def, &dirs, true)?)
+        vmt.write_guest_files(vm, def, &dirs, true)?;
+        Ok(root.volume.sync_clone()?)
     })
 }
 

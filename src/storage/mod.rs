@@ -356,6 +356,16 @@ pub trait Volume: std::fmt::Debug {
     fn offline_root(&self) -> Option<RootDirs> {
         None
     }
+    /// After an install through [`Volume::offline_root`]: make durable
+    /// what `clone_template(.., false)` wrote, once the guest files have
+    /// been fsynced. A driver that starts writing its files back at the
+    /// clone has them carried by the guest files' journal commit, so this
+    /// costs a cache flush instead of a commit of its own. Every driver
+    /// that answers `offline_root` must implement it; the default has
+    /// nothing to sync.
+    fn sync_clone(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
     /// Take the snapshot `name` of the volume's current contents; returns
     /// the bytes it takes when the driver knows. Called on an inactive
     /// volume, or on an active one whose VM is frozen (the driver must

@@ -246,6 +246,12 @@ impl Volume for Overlay {
         Some(RootDirs { read, write: self.upper(), fs_type: Some(OVERLAYFS_SUPER_MAGIC) })
     }
 
+    /// `lower`, written when the clone was not durable.
+    fn sync_clone(&self) -> Result<(), StorageError> {
+        let lf = self.lower_file();
+        std::fs::File::open(&lf).and_then(|f| f.sync_all()).map_err(io_err(&self.volume, "sync", &lf))
+    }
+
     fn provides(&self) -> Provides {
         Provides::directory(self.merged())
     }
@@ -280,6 +286,13 @@ impl Volume for Overlay {
         let lf = self.lower_file();
         // Beside `upper/`, on the file system of [`Volume::sync_path`].
         crate::sys::fsutil::write_replace(&lf, entry.as_bytes(), 0o644, durable).map_err(io_err(&self.volume, "write", &lf))?;
+        if !durable {
+            // Synced with the guest files' journal commit, then by
+            // [`Volume::sync_clone`] or `syncfs`.
+            if let Ok(f) = std::fs::File::open(&lf) {
+                crate::sys::fsutil::start_writeback(&f);
+            }
+        }
         if was_active {
             self.activate()?;
         }

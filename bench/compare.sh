@@ -13,9 +13,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench/compare.sh: needs root (LXC containers, mounts)" >&2; exit 1; }
+updated=
 for p in lxc-start:lxc busybox:busybox-static debootstrap:debootstrap; do
-  command -v "${p%%:*}" >/dev/null || { echo "bench: installing ${p#*:}" >&2; apt-get install -y -qq "${p#*:}" >/dev/null; }
+  command -v "${p%%:*}" >/dev/null && continue
+  [ -n "$updated" ] || { apt-get update -qq; updated=1; }
+  echo "bench: installing ${p#*:}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${p#*:}" >/dev/null
 done
+bash scripts/delegate-idmap.sh   # where newuidmap is installed (docs/lxc.md)
 if [ -z "${GEATS_BIN:-}" ]; then
   bash scripts/build.sh   # the static binary geats ships (docs/operations.md)
   GEATS_BIN=$PWD/target/release/geats

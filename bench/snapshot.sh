@@ -14,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (it starts containers)" >&2; exit 1; }
+bash scripts/delegate-idmap.sh   # where newuidmap is installed (docs/lxc.md)
 command -v hyperfine >/dev/null || { echo "bench: installing hyperfine" >&2; apt-get install -y -qq hyperfine >/dev/null; }
 command -v mkfs.btrfs >/dev/null || { echo "bench: needs btrfs-progs" >&2; exit 1; }
 RUNS=${RUNS:-20}

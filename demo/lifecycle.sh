@@ -7,8 +7,12 @@
 # It installs lxc and busybox-static if missing (apt-get), builds geats in
 # release mode, and uses GEATS_ROOT=a fresh temp dir, so the embedded
 # default paths (ROOT/var/lib/geats/templates, ROOT/var/lib/lxc, ...) live
-# there and nothing under / is touched. The temp dir, the container and
-# its cgroups are removed at the end, also on failure or Ctrl-C.
+# there and nothing else under / is touched, except that where newuidmap is
+# installed root is given the default id map's range in /etc/subuid and
+# /etc/subgid if it lacks it (scripts/delegate-idmap.sh). The temp dir, the
+# container and its cgroups are removed at the end, also on failure or
+# Ctrl-C. Each request must succeed and leave the container as expected;
+# the demo stops with status 1 at the first that does not.
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then
@@ -29,6 +33,11 @@ if [ "${#need[@]}" -gt 0 ]; then
     apt-get update
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
 fi
+# Debian's lxc recommends uidmap: with its newuidmap installed, LXC maps the
+# container's ids through it, and root must hold the range in /etc/subuid
+# and /etc/subgid (docs/lxc.md). The one change outside the temp dir, and
+# only where it is missing.
+bash scripts/delegate-idmap.sh
 
 # 2. geats itself.
 echo "== cargo build --release"
@@ -37,6 +46,9 @@ GEATS="$PWD/target/release/geats"
 
 # 3. A private root on the embedded defaults.
 ROOT=$(mktemp -d /tmp/geats-demo.XXXXXX)
+# mktemp makes it 0700; LXC's child, as the container's root (host uid
+# 100000), must traverse it to reach the lxcpath.
+chmod 755 "$ROOT"
 export GEATS_ROOT="$ROOT"
 unset GEATS_CONFIG
 VM="demo$$"
@@ -104,26 +116,37 @@ rm -rf "$ROOT/build"
 "$GEATS" templates
 
 # 5. The lifecycle, one request at a time.
+# Each request must succeed and leave the container in the state named
+# (if one is); otherwise the demo stops there with status 1.
 request() {
-    local action=$1 data=$2
+    local action=$1 data=$2 want=${3:-} reply state
     local req="{\"action\": \"$action\", \"data\": $data}"
     echo
     echo ">>> $req"
-    printf '%s' "$req" | "$GEATS" agent --stdio
-    echo
-    printf '    lxc-info: %s\n' "$(lxc-info -P "$LXCPATH" -n "$VM" -s -H 2>&1 || true)"
+    reply=$(printf '%s' "$req" | "$GEATS" agent --stdio)
+    echo "$reply"
+    state=$(lxc-info -P "$LXCPATH" -n "$VM" -s -H 2>&1 || true)
+    printf '    lxc-info: %s\n' "$state"
+    case "$reply" in
+        *'"success":true'*) ;;
+        *) echo "demo/lifecycle.sh: $action failed (reply above)" >&2; exit 1 ;;
+    esac
+    if [ -n "$want" ] && [ "$state" != "$want" ]; then
+        echo "demo/lifecycle.sh: after $action the container is $state, not $want" >&2
+        exit 1
+    fi
 }
 
 DEF="{\"template\": \"busybox\", \"ram\": 64, \"cpus\": 1, \"storage\": [{\"name\": \"root\", \"type\": \"dir\"}], \"metadata\": {\"ROLE\": \"demo\"}}"
-request define "{\"vm_name\": \"$VM\", \"definition\": $DEF}"
-request start "{\"vm_name\": \"$VM\"}"
-request info "{\"vm_name\": \"$VM\"}"
-request shutdown "{\"vm_name\": \"$VM\"}"
-request start "{\"vm_name\": \"$VM\"}"
-request stop "{\"vm_name\": \"$VM\"}"
+request define "{\"vm_name\": \"$VM\", \"definition\": $DEF}" STOPPED
+request start "{\"vm_name\": \"$VM\"}" RUNNING
+request info "{\"vm_name\": \"$VM\"}" RUNNING
+request shutdown "{\"vm_name\": \"$VM\"}" STOPPED
+request start "{\"vm_name\": \"$VM\"}" RUNNING
+request stop "{\"vm_name\": \"$VM\"}" STOPPED
 echo "precious" > "$ROOT/var/lib/geats/volumes/$VM/root/root/keep.txt"
 request undefine "{\"vm_name\": \"$VM\"}"
-request define "{\"vm_name\": \"$VM\", \"definition\": $DEF}"
+request define "{\"vm_name\": \"$VM\", \"definition\": $DEF}" STOPPED
 echo "    data kept across undefine/define: $(cat "$ROOT/var/lib/geats/volumes/$VM/root/root/keep.txt")"
 request deprovision "{\"vm_name\": \"$VM\"}"
 echo

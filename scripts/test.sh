@@ -68,6 +68,7 @@ fi
 
 packages=(
   lxc busybox-static iproute2            # the LXC VM type and its tests
+  uidmap                                 # newuidmap: LXC's path where Debian's lxc pulls in its recommends
   btrfs-progs xfsprogs lvm2 qemu-utils   # storage drivers and adapters
   ruby mcollective mcollective-client rabbitmq-server  # MCollective contract tests
   openssh-server openssh-client          # Vagoth over SSH
@@ -88,6 +89,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # Debian starts services on install; the tests start their own instances.
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# With newuidmap installed, root must hold the default id map's range.
+bash scripts/delegate-idmap.sh
 
 # The architecture invariants are lints (clippy.toml: one process runner,
 # stdout only from the renderers; Cargo.toml: no unwrap, no exit).

@@ -317,6 +317,7 @@ impl Error {
                 VmError::Tool { .. } | VmError::Failed { .. } | VmError::Plugin { .. } => C::ToolFailed,
                 VmError::NotSupported(_) => C::NotSupported,
                 VmError::Refused { .. } => C::InvalidState,
+                VmError::HostSetup { .. } => C::ConfigInvalid,
             },
             Error::Storage(e) => match e {
                 StorageError::TypeNotAllowed { .. } | StorageError::BadOption { .. } => C::InvalidData,

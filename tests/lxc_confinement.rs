@@ -340,3 +340,89 @@ fn issue_12_privileged_is_still_fenced() {
     env.ok("deprovision", json!({"vm_name": name}));
     assert!(!vols.exists());
 }
+
+/// Where `newuidmap` and `newgidmap` are installed (Debian's `lxc`
+/// recommends `uidmap`), LXC maps an unprivileged container's ids through
+/// them, and they refuse a range `/etc/subuid` does not grant to root.
+/// `start` says so before `lxc-start` runs: `config_invalid` (MCollective
+/// exit 5, not retryable), the missing line in the message, the container
+/// stopped and its files as they were. A privileged container of the same
+/// type needs no map and starts; the default map, which
+/// `scripts/test.sh` delegates to root as docs/operations.md tells an
+/// operator to, is refused as clearly while the container's root cannot
+/// traverse the way to the lxcpath, then starts through `newuidmap` as
+/// uid 100000.
+#[test]
+fn undelegated_id_map_is_refused_before_lxc_starts() {
+    const TEST: &str = "undelegated_id_map_is_refused_before_lxc_starts";
+    if let Some(why) = missing() {
+        return skip(TEST, &why);
+    }
+    for tool in ["newuidmap", "newgidmap"] {
+        if !geats::sys::exec::have(tool) {
+            return skip(TEST, &Missing::command(tool, &format!("{tool} is not installed (apt-get install uidmap): LXC writes every map itself")));
+        }
+    }
+    // A map nobody delegates: the last 65536 ids below 2^32 less one.
+    const FAR: u32 = 4_294_000_000;
+    let delegated = |file: &str, start: u32| {
+        std::fs::read_to_string(file).unwrap_or_default().lines().any(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            f.len() == 3 && (f[0] == "root" || f[0] == "0") && f[1].parse::<u64>().is_ok_and(|s| s <= u64::from(start)) && f[1].parse::<u64>().unwrap_or(0) + f[2].parse::<u64>().unwrap_or(0) > u64::from(start)
+        })
+    };
+    assert!(!delegated("/etc/subuid", FAR) && !delegated("/etc/subgid", FAR), "this host delegates {FAR} to root; the test needs a range it does not");
+    let (far, privileged, default) = (unique("nf"), unique("np"), unique("nd"));
+    let toml = format!("[vm_types.far]\ndriver = \"lxc\"\nidmap = {{ uid = {FAR}, gid = {FAR}, range = 65536 }}\n");
+    let (env, lxc) = env_with(&toml, &[&far, &privileged, &default]);
+    let def = |extra: Value| {
+        let mut d = json!({"template": "busybox", "ram": 64, "storage": [{"name": "root", "type": "dir"}]});
+        if let (Some(o), Some(e)) = (d.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        d
+    };
+    env.ok("define", json!({"vm_name": far, "definition": def(json!({"vm_type": "far"}))}));
+    // The container's files, its volume and its record (the journal
+    // gains the refused attempts, as it does for any failed action).
+    let files = || ["var/lib/lxc", "var/lib/geats/volumes", "var/lib/geats/records"].map(|d| crate::common::snapshot_tree(&env.root().join(d)));
+    let before = files();
+
+    let v = env.fail("start", json!({"vm_name": far}));
+    assert_eq!(v["errorcode"], json!("config_invalid"), "{v}");
+    assert_eq!(v["retryable"], json!(false), "{v}");
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("/etc/subuid") && msg.contains(&format!("`root:{FAR}:65536`")) && msg.contains("usermod --add-subuids"), "{msg}");
+    let (code, reply, _) = env.mco(&json!({"action": "start", "data": {"vm_name": far}}).to_string());
+    assert_eq!(code, 5, "MCollective exit code of a config error: {reply}");
+    assert!(reply.contains("config_invalid"), "{reply}");
+    assert_eq!(lxc.lxc_state(&far), "STOPPED");
+    assert_eq!(env.ok("info", json!({"vm_name": far}))["state"], json!(["stopped", "stopped"]));
+    assert!(files() == before, "a refused start changed the container's files");
+
+    // The same VM type, privileged: no map, no delegation needed.
+    env.ok("define", json!({"vm_name": privileged, "definition": def(json!({"vm_type": "far", "privileged": true}))}));
+    env.ok("start", json!({"vm_name": privileged}));
+    assert_eq!(init_uid(&lxc, &privileged), 0);
+    env.ok("stop", json!({"vm_name": privileged}));
+
+    // The default map, delegated: LXC's newuidmap writes it; but first a
+    // directory on the way to the lxcpath that the container's root
+    // cannot traverse, which LXC's child would trip over.
+    env.ok("define", json!({"vm_name": default, "definition": def(json!({}))}));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |m: u32| std::fs::set_permissions(env.root(), std::fs::Permissions::from_mode(m)).unwrap();
+    mode(0o700);
+    let v = env.fail("start", json!({"vm_name": default}));
+    mode(0o755);
+    assert_eq!(v["errorcode"], json!("config_invalid"), "{v}");
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(msg.contains(&format!("chmod o+x {}", env.root().display())), "{msg}");
+    assert_eq!(lxc.lxc_state(&default), "STOPPED");
+    env.ok("start", json!({"vm_name": default}));
+    assert_eq!(init_uid(&lxc, &default), 100_000);
+    env.ok("stop", json!({"vm_name": default}));
+    for vm in [&far, &privileged, &default] {
+        env.ok("deprovision", json!({"vm_name": vm}));
+    }
+}

@@ -133,6 +133,16 @@ pub enum VmError {
         /// Why, and what to do.
         problem: String,
     },
+    /// The host is not set up for what the VM needs (LXC: `/etc/subuid`
+    /// grants root no range for the id map while `newuidmap` is
+    /// installed); nothing was started.
+    #[error("cannot start {vm}: {problem}")]
+    HostSetup {
+        /// The VM.
+        vm: VmName,
+        /// What is missing, naming the host's file, and the fix.
+        problem: String,
+    },
 }
 
 /// A volume as the VM type sees it: its name, where the VM mounts it, and

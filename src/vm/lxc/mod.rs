@@ -34,6 +34,7 @@ mod config;
 mod confine;
 mod guest;
 mod state;
+mod subid;
 
 /// Can the kernel and the filesystem under `dir` idmap a mount (the test
 /// LXC's `idmapped_mounts = "auto"` makes)? `Err` says why not.
@@ -820,6 +821,12 @@ impl VmType for Lxc {
         if !self.exists(vm) {
             return Err(VmError::Hypervisor { hypervisor: "lxc", step: "start", vm: vm.clone(), detail: format!("no LXC config at {}", self.file(vm, "config").display()) });
         }
+        let meta = self.read_meta(vm);
+        if let Some(Meta { definition: Some(def), .. }) = &meta {
+            if let Some(problem) = (!def.privileged).then(|| self.refuses_unprivileged(vm)).flatten() {
+                return Err(VmError::HostSetup { vm: vm.clone(), problem });
+            }
+        }
         // The monitor's migration into its cgroup waits a grace period
         // unless one began recently: begin it now, beside the work below.
         let _warm = state::MigrationWarmup::begin();
@@ -835,7 +842,7 @@ impl VmType for Lxc {
         while traces && t.elapsed() < Duration::from_secs(10) && state::scan_monitors(&self.lxcpath).contains_key(vm.as_str()) && !self.is_running(vm) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        if let Some(Meta { rootfs, owned, definition: Some(def), volumes, .. }) = self.read_meta(vm) {
+        if let Some(Meta { rootfs, owned, definition: Some(def), volumes, .. }) = meta {
             let att: Vec<AttachedVolume> = volumes
                 .into_iter()
                 .map(|v| AttachedVolume { name: v.name, mountpoint: v.mountpoint, provides: Provides { kind: Kind::Directory, path: v.directory } })
@@ -1094,6 +1101,28 @@ fn primary_of(ips: &[std::net::Ipv4Addr], nics: &[Nic]) -> Option<String> {
 }
 
 impl Lxc {
+    /// What on this host keeps LXC from starting an unprivileged
+    /// container of this type, asked before `lxc-start` so that the
+    /// operator reads the fix instead of LXC's log line: the id map not
+    /// delegated to root where `newuidmap` is installed ([`subid`]), or a
+    /// directory on the way to the lxcpath that the container's root
+    /// cannot traverse (LXC's child checks `access(lxcpath, X_OK)` as that
+    /// user).
+    fn refuses_unprivileged(&self, vm: &VmName) -> Option<String> {
+        if let Some((_, why)) = subid::undelegated(&self.idmap, exec::CHILD_PATH, Path::new(subid::SUBUID), Path::new(subid::SUBGID)) {
+            return Some(why);
+        }
+        let (u, g) = (self.idmap.uid, self.idmap.gid);
+        confine::blocked_for(&self.lxcpath.join(vm.as_str()), u, g).map(|dir| {
+            format!(
+                "the container's root (host uid {u}, gid {g}) cannot traverse {} on the way to the lxcpath {}, and LXC needs it to; make it traversable (chmod o+x {})",
+                dir.display(),
+                self.lxcpath.display(),
+                dir.display()
+            )
+        })
+    }
+
     /// The state mapping. LXC's own states (`lxc-info -s`: STOPPED,
     /// STARTING, RUNNING, STOPPING, ABORTING, FREEZING, FROZEN, THAWED) are
     /// derived from the runtime traces instead of asked for, to spawn no

@@ -245,7 +245,7 @@ def measure(label, a, b, pairs, setup_a=None, setup_b=None, down_a=None, down_b=
             log(f"    pair {i}: geats {res['a']:.1f} ms, raw {res['b']:.1f} ms ({'geats' if i % 2 == 0 else 'raw'} first)")
     row = (label, statistics.median(ta), statistics.median(tb), statistics.median(ratios), note)
     rows.append(row)
-    log(f"  {label}: {row[1]:.2f} ms vs {row[2]:.2f} ms, ratio {row[3]:.2f}")
+    log(f"  {label}: {row[1]:.2f} ms vs {row[2]:.2f} ms, ratio {row[3]:.3f}")
 
 
 def lxc(tool, name, *args):

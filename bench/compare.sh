@@ -5,16 +5,17 @@
 #   PAIRS=50 CREATE_PAIRS=15 bash bench/compare.sh   # more repetitions
 #   GEATS_BIN=/path/geats CACHE_DIR=/var/cache/geats-bench bash bench/compare.sh
 #
-# Needs root, lxc, busybox-static, debootstrap (installed if missing). The
-# Debian minbase template is debootstrapped once into CACHE_DIR (default
-# /var/cache/geats-bench) and reused. Prints a markdown table: the medians of
-# interleaved pairs and the median of the per-pair ratios geats / raw tool.
+# Needs root, lxc, busybox-static, debootstrap, btrfs-progs (installed if
+# missing). The Debian minbase template is debootstrapped once into
+# CACHE_DIR (default /var/cache/geats-bench) and reused. Prints a markdown
+# table: the medians of interleaved pairs and the median of the per-pair
+# ratios geats / raw tool.
 # See docs/performance.md for how to read it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench/compare.sh: needs root (LXC containers, mounts)" >&2; exit 1; }
 updated=
-for p in lxc-start:lxc busybox:busybox-static debootstrap:debootstrap; do
+for p in lxc-start:lxc busybox:busybox-static debootstrap:debootstrap mkfs.btrfs:btrfs-progs; do
   command -v "${p%%:*}" >/dev/null && continue
   [ -n "$updated" ] || { apt-get update -qq; updated=1; }
   echo "bench: installing ${p#*:}" >&2

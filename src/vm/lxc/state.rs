@@ -324,18 +324,18 @@ impl Cgroups {
         std::fs::write(dir.join("cpu.cfs_quota_us"), quota_us.map_or_else(|| "-1".to_string(), |q| q.to_string()))
     }
 
-    /// Is it frozen (or freezing)? (`cgroup.freeze` is read without
-    /// asking first whether it exists: an absent one reads as not frozen.)
+    /// Is it frozen (or freezing)? Asked where LXC freezes it, as
+    /// `lxc-info -s` asks: the v1 `freezer` hierarchy's `freezer.state`
+    /// where the container has one (a hybrid host: `lxc-freeze` writes
+    /// there, and the unified hierarchy's `cgroup.freeze` is not LXC's
+    /// state), else the v2 `cgroup.freeze` (read without asking first
+    /// whether it exists: an absent one reads as not frozen). One file per
+    /// running container, which `status` reads for every one.
     pub fn frozen(&self) -> bool {
-        if let Some(d) = &self.v2 {
-            if read_small(d.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1") {
-                return true;
-            }
+        if let Some(d) = self.v1.get("freezer") {
+            return read_small(d.join("freezer.state")).is_ok_and(|s| matches!(s.trim(), "FROZEN" | "FREEZING"));
         }
-        self.v1
-            .get("freezer")
-            .and_then(|d| read_small(d.join("freezer.state")).ok())
-            .is_some_and(|s| matches!(s.trim(), "FROZEN" | "FREEZING"))
+        self.v2.as_ref().is_some_and(|d| read_small(d.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1"))
     }
 }
 
@@ -590,6 +590,29 @@ mod tests {
         assert_eq!(c.v2.as_deref(), Some(Path::new("/sys/fs/cgroup/unified/lxc.payload.c1")));
         let c = parse_cgroups("0::/lxc.payload.c1\n", true);
         assert_eq!(c.v2.as_deref(), Some(Path::new("/sys/fs/cgroup/lxc.payload.c1")));
+    }
+
+    #[test]
+    fn frozen_is_asked_where_lxc_freezes() {
+        let d = tempfile::tempdir().unwrap();
+        let (v1, v2) = (d.path().join("freezer"), d.path().join("unified"));
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::create_dir_all(&v2).unwrap();
+        let hybrid = Cgroups { v1: BTreeMap::from([("freezer".to_string(), v1.clone())]), v2: Some(v2.clone()) };
+        let pure = Cgroups { v1: BTreeMap::new(), v2: Some(v2.clone()) };
+        std::fs::write(v1.join("freezer.state"), "THAWED\n").unwrap();
+        std::fs::write(v2.join("cgroup.freeze"), "1\n").unwrap();
+        // A hybrid host: lxc-freeze writes the v1 freezer, and lxc-info
+        // reads it alone (a unified `cgroup.freeze` set by hand is RUNNING).
+        assert!(!hybrid.frozen());
+        assert!(pure.frozen(), "no v1 freezer: the unified hierarchy's");
+        for (state, frozen) in [("FROZEN\n", true), ("FREEZING\n", true), ("THAWED\n", false)] {
+            std::fs::write(v1.join("freezer.state"), state).unwrap();
+            std::fs::write(v2.join("cgroup.freeze"), "0\n").unwrap();
+            assert_eq!(hybrid.frozen(), frozen, "{state}");
+        }
+        std::fs::remove_file(v2.join("cgroup.freeze")).unwrap();
+        assert!(!pure.frozen(), "no cgroup.freeze reads as not frozen");
     }
 
     #[test]

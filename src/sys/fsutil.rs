@@ -198,9 +198,11 @@ fn write_into_as(path: &Path, data: &[u8], mode: u32, whole: bool) -> std::io::R
             };
             // Its blocks allocated before the write: ext4 writes back at
             // once a file renamed over another only while it has blocks
-            // waiting for delayed allocation (`auto_da_alloc`), which
-            // took the rename 0.4-0.9 ms of a `status`. A file system
-            // without `fallocate` takes the write as before.
+            // waiting for delayed allocation (`auto_da_alloc`): the
+            // rename of a `status` reply onto the new, empty reply file
+            // MCollective hands over took 0.14-0.25 ms, 0.05-0.09 with
+            // this. A file system without `fallocate` takes the write as
+            // before.
             let _ = nix::fcntl::fallocate(std::os::fd::AsRawFd::as_raw_fd(&t), nix::fcntl::FallocateFlags::empty(), 0, data.len() as libc::off_t);
             let res = t
                 .write_all(data)

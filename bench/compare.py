@@ -15,7 +15,11 @@ Env: PAIRS (default 15) pairs per row, CREATE_PAIRS (default 5) per create
 row, CONTAINERS (default 100, half running), KEEP=1 keeps the temp root,
 ONLY=WORD[,WORD] measures only the rows whose label contains one of them,
 VERBOSE=1 prints every pair, SETTLE (default 0.1) seconds of quiet after
-each untimed setup and teardown (see settle()).
+each untimed setup and teardown (see settle()). NOSYNC=1 runs every geats
+process through bench/nosync.c (built with `cc`), under which fsync,
+fdatasync, syncfs, sync_file_range and sync return at once without doing
+anything: what the rows would read if geats made nothing durable before
+its reply. A measurement, never a way to run geats (docs/performance.md).
 """
 import atexit, json, os, shutil, signal, statistics, subprocess, sys, tarfile, io, tempfile, time
 
@@ -37,6 +41,14 @@ os.makedirs(TEMPLATES), os.makedirs(RAW)
 # build read 1.3-1.4x.
 subprocess.run(["install", "-m", "755", GEATS, f"{work}/geats"], check=True)
 GEATS = f"{work}/geats"
+# How a geats process is run: itself, or under bench/nosync.c (NOSYNC=1),
+# whose extra exec (a static binary, ~0.3 ms) the geats side pays.
+GEATS_RUN = [GEATS]
+if os.environ.get("NOSYNC") == "1":
+    if not shutil.which("cc"):
+        raise SystemExit("compare: NOSYNC=1 builds bench/nosync.c and needs cc (apt-get install gcc libc6-dev)")
+    subprocess.run(["cc", "-O2", "-static", "-o", f"{work}/nosync", os.path.join(os.path.dirname(os.path.abspath(__file__)), "nosync.c")], check=True)
+    GEATS_RUN = [f"{work}/nosync", GEATS]
 BASE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 # Without a config file: GEATS_ROOT only (the embedded defaults: lxc, dir).
 ENV_PLAIN = dict(BASE_ENV, GEATS_ROOT=work, GEATS_CONFIG=f"{work}/no-such-config.toml")
@@ -120,7 +132,7 @@ def agent(action, data, env=ENV_PLAIN):
     req, rep = f"{work}/req{reqn[0]}.json", f"{work}/reply.json"
     with open(req, "w") as f:
         json.dump({"action": action, "data": data}, f)
-    return [GEATS, "agent", req, rep], env
+    return [*GEATS_RUN, "agent", req, rep], env
 
 
 def call(action, data, env=ENV_PLAIN):
@@ -187,12 +199,12 @@ def fresh_reply(argv):
     last reply's blocks, which on a file system mounted `discard` without
     a journal (this pass's host) waits for the disk's discard, 0.5 ms of
     a `status`, a cost no agent run pays."""
-    if len(argv) == 4 and argv[0] == GEATS and argv[1] == "agent":
+    if argv[:-2] == [*GEATS_RUN, "agent"]:
         try:
-            os.unlink(argv[3])
+            os.unlink(argv[-1])
         except FileNotFoundError:
             pass
-        open(argv[3], "w").close()
+        open(argv[-1], "w").close()
 
 
 def timed(steps):
@@ -352,7 +364,7 @@ for count in (10, 1000):
     env = dict(BASE_ENV, GEATS_ROOT=root)
     dummy_envs[count] = env
     for i in range(count):
-        run([GEATS, "agent", "--stdio"], env, data=json.dumps({"action": "define", "data": {"vm_name": f"d{i}", "definition": dummy}}).encode())
+        run([*GEATS_RUN, "agent", "--stdio"], env, data=json.dumps({"action": "define", "data": {"vm_name": f"d{i}", "definition": dummy}}).encode())
 log(f"compare: set up in {time.time() - t0:.0f} s; measuring ({PAIRS} pairs, {CREATE_PAIRS} per create row)")
 
 # ---------------------------------------------------------------- rows
@@ -361,7 +373,7 @@ info_stopped_c, info_running_c = agent("info", {"vm_name": stopped}, ENV_CONF), 
 status, status_c = agent("status", {}), agent("status", {}, ENV_CONF)
 lxcinfo_s, lxcinfo_r = lxc("lxc-info", stopped, "-s"), lxc("lxc-info", running, "-s")
 lxcls = (["lxc-ls", "-P", LP, "-f"], BASE_ENV)
-geats_list = ([GEATS, "list"], ENV_PLAIN)
+geats_list = ([*GEATS_RUN, "list"], ENV_PLAIN)
 
 measure("info, stopped container (agent, request file) / lxc-info -s", lambda i: [info_stopped], lambda i: [lxcinfo_s], PAIRS)
 measure("info, running container / lxc-info -s", lambda i: [info_running], lambda i: [lxcinfo_r], PAIRS)

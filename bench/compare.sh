@@ -4,6 +4,7 @@
 #   bash bench/compare.sh                 # builds the release binary, ~3 minutes
 #   PAIRS=50 CREATE_PAIRS=15 bash bench/compare.sh   # more repetitions
 #   GEATS_BIN=/path/geats CACHE_DIR=/var/cache/geats-bench bash bench/compare.sh
+#   NOSYNC=1 ONLY=overlay,btrfs bash bench/compare.sh   # geats with every sync a no-op (bench/nosync.c)
 #
 # Needs root, lxc, busybox-static, debootstrap, btrfs-progs (installed if
 # missing). The Debian minbase template is debootstrapped once into
